@@ -1,0 +1,76 @@
+"""Builds the auth server: gRPC (AuthService, AuthInternalService) plus the HTTP port
+that publishes the JWKS for the edge and the other services."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aiohttp import web
+
+from embedviz.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.accounts import Accounts
+from services.auth.keys import KeyRing
+from services.auth.servicer import AuthInternalServicer, AuthServicer
+from services.common.app import Built, Deps, new_server
+
+SERVICE_NAMES = [
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["AuthInternalService"].full_name,
+]
+PUBLIC_METHODS = [
+    "/embedviz.v1.AuthService/SignUp",
+    "/embedviz.v1.AuthService/Login",
+    "/embedviz.v1.AuthService/RefreshSession",
+    "/embedviz.v1.AuthService/ExchangeApiKey",
+    # Guarded by the internal secret instead of a user token.
+    "/embedviz.v1.AuthInternalService/IssueDelegatedToken",
+]
+
+
+async def start_jwks_http(keys: KeyRing, addr: str) -> web.AppRunner:
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response(await keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = addr.rsplit(":", 1)
+    await web.TCPSite(runner, host, int(port)).start()
+    return runner
+
+
+async def build(deps: Deps) -> Built:
+    settings = deps.settings
+    keys = KeyRing(deps.db.sessions, settings.access_token_ttl)
+    await keys.ensure_key()
+    accounts = Accounts(
+        deps.db.sessions,
+        keys,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        internal_audience=settings.internal_audience,
+        access_ttl=settings.access_token_ttl,
+        refresh_ttl=settings.refresh_token_ttl,
+    )
+    # The auth service trusts its own key ring directly, not its HTTP port.
+    deps = dataclasses.replace(deps, verifier=deps.verifier.with_keys(keys.lookup))
+    server, health = new_server(deps, SERVICE_NAMES, PUBLIC_METHODS)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
+    auth_pb2_grpc.add_AuthInternalServiceServicer_to_server(
+        AuthInternalServicer(accounts, settings.internal_secret), server
+    )
+    http_host = settings.listen_host
+    http_port = settings.auth_http_addr.rsplit(":", 1)[1]
+    runner = await start_jwks_http(keys, f"{http_host}:{http_port}")
+    return Built(
+        server=server,
+        health=health,
+        service_names=SERVICE_NAMES,
+        listen_addr=settings.listen_addr(settings.auth_addr),
+        on_close=[runner.cleanup],
+    )

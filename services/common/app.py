@@ -1,0 +1,126 @@
+"""Wiring a service process: open its dependencies, build its server, serve until
+SIGTERM, close everything. Each service's __main__ is a call to `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import jwt
+from grpc_health.v1 import health
+
+from services.common.auth import JwksKeys, TokenVerifier
+from services.common.blobs import BlobStore
+from services.common.clients import Channels, DelegatedTokens, ProjectAccess
+from services.common.config import Settings
+from services.common.db import Database, migrate
+from services.common.events import EventBus
+from services.common.server import (
+    add_health_and_reflection,
+    configure_logging,
+    create_server,
+    serve_until_signalled,
+)
+
+log = logging.getLogger(__name__)
+
+KeyLookup = Callable[[str], Awaitable[jwt.PyJWK | None]]
+Background = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class Deps:
+    """Everything a service gets handed; nothing of this is a module global."""
+
+    name: str
+    settings: Settings
+    db: Database
+    bus: EventBus
+    blobs: BlobStore
+    channels: Channels
+    verifier: TokenVerifier
+    access: ProjectAccess
+    delegated: DelegatedTokens
+
+
+@dataclass
+class Built:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    service_names: list[str]
+    listen_addr: str
+    background: list[Background] = field(default_factory=list)
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def new_server(deps: Deps, service_names: Iterable[str], public_methods: Iterable[str] = ()) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    server = create_server(verifier=deps.verifier, public_methods=public_methods)
+    health_servicer = add_health_and_reflection(server, service_names)
+    return server, health_servicer
+
+
+async def open_deps(
+    name: str,
+    settings: Settings,
+    schema: str,
+    migrations_dir: Path,
+    keys: KeyLookup | None = None,
+) -> Deps:
+    await migrate(settings.database_url, schema, migrations_dir)
+    db = Database(settings.database_url)
+    bus = await EventBus.connect(settings.nats_url, name=f"embedviz-{name}")
+    blobs = BlobStore(settings.blob_root)
+    channels = Channels()
+    lookup = keys if keys is not None else JwksKeys(settings.jwks_url).get
+    verifier = TokenVerifier(lookup, settings.jwt_issuer, [settings.jwt_audience, settings.internal_audience])
+    return Deps(
+        name=name,
+        settings=settings,
+        db=db,
+        bus=bus,
+        blobs=blobs,
+        channels=channels,
+        verifier=verifier,
+        access=ProjectAccess(channels.get(settings.ingest_addr)),
+        delegated=DelegatedTokens(channels.get(settings.auth_addr), settings.internal_secret, verifier),
+    )
+
+
+async def close_deps(deps: Deps) -> None:
+    await deps.channels.close()
+    await deps.bus.close()
+    await deps.db.close()
+
+
+async def serve(
+    name: str,
+    schema: str,
+    migrations_dir: Path,
+    build: Callable[[Deps], Awaitable[Built]],
+) -> None:
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    deps = await open_deps(name, settings, schema, migrations_dir)
+    try:
+        built = await build(deps)
+        await serve_until_signalled(
+            built.server, built.listen_addr, built.health, built.service_names, built.background
+        )
+        for close in built.on_close:
+            await close()
+    finally:
+        await close_deps(deps)
+    log.info("%s stopped", name)
+
+
+def run(
+    name: str,
+    schema: str,
+    migrations_dir: Path,
+    build: Callable[[Deps], Awaitable[Built]],
+) -> None:
+    asyncio.run(serve(name, schema, migrations_dir, build))

@@ -1,0 +1,264 @@
+"""One server bootstrap for every service: grpc.aio server, auth and error interceptors,
+standard health service, server reflection, graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from services.common.auth import TokenVerifier, bearer_token, reset_identity, set_identity
+from services.common.errors import DomainError, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "embedviz.dev"
+
+# Methods anyone may call without a token, on every service.
+ALWAYS_PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+Behaviour = Callable[..., Any]
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Behaviour], Behaviour],
+    streaming: Callable[[Behaviour], Behaviour],
+) -> grpc.RpcMethodHandler:
+    """Rebuild a method handler with its behaviour wrapped (for any of the four kinds)."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        streaming(handler.stream_stream),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(exc, DomainError):
+        status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+        info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status.details.append(detail)
+        rich = rpc_status.to_status(status)
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # An answer from another service this call depended on: pass its status on.
+        code = exc.code()
+        if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+            log.error("%s: downstream call failed: %s", method, exc.details())
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in a service this call needs")
+        await context.abort(code, exc.details() or code.name)
+    ref = uuid.uuid4().hex[:12]
+    log.error("%s failed (ref %s)", method, ref, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has the details")
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Domain errors become their status; anything unexpected becomes INTERNAL with a
+    generic message and a logged traceback. Nothing internal leaks to the caller."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await behaviour(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await _abort_for(exc, context, method)
+
+            return wrapped
+
+        def streaming(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    result = behaviour(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:
+                        await result
+                except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    await _abort_for(exc, context, method)
+
+            return wrapped
+
+        return _wrap_handler(handler, unary, streaming)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the bearer token of every non-public call and makes the caller's
+    identity available to the handler through a context variable."""
+
+    def __init__(self, verifier: TokenVerifier, public_methods: Iterable[str] = ()) -> None:
+        self._verifier = verifier
+        self._public = frozenset(public_methods)
+
+    def _is_public(self, method: str) -> bool:
+        return method in self._public or method.startswith(ALWAYS_PUBLIC_PREFIXES)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or self._is_public(handler_call_details.method):
+            return handler
+        verifier = self._verifier
+        metadata = handler_call_details.invocation_metadata
+
+        async def identify() -> Any:
+            token = bearer_token(metadata)
+            if token is None:
+                raise Unauthenticated("this call needs an access token: authorization: Bearer <token>")
+            return set_identity(await verifier.verify(token))
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                marker = await identify()
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    reset_identity(marker)
+
+            return wrapped
+
+        def streaming(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                marker = await identify()
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                finally:
+                    reset_identity(marker)
+
+            return wrapped
+
+        return _wrap_handler(handler, unary, streaming)
+
+
+def create_server(
+    *,
+    verifier: TokenVerifier,
+    public_methods: Iterable[str] = (),
+) -> grpc.aio.Server:
+    return grpc.aio.server(
+        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, public_methods)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+
+
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+    """Register the standard health service (every listed service SERVING once started)
+    and server reflection for grpcurl."""
+    names = list(service_names)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, service_names: Iterable[str]) -> None:
+    for name in ["", *service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve_until_signalled(
+    server: grpc.aio.Server,
+    listen_addr: str,
+    health_servicer: health.aio.HealthServicer,
+    service_names: Iterable[str],
+    background: Iterable[Callable[[asyncio.Event], Awaitable[None]]] = (),
+    grace_seconds: float = 10.0,
+) -> None:
+    """Start the server, mark it SERVING, run background tasks (job workers), and stop
+    gracefully on SIGTERM or SIGINT: NOT_SERVING first, then finish calls in flight."""
+    names = list(service_names)
+    port = server.add_insecure_port(listen_addr)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {listen_addr}")
+    await server.start()
+    await set_serving(health_servicer, names)
+    log.info("serving %s on %s", ", ".join(names), listen_addr)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(job(stop)) for job in background]
+
+    waiter = asyncio.create_task(stop.wait())
+    terminated = asyncio.create_task(server.wait_for_termination())
+    await asyncio.wait({waiter, terminated}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    log.info("stopping (grace %.0f s)", grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    if tasks:
+        await asyncio.wait(tasks, timeout=grace_seconds)
+        for task in tasks:
+            task.cancel()
+    await server.stop(grace_seconds)
+    terminated.cancel()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
