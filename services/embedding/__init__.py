@@ -1,0 +1,1 @@
+"""The embedding service: models, embedding jobs, vectors and text-to-vector."""

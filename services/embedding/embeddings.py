@@ -1,0 +1,240 @@
+"""Embeddings of datasets: creating the job, reading, listing, deleting and cancelling
+them, and turning rows into messages. Plain Python; the servicer speaks gRPC."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import pyarrow as pa
+from sqlalchemy import and_, or_, select
+
+from embedviz.v1 import embedding_pb2, ingest_pb2
+from services.common.auth import Identity
+from services.common.blobs import BlobStore
+from services.common.clients import ProjectAccess
+from services.common.db import Database
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.events import EventBus
+from services.common.jobs import PENDING, SUCCEEDED, cancel_job, job_to_proto, timestamp
+from services.common.names import new_id, parse
+from services.embedding.encoder import ModelRegistry
+from services.embedding.models import EmbeddingRow
+from services.embedding.texts import columns_to_embed
+from services.embedding.vectors import embedding_prefix
+
+KIND = "embedding"
+DATASET_PATTERN = "projects/{project}/datasets/{dataset}"
+EMBEDDING_PATTERN = "projects/{project}/datasets/{dataset}/embeddings/{embedding}"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+VIEWER = ingest_pb2.ROLE_VIEWER
+EDITOR = ingest_pb2.ROLE_EDITOR
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    state: str
+    columns: list[str]
+    row_count: int
+    error: str = ""
+
+
+class DatasetSource(Protocol):
+    """Where datasets are read from (the ingest service, with the caller's identity)."""
+
+    async def get(self, identity: Identity, dataset: str) -> DatasetInfo: ...
+
+    def stream_rows(
+        self, identity: Identity, dataset: str, columns: Sequence[str], batch_rows: int = 1024
+    ) -> AsyncIterator[tuple[int, pa.Table]]: ...
+
+
+def check_embeddable(dataset: DatasetInfo, columns: Sequence[str]) -> None:
+    """The dataset must be imported and have every column asked for."""
+    if dataset.state in ("PENDING", "RUNNING"):
+        raise FailedPrecondition(
+            f"{dataset.name} is still importing; embed it once the import has succeeded", "DATASET_NOT_READY"
+        )
+    if dataset.state == "FAILED":
+        detail = f": {dataset.error}" if dataset.error else ""
+        raise FailedPrecondition(f"{dataset.name} failed to import{detail}; upload it again", "DATASET_FAILED")
+    if dataset.state != "SUCCEEDED":
+        raise FailedPrecondition(
+            f"{dataset.name} was not imported (its import was cancelled); upload it again", "DATASET_NOT_READY"
+        )
+    for column in columns:
+        if column not in dataset.columns:
+            raise InvalidArgument(
+                f"column '{column}' not found; the dataset has: {', '.join(dataset.columns)}", "COLUMN_NOT_FOUND"
+            )
+
+
+def embedding_message(row: EmbeddingRow) -> embedding_pb2.Embedding:
+    message = embedding_pb2.Embedding(
+        name=row.name,
+        model=row.model,
+        text_columns=list(row.text_columns or []),
+        template=row.template or "",
+        dimension=row.dimension or 0,
+        row_count=row.row_count or 0,
+        job=job_to_proto(row),
+        project_when_done=bool(row.project_when_done),
+        truncated_count=row.truncated_count or 0,
+    )
+    created = timestamp(row.create_time)
+    if created is not None:
+        message.create_time.CopyFrom(created)
+    return message
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    model: str
+    text_columns: list[str]
+    template: str
+    project_when_done: bool
+
+
+def _page_token(row: EmbeddingRow, parent: str) -> str:
+    data = {"p": parent, "t": row.create_time.isoformat(), "id": row.id}
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def _read_page_token(token: str, parent: str) -> tuple[datetime, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if data["p"] != parent:
+            raise ValueError
+        return datetime.fromisoformat(data["t"]), str(data["id"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is not valid for this list; start again without it") from None
+
+
+class Embeddings:
+    """The embedding resources of this service."""
+
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        blobs: BlobStore,
+        access: ProjectAccess,
+        models: ModelRegistry,
+        datasets: DatasetSource,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.blobs = blobs
+        self.access = access
+        self.models = models
+        self.datasets = datasets
+
+    async def publish(self, row: EmbeddingRow) -> None:
+        await self.bus.publish_event(KIND, row.id, embedding_message(row).SerializeToString())
+
+    async def _find(self, name: str) -> EmbeddingRow:
+        parts = parse(name, EMBEDDING_PATTERN)
+        async with self.db.sessions() as session:
+            row = await session.get(EmbeddingRow, parts["embedding"])
+        if row is None or row.project_id != parts["project"] or row.dataset_id != parts["dataset"]:
+            raise NotFound(f"{name} not found")
+        return row
+
+    async def get(self, identity: Identity, name: str, minimum: int = VIEWER) -> EmbeddingRow:
+        parts = parse(name, EMBEDDING_PATTERN)
+        await self.access.require(identity, f"projects/{parts['project']}", minimum, name)
+        return await self._find(name)
+
+    async def load(self, name: str) -> EmbeddingRow:
+        """The row without an access check (for a stream that already checked)."""
+        return await self._find(name)
+
+    async def create(self, identity: Identity, parent: str, spec: EmbeddingSpec) -> EmbeddingRow:
+        parts = parse(parent, DATASET_PATTERN)
+        await self.access.require(identity, f"projects/{parts['project']}", EDITOR, parent)
+        columns = columns_to_embed(spec.text_columns, spec.template)
+        model = self.models.resolve(spec.model)
+        dataset = await self.datasets.get(identity, parent)
+        check_embeddable(dataset, columns)
+        row = EmbeddingRow(
+            id=new_id(),
+            project_id=parts["project"],
+            dataset_id=parts["dataset"],
+            owner=identity.user,
+            model=model.name,
+            text_columns=columns,
+            template=spec.template,
+            dimension=model.dimension,
+            row_count=0,
+            truncated_count=0,
+            project_when_done=spec.project_when_done,
+            state=PENDING,
+            total=dataset.row_count,
+        )
+        async with self.db.sessions() as session:
+            session.add(row)
+            await session.commit()
+        await self.publish(row)
+        await self.bus.enqueue(KIND, {"id": row.id, "owner": identity.user})
+        return row
+
+    async def list(
+        self, identity: Identity, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[EmbeddingRow], str]:
+        parts = parse(parent, DATASET_PATTERN)
+        await self.access.require(identity, f"projects/{parts['project']}", VIEWER, parent)
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        query = select(EmbeddingRow).where(
+            EmbeddingRow.project_id == parts["project"], EmbeddingRow.dataset_id == parts["dataset"]
+        )
+        if page_token:
+            after_time, after_id = _read_page_token(page_token, parent)
+            query = query.where(
+                or_(
+                    EmbeddingRow.create_time > after_time,
+                    and_(EmbeddingRow.create_time == after_time, EmbeddingRow.id > after_id),
+                )
+            )
+        query = query.order_by(EmbeddingRow.create_time, EmbeddingRow.id).limit(size + 1)
+        async with self.db.sessions() as session:
+            rows = list((await session.scalars(query)).all())
+        next_token = _page_token(rows[size - 1], parent) if len(rows) > size else ""
+        return rows[:size], next_token
+
+    async def delete(self, identity: Identity, name: str) -> None:
+        row = await self.get(identity, name, EDITOR)
+        async with self.db.sessions() as session:
+            current = await session.get(EmbeddingRow, row.id, with_for_update=True)
+            if current is not None:
+                await session.delete(current)
+            await session.commit()
+        # A worker still on it learns from its next progress write (JobGone) and stops.
+        self.blobs.delete_dir(embedding_prefix(row.id))
+        await self.bus.delete_events(KIND, row.id)
+
+    async def cancel(self, identity: Identity, name: str) -> EmbeddingRow:
+        row = await self.get(identity, name, EDITOR)
+        cancelled = await cancel_job(self.db.sessions, EmbeddingRow, row.id)
+        if cancelled is None:
+            raise NotFound(f"{name} not found")
+        await self.publish(cancelled)
+        return cancelled
+
+    async def readable_vectors(self, identity: Identity, name: str) -> EmbeddingRow:
+        row = await self.get(identity, name, VIEWER)
+        if row.state != SUCCEEDED:
+            raise FailedPrecondition(
+                f"{name} has no vectors yet: its job is {row.state.lower()}"
+                + ("; watch it until it succeeds" if row.state in ("PENDING", "RUNNING") else ""),
+                "EMBEDDING_NOT_READY",
+            )
+        return row
