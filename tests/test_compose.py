@@ -1,0 +1,138 @@
+"""docker-compose.yaml: valid against the Compose Specification's JSON schema (the copy
+vendored in check-jsonschema), every file it names exists, and Envoy's clusters point at
+the services and ports the compose file runs."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from gateway.edge.config import EdgeConfig, load_edge_config
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yaml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return doc
+
+
+@pytest.fixture(scope="module")
+def edge() -> EdgeConfig:
+    return load_edge_config(REPO / "envoy.yaml")
+
+
+def _compose_schema() -> dict[str, Any]:
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema: dict[str, Any] = json.loads(schema_file.read_text(encoding="utf-8"))
+    return schema
+
+
+def _validator() -> jsonschema.protocols.Validator:
+    schema = _compose_schema()
+    cls = jsonschema.validators.validator_for(schema)  # the schema's own draft (2020-12)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _bind_sources(service: dict[str, Any]) -> list[str]:
+    sources = []
+    for volume in service.get("volumes", []):
+        source = volume.split(":", 1)[0] if isinstance(volume, str) else volume.get("source", "")
+        if source.startswith((".", "/")):
+            sources.append(source)
+    return sources
+
+
+def _listening_ports(service: dict[str, Any]) -> set[int]:
+    """Ports a service listens on: its `expose` list (cross-checked with its *_ADDR below)."""
+    return {int(str(p).split("/")[0]) for p in service.get("expose", [])}
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    errors = sorted(_validator().iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_schema_check_catches_a_bad_key(compose: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["auth"]["enviroment"] = {}
+    errors = list(_validator().iter_errors(broken))
+    assert any("enviroment" in e.message for e in errors), [e.message for e in errors]
+
+
+def test_whole_system_is_in_the_compose_file(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"postgres", "nats", "auth", "ingest", "embedding", "projection", "web", "envoy"}
+    assert "-js" in compose["services"]["nats"]["command"]
+
+
+def test_build_contexts_dockerfiles_and_mounted_files_exist(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build is not None:
+            context = REPO / (build if isinstance(build, str) else build.get("context", "."))
+            assert context.is_dir(), f"{name}: build context {context} missing"
+            dockerfile = context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")
+            assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+            for line in dockerfile.read_text().splitlines():
+                parts = line.split()
+                if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+                    for src in parts[1:-1]:
+                        assert (context / src).exists(), f"{name}: {dockerfile.name} copies {src}, which is missing"
+        else:
+            assert service.get("image"), f"{name}: neither build nor image"
+        for source in _bind_sources(service):
+            assert (REPO / source).exists(), f"{name}: mounts {source}, which is missing"
+
+
+def test_services_listen_where_their_addresses_say(compose: dict[str, Any]) -> None:
+    for name in ("auth", "ingest", "embedding", "projection"):
+        service = compose["services"][name]
+        env = _env(service)
+        assert env["EMBEDVIZ_LISTEN_HOST"] == "0.0.0.0"
+        host, port = env[f"EMBEDVIZ_{name.upper()}_ADDR"].rsplit(":", 1)
+        assert host == name and int(port) in _listening_ports(service)
+        for other in ("auth", "ingest", "embedding", "projection"):
+            assert env[f"EMBEDVIZ_{other.upper()}_ADDR"].split(":")[0] == other
+        assert env["EMBEDVIZ_NATS_URL"].startswith("nats://nats:")
+        assert "@postgres:5432/" in env["EMBEDVIZ_DATABASE_URL"]
+        assert "healthcheck" in service
+
+
+def test_every_envoy_cluster_points_at_a_compose_service_and_port(compose: dict[str, Any], edge: EdgeConfig) -> None:
+    services = compose["services"]
+    auth_env = _env(services["auth"])
+    for cluster in edge.clusters.values():
+        assert cluster.host in services, f"cluster {cluster.name}: no compose service {cluster.host!r}"
+        ports = _listening_ports(services[cluster.host])
+        assert cluster.port in ports, f"cluster {cluster.name}: {cluster.host} listens on {ports}, not {cluster.port}"
+        if cluster.http2:
+            assert _env(services[cluster.host])[f"EMBEDVIZ_{cluster.host.upper()}_ADDR"] == f"{cluster.host}:{cluster.port}"
+    auth_http = edge.clusters["auth_http"]
+    assert auth_env["EMBEDVIZ_AUTH_HTTP_ADDR"] == f"{auth_http.host}:{auth_http.port}"
+    assert auth_env["EMBEDVIZ_JWKS_URL"] == f"http://{auth_http.host}:{auth_http.port}/.well-known/jwks.json"
+
+
+def test_envoy_mounts_envoy_yaml_and_publishes_the_listener(compose: dict[str, Any], edge: EdgeConfig) -> None:
+    envoy = compose["services"]["envoy"]
+    assert envoy["image"].startswith("envoyproxy/envoy:")
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in envoy["volumes"]}
+    assert mounts.get("./envoy.yaml") == "/etc/envoy/envoy.yaml"
+    assert "/etc/envoy/envoy.yaml" in envoy["command"]
+    published = {str(p).split(":")[-1] for p in envoy["ports"]}
+    assert str(edge.listen_port) in published
