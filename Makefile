@@ -1,0 +1,160 @@
+# embedviz — one entry point for building, running and testing.
+#
+#   make run     install what is missing, build, start the whole system (Ctrl-C stops it)
+#   make test    install what is missing, build, run every test suite
+#
+# Every step leaves a stamp under build/stamps/, keyed on the files it depends on, so a
+# second run that has nothing to do does nothing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+ENVOY_VENV := .venv-envoy
+ENVOY_REQS := xds-protos==1.85.0 pyyaml
+STAMPS := build/stamps
+GEN_PY := build/gen/python
+WEB := gateway/web
+BUF := $(WEB)/node_modules/.bin/buf
+
+PROTOS := $(sort $(wildcard protos/embedviz/v1/*.proto))
+WEB_PKG := $(wildcard $(WEB)/package.json)
+WEB_LOCK := $(wildcard $(WEB)/package-lock.json)
+BUF_GEN := $(wildcard $(WEB)/buf.gen.yaml)
+# Sources of the web client (everything but what is installed or generated).
+WEB_SRC := $(if $(WEB_PKG),$(shell find $(WEB) \( -path $(WEB)/node_modules -o -path $(WEB)/dist \
+	-o -path $(WEB)/src/gen \) -prune -o -type f -print))
+
+# Environment for anything that loads models or numba-compiled code (umap).
+RUN_ENV := HF_HUB_OFFLINE=1 NUMBA_CACHE_DIR=$(CURDIR)/build/numba-cache
+TESTS ?= tests
+PYTEST_ARGS ?=
+BENCH ?=
+
+.PHONY: help venv envoy-venv web-deps proto lint-proto web chromium run test bench lint clean distclean
+
+help:
+	@echo "make run         build everything and start embedviz on http://127.0.0.1:8080"
+	@echo "make test        build everything and run the test suites (TESTS=path, PYTEST_ARGS=...)"
+	@echo "make venv        .venv from requirements.txt (+ embedviz.pth)"
+	@echo "make envoy-venv  .venv-envoy with xds-protos (envoy.yaml schema check)"
+	@echo "make web-deps    npm ci in $(WEB)"
+	@echo "make proto       generated Python ($(GEN_PY)) and TypeScript ($(WEB)/src/gen)"
+	@echo "make lint-proto  buf lint protos/"
+	@echo "make web         build the web client into $(WEB)/dist"
+	@echo "make chromium    install Debian's chromium if /usr/bin/chromium is missing"
+	@echo "make bench       run tests/bench/*.py (BENCH=name runs one)"
+	@echo "make lint        ruff, if installed"
+	@echo "make clean       remove build outputs (keeps the venvs and node_modules)"
+
+# --- Python ---------------------------------------------------------------------------
+
+venv: $(STAMPS)/venv
+
+$(STAMPS)/venv: requirements.txt
+	@mkdir -p $(STAMPS)
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN_PY)" > "$$site/embedviz.pth"
+	touch $@
+
+envoy-venv: $(STAMPS)/envoy-venv
+
+# xds-protos overwrites googleapis-common-protos files, so it lives in its own venv.
+$(STAMPS)/envoy-venv:
+	@mkdir -p $(STAMPS)
+	test -x $(ENVOY_VENV)/bin/python || $(PYTHON) -m venv $(ENVOY_VENV)
+	$(ENVOY_VENV)/bin/pip install --disable-pip-version-check -q $(ENVOY_REQS)
+	touch $@
+
+# --- Web dependencies -------------------------------------------------------------------
+
+web-deps: $(STAMPS)/web-deps
+
+$(STAMPS)/web-deps: $(WEB_PKG) $(WEB_LOCK)
+	@mkdir -p $(STAMPS)
+ifeq ($(WEB_PKG),)
+	@echo "web-deps: no $(WEB)/package.json yet, skipping"
+else
+	cd $(WEB) && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
+		else npm install --no-audit --no-fund; fi
+	touch $@
+endif
+
+# --- Generated code ---------------------------------------------------------------------
+
+proto: $(STAMPS)/proto-py $(STAMPS)/proto-ts
+
+$(STAMPS)/proto-py: $(PROTOS) $(STAMPS)/venv
+	rm -rf $(GEN_PY) && mkdir -p $(GEN_PY)
+	$(VPY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_PY) --pyi_out=$(GEN_PY) \
+		--grpc_python_out=$(GEN_PY) $(PROTOS)
+	touch $(GEN_PY)/embedviz/__init__.py $(GEN_PY)/embedviz/v1/__init__.py
+	touch $@
+
+# $(WEB)/buf.gen.yaml names its input (../../protos) and the local protoc-gen-es.
+$(STAMPS)/proto-ts: $(PROTOS) $(BUF_GEN) $(if $(BUF_GEN),$(STAMPS)/web-deps)
+	@mkdir -p $(STAMPS)
+ifneq ($(BUF_GEN),)
+	cd $(WEB) && node_modules/.bin/buf generate
+	touch $@
+else
+	@echo "proto: no $(WEB)/buf.gen.yaml yet, skipping TypeScript"
+endif
+
+lint-proto: $(STAMPS)/web-deps
+	cd protos && ../$(BUF) lint
+
+# --- Web client -------------------------------------------------------------------------
+
+web: $(STAMPS)/web
+
+$(STAMPS)/web: $(STAMPS)/web-deps $(STAMPS)/proto-ts $(WEB_SRC)
+ifeq ($(WEB_PKG),)
+	@echo "web: no $(WEB)/package.json yet, skipping"
+else
+	cd $(WEB) && npm run build
+	touch $@
+endif
+
+# --- Browser for the web tests ------------------------------------------------------------
+
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "chromium: /usr/bin/chromium is missing; install Debian's chromium package (as root)" >&2; exit 1; fi
+
+# --- Run, test, bench -------------------------------------------------------------------
+
+run: venv proto web
+	$(RUN_ENV) $(VPY) -m services.stack
+
+test: venv envoy-venv proto web chromium
+	@mkdir -p build/numba-cache test-artifacts
+	$(RUN_ENV) $(VPY) -m pytest $(TESTS) -v -rfEs --durations=15 $(PYTEST_ARGS)
+
+bench: venv $(STAMPS)/proto-py
+	@set -e; shopt -s nullglob; \
+	if [ -n "$(BENCH)" ]; then scripts=(tests/bench/$(BENCH).py); else scripts=(tests/bench/*.py); fi; \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no scripts in tests/bench/"; exit 0; fi; \
+	for s in "$${scripts[@]}"; do \
+		case "$$(basename $$s)" in __init__.py|conftest.py) continue;; esac; \
+		echo "== $$s"; $(RUN_ENV) $(VPY) "$$s"; \
+	done
+
+lint:
+	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check services gateway tests; \
+	elif command -v ruff >/dev/null; then ruff check services gateway tests; \
+	else echo "lint: ruff is not installed (pip install ruff)"; fi
+
+clean:
+	rm -rf build $(WEB)/dist $(WEB)/src/gen test-artifacts .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) $(ENVOY_VENV) $(WEB)/node_modules
