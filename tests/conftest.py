@@ -3,7 +3,7 @@
 - `stack`: everything (embedded PostgreSQL and NATS, the four services, the edge), once per
   test session. Talk to it through `stack.addrs[...]`, `stack.edge_url`, `stack.env`.
 - `infra`: only PostgreSQL and NATS, for tests of the shared package and of single services.
-  Shares the servers with `stack` when both are used in one session.
+  Separate servers from `stack`, so the stack's workers never take a single-service test's jobs.
 
 On teardown every process is stopped and the logs are copied to test-artifacts/logs/
 so a failed CI run can be read afterwards.
@@ -86,10 +86,8 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def infra(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """PostgreSQL and NATS only. Reuses the full stack's servers when it is already up."""
-    if "stack" in _stacks:
-        yield _stacks["stack"]
-        return
+    """PostgreSQL and NATS only, never shared with the full stack: single-service tests run
+    their own service instances on these, and the stack's workers must not take their jobs."""
     yield from _start(request, "infra", "infra")
 
 

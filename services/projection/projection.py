@@ -1,0 +1,650 @@
+"""Projections: the records, the rules (who may do what, which parameters make sense),
+the job that makes a map, and the reads a map serves (points, clusters, search,
+neighbours). No gRPC here; other services are reached through `Sources`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import delete, select
+
+from embedviz.v1 import ingest_pb2, projection_pb2
+from services.common import names
+from services.common.app import Deps
+from services.common.auth import Identity
+from services.common.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from services.common.jobs import (
+    PENDING,
+    SUCCEEDED,
+    TERMINAL,
+    JobCancelled,
+    JobGone,
+    JobReporter,
+    cancel_job,
+    job_to_proto,
+    timestamp,
+    watch,
+)
+from services.projection import maps
+from services.projection.models import ClusterRow, ProjectionRow
+from services.projection.sources import EmbeddingInfo, Sources
+
+log = logging.getLogger(__name__)
+
+KIND = "projection"
+EMBEDDING_PATTERN = "projects/{project}/datasets/{dataset}/embeddings/{embedding}"
+PROJECTION_PATTERN = EMBEDDING_PATTERN + "/projections/{projection}"
+MIN_ROWS = 4
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+HEARTBEAT_SECONDS = 2.0
+
+T = TypeVar("T")
+
+_METHOD_NAMES = {
+    projection_pb2.PROJECTION_METHOD_UNSPECIFIED: maps.UMAP,
+    projection_pb2.PROJECTION_METHOD_UMAP: maps.UMAP,
+    projection_pb2.PROJECTION_METHOD_PCA: maps.PCA,
+    projection_pb2.PROJECTION_METHOD_TSNE: maps.TSNE,
+}
+_ALGORITHM_NAMES = {
+    projection_pb2.CLUSTER_ALGORITHM_UNSPECIFIED: maps.KMEANS,
+    projection_pb2.CLUSTER_ALGORITHM_KMEANS: maps.KMEANS,
+    projection_pb2.CLUSTER_ALGORITHM_HDBSCAN: maps.HDBSCAN,
+    projection_pb2.CLUSTER_ALGORITHM_NONE: maps.NONE,
+}
+_SPACE_NAMES = {
+    projection_pb2.CLUSTER_SPACE_UNSPECIFIED: maps.PROJECTED,
+    projection_pb2.CLUSTER_SPACE_PROJECTED: maps.PROJECTED,
+    projection_pb2.CLUSTER_SPACE_EMBEDDING: maps.EMBEDDING,
+}
+
+
+def points_key(projection_id: str) -> str:
+    return f"projections/{projection_id}/points.arrow"
+
+
+def embedding_name(row: ProjectionRow) -> str:
+    return f"projects/{row.project_id}/datasets/{row.dataset_id}/embeddings/{row.embedding_id}"
+
+
+def dataset_name(row: ProjectionRow) -> str:
+    return f"projects/{row.project_id}/datasets/{row.dataset_id}"
+
+
+def projection_name(row: ProjectionRow) -> str:
+    return f"{embedding_name(row)}/projections/{row.id}"
+
+
+def to_proto(row: ProjectionRow) -> projection_pb2.Projection:
+    p = row.params or {}
+    message = projection_pb2.Projection(
+        name=projection_name(row),
+        method=projection_pb2.ProjectionMethod.Value(f"PROJECTION_METHOD_{row.method}"),
+        dimensions=row.dimensions,
+        seed=row.seed or 0,
+        umap=projection_pb2.UmapParams(
+            n_neighbors=p.get("n_neighbors", 15), min_dist=p.get("min_dist", 0.1), metric=p.get("metric", "cosine")
+        ),
+        tsne=projection_pb2.TsneParams(perplexity=p.get("perplexity", 30.0)),
+        clustering=projection_pb2.ClusterParams(
+            algorithm=projection_pb2.ClusterAlgorithm.Value(f"CLUSTER_ALGORITHM_{p.get('algorithm', maps.KMEANS)}"),
+            k=p.get("k", 0),
+            min_cluster_size=p.get("min_cluster_size", 10),
+            space=projection_pb2.ClusterSpace.Value(f"CLUSTER_SPACE_{p.get('space', maps.PROJECTED)}"),
+        ),
+        point_count=row.point_count or 0,
+        cluster_count=row.cluster_count or 0,
+        job=job_to_proto(row),
+    )
+    created = timestamp(row.create_time)
+    if created is not None:
+        message.create_time.CopyFrom(created)
+    return message
+
+
+def cluster_to_proto(row: ClusterRow) -> projection_pb2.Cluster:
+    return projection_pb2.Cluster(
+        id=row.cluster_id, label=row.label, size=row.size, centroid=list(row.centroid), terms=list(row.terms)
+    )
+
+
+def map_params(spec: projection_pb2.Projection, rows: int) -> maps.MapParams:
+    """The request's parameters with defaults filled in, or INVALID_ARGUMENT saying what
+    to change. `rows` is the embedding's row count."""
+    method = _METHOD_NAMES.get(spec.method)
+    if method is None:
+        raise InvalidArgument(f"unknown projection method {spec.method}; use UMAP, PCA or TSNE")
+    dimensions = spec.dimensions or 2
+    if dimensions not in (2, 3):
+        raise InvalidArgument(f"dimensions is {spec.dimensions}; a map has 2 or 3 dimensions")
+    if rows < MIN_ROWS:
+        raise FailedPrecondition(f"the embedding has {rows} rows; a map needs at least {MIN_ROWS}")
+    n_neighbors = spec.umap.n_neighbors
+    if n_neighbors < 0 or n_neighbors == 1:
+        raise InvalidArgument(f"n_neighbors is {n_neighbors}; use 2 or more")
+    if method == maps.UMAP and n_neighbors and n_neighbors >= rows:
+        raise InvalidArgument(
+            f"n_neighbors is {n_neighbors} but the embedding has {rows} rows; use at most {rows - 1}"
+        )
+    # proto3 has no presence for scalars: 0 means "the default"
+    if not 0.0 <= spec.umap.min_dist <= 1.0:
+        raise InvalidArgument(f"min_dist is {spec.umap.min_dist:g}; use a value from 0 to 1")
+    min_dist = spec.umap.min_dist or 0.1
+    metric = spec.umap.metric or "cosine"
+    if metric not in maps.UMAP_METRICS:
+        raise InvalidArgument(f"metric '{metric}' is not supported; use one of: {', '.join(maps.UMAP_METRICS)}")
+    if spec.HasField("tsne") and spec.tsne.perplexity <= 0:
+        raise InvalidArgument(f"perplexity is {spec.tsne.perplexity:g}; use a value above 0 (typically 5 to 50)")
+    perplexity = spec.tsne.perplexity or 30.0
+    algorithm = _ALGORITHM_NAMES.get(spec.clustering.algorithm)
+    if algorithm is None:
+        raise InvalidArgument(f"unknown clustering algorithm {spec.clustering.algorithm}; use KMEANS, HDBSCAN or NONE")
+    space = _SPACE_NAMES.get(spec.clustering.space)
+    if space is None:
+        raise InvalidArgument(f"unknown cluster space {spec.clustering.space}; use PROJECTED or EMBEDDING")
+    k = spec.clustering.k
+    if k < 0 or (k and algorithm == maps.KMEANS and k < 2):
+        raise InvalidArgument(f"k is {k}; use 2 or more")
+    if algorithm == maps.KMEANS and k > rows:
+        raise InvalidArgument(f"k is {k} but the embedding has {rows} rows; use at most {rows}")
+    min_cluster_size = spec.clustering.min_cluster_size or 10
+    if spec.clustering.min_cluster_size and algorithm == maps.HDBSCAN:
+        if min_cluster_size < 2:
+            raise InvalidArgument(f"min_cluster_size is {min_cluster_size}; use 2 or more")
+        if min_cluster_size > rows:
+            raise InvalidArgument(
+                f"min_cluster_size is {min_cluster_size} but the embedding has {rows} rows; use at most {rows}"
+            )
+    return maps.MapParams(
+        method=method,
+        dimensions=dimensions,
+        seed=spec.seed or None,
+        n_neighbors=n_neighbors or 15,
+        min_dist=float(min_dist),
+        metric=metric,
+        perplexity=float(perplexity),
+        algorithm=algorithm,
+        k=k or (maps.default_k(rows) if algorithm == maps.KMEANS else 0),
+        min_cluster_size=min_cluster_size,
+        space=space,
+    )
+
+
+def _params_json(params: maps.MapParams) -> dict[str, Any]:
+    return {
+        "n_neighbors": params.n_neighbors,
+        "min_dist": params.min_dist,
+        "metric": params.metric,
+        "perplexity": params.perplexity,
+        "algorithm": params.algorithm,
+        "k": params.k,
+        "min_cluster_size": params.min_cluster_size,
+        "space": params.space,
+    }
+
+
+def params_of(row: ProjectionRow) -> maps.MapParams:
+    p = row.params or {}
+    return maps.MapParams(
+        method=row.method,
+        dimensions=row.dimensions,
+        seed=row.seed or None,
+        n_neighbors=int(p.get("n_neighbors", 15)),
+        min_dist=float(p.get("min_dist", 0.1)),
+        metric=str(p.get("metric", "cosine")),
+        perplexity=float(p.get("perplexity", 30.0)),
+        algorithm=str(p.get("algorithm", maps.KMEANS)),
+        k=int(p.get("k", 0)),
+        min_cluster_size=int(p.get("min_cluster_size", 10)),
+        space=str(p.get("space", maps.PROJECTED)),
+    )
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+
+
+def _offset(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        offset = int(json.loads(base64.urlsafe_b64decode(token.encode()))["o"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is not a token this service gave out; start again without it") from None
+    if offset < 0:
+        raise InvalidArgument("page_token is not a token this service gave out; start again without it")
+    return offset
+
+
+@dataclass(frozen=True)
+class VectorSet:
+    unit: np.ndarray  # unit-length rows for cosine by dot product
+
+
+class VectorCache:
+    """The vectors of the last few embeddings searched, in memory (small LRU)."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[tuple[str, int], VectorSet] = OrderedDict()
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    async def get(self, key: tuple[str, int], load: Callable[[], Awaitable[np.ndarray]]) -> VectorSet:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._items:
+                vectors = await load()
+                self._items[key] = VectorSet(unit=await asyncio.to_thread(maps.normalise, vectors))
+                while len(self._items) > self._capacity:
+                    self._items.popitem(last=False)
+        self._locks.pop(key, None)
+        return self._items[key]
+
+
+class Projections:
+    def __init__(self, deps: Deps, sources: Sources) -> None:
+        self._deps = deps
+        self._sessions = deps.db.sessions
+        self._sources = sources
+        self._vectors = VectorCache()
+
+    # --- records and rules -----------------------------------------------------------------
+
+    async def _publish(self, row: ProjectionRow) -> None:
+        await self._deps.bus.publish_event(KIND, row.id, to_proto(row).SerializeToString())
+
+    async def _authorise(self, identity: Identity, name: str, pattern: str, minimum: int) -> dict[str, str]:
+        parts = names.parse(name, pattern)
+        await self._deps.access.require(identity, f"projects/{parts['project']}", minimum, name)
+        return parts
+
+    async def _load(self, parts: dict[str, str], name: str) -> ProjectionRow:
+        async with self._sessions() as session:
+            row = await session.get(ProjectionRow, parts["projection"])
+        if (
+            row is None
+            or row.project_id != parts["project"]
+            or row.dataset_id != parts["dataset"]
+            or row.embedding_id != parts["embedding"]
+        ):
+            raise NotFound(f"{name} not found")
+        return row
+
+    async def _readable(self, identity: Identity, name: str, minimum: int = ingest_pb2.ROLE_VIEWER) -> ProjectionRow:
+        parts = await self._authorise(identity, name, PROJECTION_PATTERN, minimum)
+        return await self._load(parts, name)
+
+    async def _succeeded(self, identity: Identity, name: str) -> ProjectionRow:
+        row = await self._readable(identity, name)
+        if row.state != SUCCEEDED:
+            raise FailedPrecondition(
+                f"{name} is {row.state.lower()}, not ready yet; wait until it has succeeded (WatchProjection)"
+            )
+        return row
+
+    async def create(self, identity: Identity, parent: str, spec: projection_pb2.Projection) -> ProjectionRow:
+        parts = await self._authorise(identity, parent, EMBEDDING_PATTERN, ingest_pb2.ROLE_EDITOR)
+        embedding = await self._sources.get_embedding(identity, parent)
+        if not embedding.succeeded:
+            raise FailedPrecondition(
+                f"{parent} is {embedding.state_name}; a projection needs a finished embedding (WatchEmbedding)"
+            )
+        params = map_params(spec, embedding.row_count)
+        row = ProjectionRow(
+            id=names.new_id(),
+            owner=identity.user,
+            project_id=parts["project"],
+            dataset_id=parts["dataset"],
+            embedding_id=parts["embedding"],
+            method=params.method,
+            dimensions=params.dimensions,
+            seed=params.seed or 0,
+            params=_params_json(params),
+            point_count=0,
+            cluster_count=0,
+            state=PENDING,
+            progress=0.0,
+            stage="queued",
+            done=0,
+            total=embedding.row_count,
+            rate=0.0,
+            eta_seconds=0.0,
+            error="",
+        )
+        async with self._sessions() as session:
+            session.add(row)
+            await session.commit()
+        await self._publish(row)
+        await self._deps.bus.enqueue(KIND, {"id": row.id, "owner": identity.user})
+        return row
+
+    async def get(self, identity: Identity, name: str) -> ProjectionRow:
+        return await self._readable(identity, name)
+
+    async def list(
+        self, identity: Identity, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[ProjectionRow], str]:
+        parts = await self._authorise(identity, parent, EMBEDDING_PATTERN, ingest_pb2.ROLE_VIEWER)
+        if page_size < 0:
+            raise InvalidArgument(f"page_size is {page_size}; use 0 (the default, {DEFAULT_PAGE_SIZE}) or more")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        offset = _offset(page_token)
+        query = (
+            select(ProjectionRow)
+            .where(
+                ProjectionRow.project_id == parts["project"],
+                ProjectionRow.dataset_id == parts["dataset"],
+                ProjectionRow.embedding_id == parts["embedding"],
+            )
+            .order_by(ProjectionRow.create_time.desc(), ProjectionRow.id)
+            .offset(offset)
+            .limit(size + 1)
+        )
+        async with self._sessions() as session:
+            rows = list((await session.scalars(query)).all())
+        more = len(rows) > size
+        return rows[:size], _page_token(offset + size) if more else ""
+
+    async def delete(self, identity: Identity, name: str) -> None:
+        row = await self._readable(identity, name, ingest_pb2.ROLE_EDITOR)
+        async with self._sessions() as session:
+            await session.execute(delete(ClusterRow).where(ClusterRow.projection_id == row.id))
+            await session.execute(delete(ProjectionRow).where(ProjectionRow.id == row.id))
+            await session.commit()
+        await asyncio.to_thread(self._deps.blobs.delete_dir, f"projections/{row.id}")
+        await self._deps.bus.delete_events(KIND, row.id)
+
+    async def cancel(self, identity: Identity, name: str) -> ProjectionRow:
+        row = await self._readable(identity, name, ingest_pb2.ROLE_EDITOR)
+        cancelled = await cancel_job(self._sessions, ProjectionRow, row.id)
+        if cancelled is None:
+            raise NotFound(f"{name} not found")
+        await self._publish(cancelled)
+        return cancelled
+
+    async def watch(self, identity: Identity, name: str) -> AsyncIterator[projection_pb2.Projection]:
+        row = await self._readable(identity, name)
+        parts = names.parse(name, PROJECTION_PATTERN)
+
+        async def load() -> projection_pb2.Projection:
+            return to_proto(await self._load(parts, name))
+
+        def decode(data: bytes) -> projection_pb2.Projection:
+            return projection_pb2.Projection.FromString(data)
+
+        async for message in watch(self._deps.bus, KIND, row.id, load, decode, lambda m: m.job):
+            yield message
+
+    # --- reads of a finished map ---------------------------------------------------------
+
+    async def points(self, identity: Identity, name: str) -> maps.Points:
+        row = await self._succeeded(identity, name)
+        return await asyncio.to_thread(self._read_points, row.id)
+
+    def _read_points(self, projection_id: str) -> maps.Points:
+        import pyarrow as pa
+
+        key = points_key(projection_id)
+        local = self._deps.blobs.local_path(key)
+        try:
+            source = pa.memory_map(local) if local else self._deps.blobs.open_input_file(key)
+        except FileNotFoundError:
+            raise FailedPrecondition(
+                f"the points of projection {projection_id} are missing; create the projection again"
+            ) from None
+        with source:
+            points = maps.read_points(source)
+        return points
+
+    async def clusters(self, identity: Identity, name: str) -> list[ClusterRow]:
+        row = await self._readable(identity, name)
+        async with self._sessions() as session:
+            result = await session.scalars(
+                select(ClusterRow).where(ClusterRow.projection_id == row.id).order_by(ClusterRow.cluster_id)
+            )
+            clusters = list(result.all())
+        # by id, noise (-1) last
+        return sorted(clusters, key=lambda c: (c.cluster_id == maps.NOISE, c.cluster_id))
+
+    async def _unit_vectors(self, identity: Identity, row: ProjectionRow) -> tuple[EmbeddingInfo, VectorSet]:
+        embedding = await self._sources.get_embedding(identity, embedding_name(row))
+        rows = int(row.point_count)
+
+        async def load() -> np.ndarray:
+            return await self._sources.load_vectors(identity, embedding, limit=rows)
+
+        return embedding, await self._vectors.get((embedding.name, rows), load)
+
+    async def search(
+        self, identity: Identity, name: str, query: str, column: str, limit: int
+    ) -> list[tuple[int, float]]:
+        if not query.strip():
+            raise InvalidArgument("query is empty; give a text to look for")
+        if limit < 0:
+            raise InvalidArgument(f"limit is {limit}; use 1 to 1000")
+        limit = min(limit or 20, 1000)
+        row = await self._succeeded(identity, name)
+        if column:
+            found = self._sources.rows_containing(
+                identity, dataset_name(row), column, query, limit, int(row.point_count)
+            )
+            return [(index, 1.0) async for index in found]
+        embedding, vectors = await self._unit_vectors(identity, row)
+        vector = await self._sources.embed_query(identity, embedding.model, query)
+        if vector.shape[0] != vectors.unit.shape[1]:
+            raise FailedPrecondition(
+                f"the query vector has {vector.shape[0]} dimensions but {embedding.name} has "
+                f"{vectors.unit.shape[1]}; the embedding's model may be gone"
+            )
+        return await asyncio.to_thread(maps.nearest, vectors.unit, vector, limit)
+
+    async def neighbors(self, identity: Identity, name: str, row_index: int, limit: int) -> list[tuple[int, float]]:
+        if limit < 0:
+            raise InvalidArgument(f"limit is {limit}; use 1 to 100")
+        limit = min(limit or 10, 100)
+        row = await self._succeeded(identity, name)
+        if not 0 <= row_index < row.point_count:
+            raise InvalidArgument(
+                f"row_index is {row_index} but the map has {row.point_count} points; use 0 to {row.point_count - 1}"
+            )
+        _, vectors = await self._unit_vectors(identity, row)
+        return await asyncio.to_thread(maps.nearest, vectors.unit, vectors.unit[row_index], limit, row_index)
+
+    async def export_csv(self, identity: Identity, name: str, columns: list[str], row_indexes: list[int]) -> AsyncIterator[bytes]:
+        """row, x, y (, z), cluster, label as CSV, in chunks."""
+        if columns:
+            raise InvalidArgument(
+                "exporting dataset columns is not supported yet; leave columns empty to export "
+                "row, coordinates, cluster and label"
+            )
+        row = await self._succeeded(identity, name)
+        points = await asyncio.to_thread(self._read_points, row.id)
+        clusters = await self.clusters(identity, name)
+        labels = {c.cluster_id: c.label for c in clusters}
+        for chunk in await asyncio.to_thread(_csv_chunks, points, labels, row_indexes):
+            yield chunk
+
+    # --- the job -----------------------------------------------------------------------------
+
+    async def run_job(self, payload: dict[str, Any], delivery: int) -> None:
+        projection_id = str(payload.get("id", ""))
+        owner = str(payload.get("owner", ""))
+        async with self._sessions() as session:
+            row = await session.get(ProjectionRow, projection_id)
+        if row is None or row.state in TERMINAL:
+            return  # deleted or already finished (a redelivery after the ack was lost)
+        reporter: JobReporter[ProjectionRow] = JobReporter(
+            self._sessions, ProjectionRow, projection_id, self._publish
+        )
+        try:
+            await self._make_map(row, owner or row.owner, reporter)
+        except (JobCancelled, JobGone):
+            log.info("projection %s stopped: cancelled or deleted", projection_id)
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+        except DomainError as exc:
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+            if exc.code.name == "UNAVAILABLE" and delivery < 5:
+                raise  # a service this job needs is down: let the queue hand it out again
+            await reporter.fail(exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("projection %s failed", projection_id)
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+            details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+            await reporter.fail(f"the projection failed: {details or type(exc).__name__}")
+
+    def _remove_blobs(self, projection_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self._deps.blobs.delete_dir(f"projections/{projection_id}")
+
+    async def _make_map(self, row: ProjectionRow, owner: str, reporter: JobReporter[ProjectionRow]) -> None:
+        identity = await self._deps.delegated.identity_for(owner)
+        params = params_of(row)
+        await reporter.start("loading vectors", total=row.total or 0)
+        embedding = await self._sources.get_embedding(identity, embedding_name(row))
+        if not embedding.succeeded:
+            raise FailedPrecondition(f"{embedding.name} is {embedding.state_name}; it must have succeeded")
+        rows = int(embedding.row_count)
+        await reporter.progress(0, total=rows, force=True)
+        vectors = await self._sources.load_vectors(
+            identity, embedding, on_chunk=lambda done: reporter.progress(done, total=rows)
+        )
+        if rows < MIN_ROWS:
+            raise FailedPrecondition(f"the embedding has {rows} rows; a map needs at least {MIN_ROWS}")
+        if params.method == maps.UMAP:
+            params = replace(params, n_neighbors=max(2, min(params.n_neighbors, rows - 1)))
+        if params.algorithm == maps.KMEANS:
+            params = replace(params, k=min(params.k or maps.default_k(rows), rows))
+
+        stage = {maps.UMAP: "umap", maps.PCA: "pca", maps.TSNE: "tsne"}[params.method]
+        await reporter.progress(0, total=rows, stage=stage)
+        points = await self._in_thread(reporter, rows, maps.reduce, vectors, params)
+
+        await reporter.progress(0, total=rows, stage="clustering")
+        labels = await self._in_thread(reporter, rows, maps.cluster, points, vectors, params)
+        del vectors
+        summaries = maps.summarise(points, labels)
+
+        await reporter.progress(0, total=rows, stage="labelling")
+        columns = embedding.text_columns
+        texts = await self._sources.load_texts(identity, dataset_name(row), columns, rows) if columns else [""] * rows
+        terms = await self._in_thread(reporter, rows, maps.cluster_terms, texts, labels)
+        for summary in summaries:
+            summary.terms = terms.get(summary.id, [])
+            summary.label = maps.label_of(summary.terms, summary.id)
+
+        await reporter.progress(rows, total=rows, stage="saving", force=True)
+        await asyncio.to_thread(self._write_points, row.id, points, labels)
+        async with self._sessions() as session:
+            await session.execute(delete(ClusterRow).where(ClusterRow.projection_id == row.id))
+            session.add_all(
+                ClusterRow(
+                    projection_id=row.id,
+                    cluster_id=s.id,
+                    label=s.label,
+                    size=s.size,
+                    centroid=s.centroid,
+                    terms=s.terms,
+                )
+                for s in summaries
+            )
+            await session.commit()
+        cluster_count = sum(1 for s in summaries if s.id != maps.NOISE)
+        await reporter.succeed(point_count=rows, cluster_count=cluster_count, done=rows, total=rows)
+
+    def _write_points(self, projection_id: str, points: np.ndarray, labels: np.ndarray) -> None:
+        key = points_key(projection_id)
+        partial = key + ".part"
+        table = maps.points_table(points, labels)
+        with self._deps.blobs.open_output(partial) as sink:
+            maps.write_points(sink, table)
+        self._deps.blobs.move(partial, key)
+
+    async def _in_thread(
+        self, reporter: JobReporter[ProjectionRow], rows: int, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """Run CPU work in a thread; meanwhile keep the job's record fresh, which is also
+        how a cancellation is noticed (the thread's result is then thrown away)."""
+        task = in_daemon_thread(fn, *args)
+        started = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+                if done:
+                    return task.result()
+                log.debug("still working (%.0f s)", time.monotonic() - started)
+                await reporter.progress(0, total=rows, force=True)
+        finally:
+            if not task.done():
+                task.cancel()  # the thread runs on, but nobody waits for it
+
+
+def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Run `fn` in a daemon thread. Unlike asyncio.to_thread, a long UMAP fit left behind
+    by a cancelled job or a stopping server does not hold up the process's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, failed: bool) -> None:
+        if future.done():
+            return
+        if failed:
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+    def target() -> None:
+        try:
+            value, failed = fn(*args), False
+        except BaseException as exc:
+            value, failed = exc, True
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, value, failed)
+
+    threading.Thread(target=target, name=f"projection-{getattr(fn, '__name__', 'work')}", daemon=True).start()
+    return future
+
+
+def _csv_chunks(points: maps.Points, labels: dict[int, str], row_indexes: list[int]) -> list[bytes]:
+    import csv
+    import io
+
+    chosen = np.arange(len(points))
+    if row_indexes:
+        wanted = np.asarray(row_indexes, dtype=np.int64)
+        chosen = np.flatnonzero(np.isin(points.rows.astype(np.int64), wanted))
+    header = ["row", *"xyz"[: points.dimensions], "cluster", "label"]
+    chunks: list[bytes] = []
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for start in range(0, len(chosen), 10_000):
+        part = chosen[start : start + 10_000]
+        rows = points.rows[part].tolist()
+        coords = points.coordinates[part].tolist()
+        clusters = points.clusters[part].tolist()
+        writer.writerows(
+            [r, *(f"{v:.6g}" for v in c), k, labels.get(k, "")] for r, c, k in zip(rows, coords, clusters, strict=True)
+        )
+        chunks.append(buffer.getvalue().encode())
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.getvalue():
+        chunks.append(buffer.getvalue().encode())
+    return chunks

@@ -1,0 +1,114 @@
+"""ProjectionService over gRPC: check the request, call the domain, build messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import empty_pb2
+
+from embedviz.v1 import projection_pb2, projection_pb2_grpc
+from services.common.auth import current_identity
+from services.common.errors import DomainError, InvalidArgument
+from services.projection import maps
+from services.projection.projection import Projections, cluster_to_proto, to_proto
+
+DEFAULT_CHUNK_POINTS = 65536
+MAX_CHUNK_POINTS = 1 << 20
+
+
+class Unimplemented(DomainError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return value
+
+
+class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
+    def __init__(self, projections: Projections) -> None:
+        self._projections = projections
+
+    async def CreateProjection(self, request, context):  # type: ignore[no-untyped-def]
+        row = await self._projections.create(
+            current_identity(), _required(request.parent, "parent"), request.projection
+        )
+        return to_proto(row)
+
+    async def GetProjection(self, request, context):  # type: ignore[no-untyped-def]
+        return to_proto(await self._projections.get(current_identity(), _required(request.name, "name")))
+
+    async def ListProjections(self, request, context):  # type: ignore[no-untyped-def]
+        rows, token = await self._projections.list(
+            current_identity(), _required(request.parent, "parent"), request.page_size, request.page_token
+        )
+        return projection_pb2.ListProjectionsResponse(projections=[to_proto(r) for r in rows], next_page_token=token)
+
+    async def DeleteProjection(self, request, context):  # type: ignore[no-untyped-def]
+        await self._projections.delete(current_identity(), _required(request.name, "name"))
+        return empty_pb2.Empty()
+
+    async def WatchProjection(self, request, context) -> AsyncIterator[projection_pb2.WatchProjectionResponse]:  # type: ignore[no-untyped-def]
+        updates = self._projections.watch(current_identity(), _required(request.name, "name"))
+        try:
+            async for projection in updates:
+                yield projection_pb2.WatchProjectionResponse(projection=projection)
+        finally:
+            await updates.aclose()
+
+    async def CancelProjection(self, request, context):  # type: ignore[no-untyped-def]
+        return to_proto(await self._projections.cancel(current_identity(), _required(request.name, "name")))
+
+    async def StreamPoints(self, request, context) -> AsyncIterator[projection_pb2.StreamPointsResponse]:  # type: ignore[no-untyped-def]
+        if request.chunk_points < 0:
+            raise InvalidArgument(f"chunk_points is {request.chunk_points}; use 0 (the default) or more")
+        size = min(request.chunk_points or DEFAULT_CHUNK_POINTS, MAX_CHUNK_POINTS)
+        points = await self._projections.points(current_identity(), _required(request.name, "name"))
+        total = len(points)
+        for start, stop in maps.chunk_bounds(points, size):
+            chunk = maps.pack(points, start, stop)
+            yield projection_pb2.StreamPointsResponse(
+                count=chunk.count,
+                dimensions=chunk.dimensions,
+                row_indexes=chunk.row_indexes,
+                coordinates=chunk.coordinates,
+                cluster_ids=chunk.cluster_ids,
+                total_count=total,
+            )
+
+    async def ListClusters(self, request, context):  # type: ignore[no-untyped-def]
+        clusters = await self._projections.clusters(current_identity(), _required(request.parent, "parent"))
+        return projection_pb2.ListClustersResponse(clusters=[cluster_to_proto(c) for c in clusters])
+
+    async def SearchPoints(self, request, context):  # type: ignore[no-untyped-def]
+        matches = await self._projections.search(
+            current_identity(), _required(request.name, "name"), request.query, request.column, request.limit
+        )
+        return projection_pb2.SearchPointsResponse(
+            matches=[projection_pb2.PointMatch(row_index=r, score=s) for r, s in matches]
+        )
+
+    async def FindNeighbors(self, request, context):  # type: ignore[no-untyped-def]
+        neighbors = await self._projections.neighbors(
+            current_identity(), _required(request.name, "name"), request.row_index, request.limit
+        )
+        return projection_pb2.FindNeighborsResponse(
+            neighbors=[projection_pb2.PointMatch(row_index=r, score=s) for r, s in neighbors]
+        )
+
+    async def ExportProjection(self, request, context) -> AsyncIterator[projection_pb2.ExportProjectionResponse]:  # type: ignore[no-untyped-def]
+        if request.format not in (projection_pb2.EXPORT_FORMAT_UNSPECIFIED, projection_pb2.EXPORT_FORMAT_CSV):
+            raise Unimplemented(
+                f"export as {projection_pb2.ExportFormat.Name(request.format).removeprefix('EXPORT_FORMAT_')} "
+                "is not available yet; use CSV"
+            )
+        chunks = self._projections.export_csv(
+            current_identity(), _required(request.name, "name"), list(request.columns), list(request.row_indexes)
+        )
+        try:
+            async for data in chunks:
+                yield projection_pb2.ExportProjectionResponse(data=data, content_type="text/csv")
+        finally:
+            await chunks.aclose()

@@ -1,0 +1,211 @@
+"""What the projection service reads from other services, over their gRPC APIs, always
+as the caller (or, in a worker, as the job's owner): embeddings and their vectors from
+the embedding service, row texts from ingest. gRPC failures become domain errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedviz.v1 import (
+    embedding_pb2,
+    embedding_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    job_pb2,
+)
+from services.common import errors
+from services.common.auth import Identity
+from services.common.clients import Channels
+
+_ERRORS: dict[grpc.StatusCode, type[errors.DomainError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.OUT_OF_RANGE: errors.OutOfRange,
+    grpc.StatusCode.ABORTED: errors.Aborted,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
+
+
+def _domain_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
+    kind = _ERRORS.get(exc.code())
+    if kind is None:
+        return RuntimeError(f"{what} failed: {exc.code().name}: {exc.details()}")
+    return kind(exc.details() or f"{what} failed ({exc.code().name})")
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    name: str
+    model: str
+    text_columns: list[str]
+    dimension: int
+    row_count: int
+    succeeded: bool
+    state_name: str
+
+
+class Sources:
+    def __init__(self, channels: Channels, embedding_addr: str, ingest_addr: str) -> None:
+        self._channels = channels
+        self._embedding_addr = embedding_addr
+        self._ingest_addr = ingest_addr
+
+    def _embeddings(self) -> embedding_pb2_grpc.EmbeddingServiceStub:
+        return embedding_pb2_grpc.EmbeddingServiceStub(self._channels.get(self._embedding_addr))
+
+    def _embeddings_internal(self) -> embedding_pb2_grpc.EmbeddingInternalServiceStub:
+        return embedding_pb2_grpc.EmbeddingInternalServiceStub(self._channels.get(self._embedding_addr))
+
+    def _ingest(self) -> ingest_pb2_grpc.IngestServiceStub:
+        return ingest_pb2_grpc.IngestServiceStub(self._channels.get(self._ingest_addr))
+
+    def _ingest_internal(self) -> ingest_pb2_grpc.IngestInternalServiceStub:
+        return ingest_pb2_grpc.IngestInternalServiceStub(self._channels.get(self._ingest_addr))
+
+    async def get_embedding(self, identity: Identity, name: str) -> EmbeddingInfo:
+        try:
+            e = await self._embeddings().GetEmbedding(
+                embedding_pb2.GetEmbeddingRequest(name=name), metadata=identity.metadata(), timeout=15
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error(exc, f"reading {name}") from None
+        state = e.job.state
+        return EmbeddingInfo(
+            name=e.name or name,
+            model=e.model,
+            text_columns=list(e.text_columns),
+            dimension=e.dimension,
+            row_count=e.row_count,
+            succeeded=state == job_pb2.JOB_STATE_SUCCEEDED,
+            state_name=job_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower(),
+        )
+
+    async def load_vectors(
+        self,
+        identity: Identity,
+        embedding: EmbeddingInfo,
+        limit: int = 0,
+        on_chunk: Callable[[int], object] | None = None,
+    ) -> np.ndarray:
+        """All vectors of an embedding (or its first `limit` rows) in one float32 array,
+        allocated once from the first chunk's dimension and the embedding's row count."""
+        rows = embedding.row_count if not limit else min(limit, embedding.row_count or limit)
+        out: np.ndarray | None = None
+        filled = 0
+        stream = self._embeddings_internal().StreamVectors(
+            embedding_pb2.StreamVectorsRequest(embedding=embedding.name, chunk_rows=4096),
+            metadata=identity.metadata(),
+        )
+        try:
+            async for chunk in stream:
+                dim = chunk.dimension
+                if out is None:
+                    out = np.zeros((rows, dim), dtype=np.float32)
+                start = int(chunk.start_row)
+                if start >= rows:
+                    continue
+                block = np.frombuffer(chunk.vectors, dtype="<f4").reshape(int(chunk.row_count), dim)
+                stop = min(start + block.shape[0], rows)
+                out[start:stop] = block[: stop - start]
+                filled += stop - start
+                if on_chunk is not None:
+                    result = on_chunk(filled)
+                    if hasattr(result, "__await__"):
+                        await result  # type: ignore[misc]
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error(exc, f"reading the vectors of {embedding.name}") from None
+        finally:
+            stream.cancel()
+        if out is None:
+            out = np.zeros((rows, embedding.dimension), dtype=np.float32)
+        if filled < rows:
+            raise errors.FailedPrecondition(
+                f"{embedding.name} sent {filled} vectors but has {rows} rows; the embedding may be incomplete"
+            )
+        return out
+
+    async def load_texts(self, identity: Identity, dataset: str, columns: list[str], rows: int) -> list[str]:
+        """The text of each of the first `rows` rows: its text columns joined by spaces."""
+        texts = [""] * rows
+        stream = self._ingest_internal().StreamRows(
+            ingest_pb2.StreamRowsRequest(dataset=dataset, columns=columns, start_row=0, row_count=rows),
+            metadata=identity.metadata(),
+        )
+        try:
+            async for batch in stream:
+                table = pa.ipc.open_stream(batch.arrow_ipc).read_all()
+                parts = [
+                    pc.fill_null(pc.cast(table.column(c), pa.string()), "")
+                    for c in columns
+                    if c in table.column_names
+                ]
+                if not parts:
+                    continue
+                joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, " ")
+                start = int(batch.start_row)
+                values = joined.to_pylist()
+                stop = min(start + len(values), rows)
+                if stop > start:
+                    texts[start:stop] = values[: stop - start]
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error(exc, f"reading the texts of {dataset}") from None
+        finally:
+            stream.cancel()
+        return texts
+
+    async def embed_query(self, identity: Identity, model: str, text: str) -> np.ndarray:
+        try:
+            response = await self._embeddings().EmbedTexts(
+                embedding_pb2.EmbedTextsRequest(model=model, texts=[text]),
+                metadata=identity.metadata(),
+                timeout=60,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error(exc, "embedding the query") from None
+        return np.frombuffer(response.vectors, dtype="<f4")[: response.dimension].copy()
+
+    async def rows_containing(
+        self, identity: Identity, dataset: str, column: str, query: str, limit: int, max_rows: int
+    ) -> AsyncIterator[int]:
+        """Rows whose `column` contains `query` (case-insensitive), in row order."""
+        needle = query.casefold()
+        token = ""
+        found = 0
+        for _ in range(100):  # bounded: at most 100 pages of 1000
+            try:
+                page = await self._ingest().ListRows(
+                    ingest_pb2.ListRowsRequest(
+                        parent=dataset, page_size=1000, page_token=token, columns=[column], filter=query
+                    ),
+                    metadata=identity.metadata(),
+                    timeout=30,
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _domain_error(exc, f"searching {dataset}") from None
+            position = list(page.columns).index(column) if column in page.columns else 0
+            for row in page.rows:
+                if row.index >= max_rows or position >= len(row.values):
+                    continue
+                value = row.values[position]
+                text = value.string_value if value.HasField("string_value") else str(
+                    value.number_value if value.HasField("number_value") else ""
+                )
+                if needle in text.casefold():
+                    yield int(row.index)
+                    found += 1
+                    if found >= limit:
+                        return
+            token = page.next_page_token
+            if not token:
+                return
