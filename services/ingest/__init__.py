@@ -1,0 +1,1 @@
+"""The ingest service: projects and members, resumable uploads, dataset imports, rows."""

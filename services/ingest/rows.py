@@ -1,0 +1,162 @@
+"""Reading a dataset's rows back from its Parquet file: pages (sorted, filtered), rows by
+index, and bounded Arrow batches for other services. Plain synchronous pyarrow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from services.common.errors import InvalidArgument
+from services.ingest.importer import ROW_COLUMN
+
+
+@dataclass
+class Page:
+    columns: list[str]
+    rows: list[tuple[int, list[Any]]]
+    total_size: int
+
+
+def data_columns(parquet: pq.ParquetFile) -> list[str]:
+    return [n for n in parquet.schema_arrow.names if n != ROW_COLUMN]
+
+
+def check_columns(parquet: pq.ParquetFile, wanted: list[str]) -> list[str]:
+    available = data_columns(parquet)
+    if not wanted:
+        return available
+    known = set(available)
+    for name in wanted:
+        if name not in known:
+            raise InvalidArgument(f"column '{name}' not found; the dataset has: {', '.join(available)}")
+    return list(wanted)
+
+
+def parse_order_by(parquet: pq.ParquetFile, order_by: str) -> tuple[str, str] | None:
+    text = order_by.strip()
+    if not text:
+        return None
+    column, _, direction = text.rpartition(" ")
+    if direction.lower() not in ("asc", "desc") or not column.strip():
+        column, direction = text, "asc"
+    column = column.strip()
+    if column != ROW_COLUMN:
+        check_columns(parquet, [column])
+    return column, "descending" if direction.lower() == "desc" else "ascending"
+
+
+def _text_columns(parquet: pq.ParquetFile) -> list[str]:
+    return [
+        f.name
+        for f in parquet.schema_arrow
+        if f.name != ROW_COLUMN and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    ]
+
+
+def list_rows(
+    parquet: pq.ParquetFile,
+    columns: list[str],
+    offset: int,
+    limit: int,
+    order_by: str = "",
+    filter_text: str = "",
+) -> Page:
+    names = check_columns(parquet, columns)
+    order = parse_order_by(parquet, order_by)
+    total = parquet.metadata.num_rows
+    if order is None and not filter_text:
+        table = _read_range(parquet, names, offset, limit)
+        return Page(names, _to_rows(table, names), total)
+    text_columns = _text_columns(parquet) if filter_text else []
+    needed = list(dict.fromkeys([ROW_COLUMN, *text_columns, *([order[0]] if order else [])]))
+    keys = parquet.read(columns=needed)
+    if filter_text:
+        mask = None
+        for name in text_columns:
+            hit = pc.fill_null(pc.match_substring(keys[name], filter_text, ignore_case=True), False)
+            mask = hit if mask is None else pc.or_(mask, hit)
+        keys = keys.filter(mask) if mask is not None else keys.slice(0, 0)
+    total = keys.num_rows
+    if order is not None:
+        sort_keys = [(order[0], order[1], "at_end")]
+        if order[0] != ROW_COLUMN:
+            sort_keys.append((ROW_COLUMN, "ascending", "at_end"))
+        keys = keys.take(pc.sort_indices(keys, sort_keys=sort_keys))
+    indexes = keys.column(ROW_COLUMN).slice(offset, limit).to_pylist()
+    return Page(names, get_rows(parquet, indexes, names), total)
+
+
+def _read_range(parquet: pq.ParquetFile, names: list[str], start: int, count: int) -> pa.Table:
+    """Rows [start, start+count) reading only the row groups that hold them."""
+    groups, first = [], None
+    position = 0
+    for g in range(parquet.metadata.num_row_groups):
+        n = parquet.metadata.row_group(g).num_rows
+        if position + n > start and position < start + count:
+            groups.append(g)
+            if first is None:
+                first = position
+        position += n
+    if not groups:
+        return pa.table({name: pa.array([], parquet.schema_arrow.field(name).type) for name in [ROW_COLUMN, *names]})
+    table = parquet.read_row_groups(groups, columns=[ROW_COLUMN, *names])
+    return table.slice(start - (first or 0), count)
+
+
+def get_rows(parquet: pq.ParquetFile, indexes: list[int], names: list[str]) -> list[tuple[int, list[Any]]]:
+    """Rows by `__row` index (= position in the file), in the order asked, repeats kept."""
+    total = parquet.metadata.num_rows
+    for index in indexes:
+        if index < 0 or index >= total:
+            raise InvalidArgument(f"row index {index} is out of range; the dataset has {total} rows (0 to {total - 1})")
+    if not indexes:
+        return []
+    starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)])
+    wanted = np.asarray(indexes, dtype=np.int64)
+    group_of = np.searchsorted(starts, wanted, side="right") - 1
+    groups = sorted(set(group_of.tolist()))
+    table = parquet.read_row_groups(groups, columns=[ROW_COLUMN, *names])
+    # position of each wanted row inside the concatenated row groups
+    offsets = {}
+    running = 0
+    for g in groups:
+        offsets[g] = running - int(starts[g])
+        running += int(starts[g + 1] - starts[g])
+    positions = pa.array([int(i) + offsets[int(g)] for i, g in zip(wanted, group_of, strict=True)], pa.int64())
+    return _to_rows(table.take(positions), names)
+
+
+def _to_rows(table: pa.Table, names: list[str]) -> list[tuple[int, list[Any]]]:
+    index = table.column(ROW_COLUMN).to_pylist()
+    values = [table.column(name).to_pylist() for name in names]
+    return [(index[r], [column[r] for column in values]) for r in range(table.num_rows)]
+
+
+def stream_batches(
+    parquet: pq.ParquetFile, columns: list[str], start_row: int, row_count: int, batch_rows: int
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Batches of at most `batch_rows` rows (with `__row`) from start_row, reading one
+    row group at a time so memory stays bounded."""
+    names = [ROW_COLUMN, *check_columns(parquet, columns)]
+    total = parquet.metadata.num_rows
+    if start_row < 0 or start_row > total:
+        raise InvalidArgument(f"start_row {start_row} is out of range; the dataset has {total} rows")
+    end = total if row_count == 0 else min(total, start_row + row_count)
+    position = 0
+    for g in range(parquet.metadata.num_row_groups):
+        n = parquet.metadata.row_group(g).num_rows
+        group_start, position = position, position + n
+        if position <= start_row or group_start >= end:
+            continue
+        table = parquet.read_row_group(g, columns=names)
+        lo, hi = max(start_row, group_start) - group_start, min(end, position) - group_start
+        for at in range(lo, hi, batch_rows):
+            piece = table.slice(at, min(batch_rows, hi - at))
+            for batch in piece.combine_chunks().to_batches():
+                yield group_start + at, batch

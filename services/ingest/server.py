@@ -1,0 +1,37 @@
+"""The ingest server: both servicers, health and reflection, and the import workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from embedviz.v1 import ingest_pb2, ingest_pb2_grpc
+from services.common.app import Built, Deps, new_server
+from services.common.events import run_work_queue
+from services.ingest.datasets import KIND, Datasets
+from services.ingest.projects import Projects
+from services.ingest.servicer import IngestInternalServicer, IngestServicer
+
+DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
+
+
+def max_upload_bytes() -> int:
+    return int(os.environ.get("EMBEDVIZ_MAX_UPLOAD_BYTES", "") or DEFAULT_MAX_UPLOAD_BYTES)
+
+
+async def build(deps: Deps) -> Built:
+    service_names = [
+        ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+        ingest_pb2.DESCRIPTOR.services_by_name["IngestInternalService"].full_name,
+    ]
+    server, health = new_server(deps, service_names)
+    projects = Projects(deps.db.sessions)
+    datasets = Datasets(deps.db.sessions, deps.blobs, deps.bus, max_upload_bytes())
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(projects, datasets), server)
+    ingest_pb2_grpc.add_IngestInternalServiceServicer_to_server(IngestInternalServicer(projects, datasets), server)
+
+    async def importer(stop: asyncio.Event) -> None:
+        await run_work_queue(deps.bus, KIND, datasets.run_import, stop)
+
+    background = [importer for _ in range(deps.settings.workers)]
+    return Built(server, health, service_names, deps.settings.listen_addr(deps.settings.ingest_addr), background)
