@@ -63,7 +63,7 @@ ROWS = pa.table(
         "label": list(range(90)),
     }
 )
-BIG_ROWS = pa.table({"title": [f"row {i} of a longer table about many things" for i in range(600)]})
+BIG_ROWS = pa.table({"title": [f"row {i} of a longer table about many things" for i in range(20000)]})
 
 
 def token(user: str, audience: str = "embedviz") -> str:
@@ -329,7 +329,15 @@ async def test_cancelled_job_stops_and_leaves_no_vectors(service: Running) -> No
         embedding_pb2.CreateEmbeddingRequest(parent=BIG, embedding=embedding_pb2.Embedding(text_columns=["title"])),
         metadata=auth(OWNER),
     )
-    await asyncio.sleep(1.0)
+    # Cancel once the worker is really under way, not before it starts nor after it ends.
+    for _ in range(600):
+        current = await service.embedding.GetEmbedding(
+            embedding_pb2.GetEmbeddingRequest(name=created.name), metadata=auth(OWNER)
+        )
+        if current.job.done > 0:
+            break
+        await asyncio.sleep(0.05)
+    assert current.job.state == job_pb2.JOB_STATE_RUNNING and current.job.done < current.job.total
     cancelled = await service.embedding.CancelEmbedding(
         embedding_pb2.CancelEmbeddingRequest(name=created.name), metadata=auth(OWNER)
     )
