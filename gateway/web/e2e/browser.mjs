@@ -1,0 +1,32 @@
+// Launches Debian's chromium headless through playwright-core with a fresh profile.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+export const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+export async function launch() {
+  const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+  const userDataDir = mkdtempSync(join(tmpdir(), "embedviz-chromium-"));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1280, height: 1000 },
+  });
+  const close = async () => {
+    await context.close().catch(() => {});
+    rmSync(userDataDir, { recursive: true, force: true });
+  };
+  return { context, close };
+}
