@@ -2,7 +2,7 @@
 JWKS server with a generated EC key, and the edge itself as a subprocess reading envoy.yaml.
 
 The conformance checks in tests/edge/conformance.py run here in full; the same checks run
-against any edge (Envoy included) with tests/edge/test_edge_url.py and EDGE_URL.
+against any edge (Envoy included) with tests/edge/edge_url_suite.py and EDGE_URL.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 EMBEDVIZ_EDGE_ADDR (127.0.0.1:8080), EMBEDVIZ_ENVOY_CONFIG (the repository's envoy.yaml),
 EMBEDVIZ_{CLUSTER}_ADDR per gRPC cluster (EMBEDVIZ_AUTH_ADDR, ...), EMBEDVIZ_JWKS_URL,
-EMBEDVIZ_WEB_DIST (gateway/web/dist).
+EMBEDVIZ_WEB_DIST (gateway/web/dist), EMBEDVIZ_JWKS_CACHE_SECONDS (envoy.yaml's cache_duration).
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ async def serve(env: Mapping[str, str]) -> None:
             data: dict[str, Any] = await resp.json(content_type=None)
             return data
 
-    keys = {name: KeyStore(fetch_jwks, p.jwks_cache_seconds) for name, p in config.providers.items()}
+    # EMBEDVIZ_JWKS_CACHE_SECONDS overrides envoy.yaml's cache_duration (tests of key rotation).
+    override = env.get("EMBEDVIZ_JWKS_CACHE_SECONDS")
+    keys = {
+        name: KeyStore(fetch_jwks, float(override) if override else p.jwks_cache_seconds)
+        for name, p in config.providers.items()
+    }
     upstreams = Upstreams.for_config(config, env)
     edge = Edge(config=config, upstreams=upstreams, keys=keys,
                 web_dist=Path(env.get("EMBEDVIZ_WEB_DIST", REPO_ROOT / "gateway/web/dist")))

@@ -68,6 +68,16 @@ def _trailers_only(cors: dict[str, str], mode: WebMode, code: int, message: str,
     return web.Response(status=200, headers=headers, body=grpcweb.trailer_frame(status, mode))
 
 
+def _append_forwarded_for(metadata: list[tuple[str, str | bytes]], remote: str | None) -> list[tuple[str, str | bytes]]:
+    """Like Envoy with use_remote_address: the client's address becomes the last
+    x-forwarded-for hop, the one services trust (earlier hops are the client's word)."""
+    if not remote:
+        return metadata
+    given = [str(v) for k, v in metadata if k == "x-forwarded-for"]
+    rest = [(k, v) for k, v in metadata if k != "x-forwarded-for"]
+    return [*rest, ("x-forwarded-for", ", ".join([*given, remote]))]
+
+
 def _initial_headers(metadata: grpc.aio.Metadata | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in metadata or ():
@@ -91,6 +101,7 @@ async def _grpc_web(edge: Edge, request: web.Request, mode: WebMode, cors: dict[
     if request.method != "POST":
         return _trailers_only(cors, mode, grpcweb.UNIMPLEMENTED, "grpc-web calls are POST requests")
     metadata = forwarded_metadata(request.headers.items(), config.headers_removed_early)
+    metadata = _append_forwarded_for(metadata, request.remote)
 
     rule = config.jwt_rule_for(request.path, is_grpc=True)
     if rule is not None and rule.requires_provider is not None:

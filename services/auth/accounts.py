@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.auth.keys import KeyRing
 from services.auth.models import ApiKey, Session, User
+from services.auth.throttle import Limits, LoginThrottle
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from services.common.jobs import utcnow
 
@@ -45,13 +46,37 @@ def normalise_email(email: str) -> str:
     return value
 
 
-def check_password(password: str) -> None:
+# Passwords people pick first; a long one that is on this list is still guessed at once.
+COMMON_PASSWORDS = frozenset(
+    {
+        "password", "password1", "password12", "password123", "password1234", "1234567890",
+        "12345678910", "123456789a", "qwertyuiop", "qwerty1234", "qwerty12345", "1q2w3e4r5t",
+        "iloveyou12", "letmein123", "welcome123", "admin12345", "abcdefghij", "0987654321",
+        "passw0rd12", "changeme12", "embedviz12", "embedviz123", "trustno1234", "football12",
+        "baseball12", "sunshine12", "princess12", "dragon1234", "monkey1234", "1111111111",
+    }
+)
+
+
+def check_password(password: str, email: str = "") -> None:
+    """Length first (the thing that matters most), then the obvious guesses."""
     if len(password) < MIN_PASSWORD:
-        raise InvalidArgument(f"the password is too short: use at least {MIN_PASSWORD} characters")
+        raise InvalidArgument(
+            f"the password is too short ({len(password)} characters): use at least {MIN_PASSWORD}; "
+            "a few unrelated words make a long password that is easy to remember"
+        )
     if len(password) > MAX_PASSWORD:
         raise InvalidArgument(f"the password is too long: use at most {MAX_PASSWORD} characters")
-    if len(set(password)) < 4:
-        raise InvalidArgument("the password is too simple: use more different characters")
+    if len(set(password)) < 5:
+        raise InvalidArgument(
+            "the password repeats too few different characters: use at least 5 different ones"
+        )
+    lowered = password.lower()
+    if lowered in COMMON_PASSWORDS:
+        raise InvalidArgument("the password is one of the most common passwords: pick another")
+    local = email.split("@", 1)[0].lower()
+    if email and (lowered == email.lower() or (len(local) >= 4 and local in lowered)):
+        raise InvalidArgument("the password contains your email address: pick one that does not")
 
 
 @dataclass(frozen=True)
@@ -78,7 +103,9 @@ class Accounts:
         internal_audience: str,
         access_ttl: int,
         refresh_ttl: int,
+        throttle: LoginThrottle | None = None,
     ) -> None:
+        self.throttle = throttle or LoginThrottle(Limits())
         self._sessions = sessions
         self._keys = keys
         self._issuer = issuer
@@ -113,7 +140,7 @@ class Accounts:
 
     async def sign_up(self, email: str, password: str, display_name: str) -> tuple[User, Tokens]:
         email = normalise_email(email)
-        check_password(password)
+        check_password(password, email)
         name = (display_name or "").strip() or email.split("@", 1)[0]
         if len(name) > 200:
             raise InvalidArgument("the display name is too long: use at most 200 characters")
@@ -129,20 +156,34 @@ class Accounts:
             await session.commit()
         return user, tokens
 
-    async def login(self, email: str, password: str) -> tuple[User, Tokens]:
+    async def login(self, email: str, password: str, address: str = "") -> tuple[User, Tokens]:
+        """Unknown email and wrong password read the same and take the same time (the
+        dummy hash); both count as a failure for the account and the client address."""
         email = (email or "").strip().lower()
+        self.throttle.check(email, address)
         async with self._sessions() as session:
             user = await session.scalar(select(User).where(User.email == email))
             stored = user.password_hash if user is not None else _DUMMY_HASH
             try:
                 await asyncio.to_thread(_hasher.verify, stored, password or "")
             except (VerifyMismatchError, VerificationError, InvalidHashError):
+                self.throttle.failed(email, address)
                 raise Unauthenticated(WRONG_LOGIN) from None
             if user is None:
+                self.throttle.failed(email, address)
                 raise Unauthenticated(WRONG_LOGIN)
+            self.throttle.succeeded(email)
             tokens = await self._start_session(session, user)
             await session.commit()
         return user, tokens
+
+    async def find_by_email(self, email: str) -> User:
+        address = normalise_email(email)
+        async with self._sessions() as session:
+            user = await session.scalar(select(User).where(User.email == address))
+        if user is None:
+            raise NotFound(f"no embedviz account uses {address}; ask them to sign up first, then add them")
+        return user
 
     async def refresh(self, refresh_token: str) -> Tokens:
         """Rotate: the presented token is used up and a new one of the same family comes

@@ -1,15 +1,17 @@
 """Signing keys: ES256 key pairs kept in the auth schema. The newest unretired key
-signs; the JWKS publishes it and every retired key younger than the longest token
-lifetime, so tokens signed before a rotation stay valid until they expire."""
+signs; the JWKS publishes it and every key retired less than `retention` seconds ago
+(default: the longest token lifetime plus a minute), so tokens signed before a rotation
+stay valid until they expire, and a retired key leaves the JWKS on its own after that."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +23,20 @@ from services.auth.models import SigningKey
 from services.common.jobs import utcnow
 
 ALGORITHM = "ES256"
+# Delegated (worker) tokens live at most this long; see Accounts.delegated_token.
+LONGEST_DELEGATED_TTL = 3600
+
+
+def reload_seconds() -> float:
+    """How often a replica looks at the key table again (a rotation by another process)."""
+    return float(os.environ.get("EMBEDVIZ_KEY_RELOAD_SECONDS") or 30)
+
+
+def retention_seconds(access_ttl: int) -> float:
+    """How long a retired key stays published: EMBEDVIZ_KEY_RETENTION_SECONDS, or long
+    enough for every token it signed to expire."""
+    given = os.environ.get("EMBEDVIZ_KEY_RETENTION_SECONDS", "")
+    return float(given) if given else float(max(access_ttl, LONGEST_DELEGATED_TTL) + 60)
 
 
 @dataclass(frozen=True)
@@ -41,12 +57,13 @@ def _new_key() -> SigningKey:
 
 
 class KeyRing:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], token_ttl: int) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], token_ttl: int, retention: float | None = None) -> None:
         self._sessions = sessions
-        self._token_ttl = token_ttl
+        self._retention = retention if retention is not None else retention_seconds(token_ttl)
         self._signer: Signer | None = None
-        self._jwks: dict[str, object] = {"keys": []}
+        self._published: list[tuple[datetime | None, dict[str, object]]] = []
         self._loaded_at = 0.0
+        self._reload_every = reload_seconds()
 
     async def ensure_key(self) -> None:
         """Create the first key on a fresh database."""
@@ -69,36 +86,39 @@ class KeyRing:
         return fresh.kid
 
     async def reload(self) -> None:
-        cutoff = utcnow() - timedelta(seconds=self._token_ttl + 60)
         async with self._sessions() as session:
             rows = (await session.scalars(select(SigningKey).order_by(SigningKey.create_time.desc()))).all()
-        live = [r for r in rows if r.retire_time is None or r.retire_time > cutoff]
-        current = next((r for r in live if r.retire_time is None), None)
+        current = next((r for r in rows if r.retire_time is None), None)
         if current is not None:
             private = serialization.load_pem_private_key(current.private_pem.encode(), password=None)
             assert isinstance(private, ec.EllipticCurvePrivateKey)
             self._signer = Signer(current.kid, private)
-        self._jwks = {"keys": [json.loads(r.public_jwk) for r in live]}
+        self._published = [(r.retire_time, json.loads(r.public_jwk)) for r in rows]
         self._loaded_at = time.monotonic()
+
+    def _live(self) -> list[dict[str, object]]:
+        # Filtered on every read, so a retired key leaves at its time, not at the next reload.
+        cutoff = utcnow() - timedelta(seconds=self._retention)
+        return [jwk for retired, jwk in self._published if retired is None or retired > cutoff]
 
     async def jwks(self) -> dict[str, object]:
         # Replicas and the rotate command change keys in the database: look again now and then.
-        if time.monotonic() - self._loaded_at > 30:
+        if time.monotonic() - self._loaded_at > self._reload_every:
             await self.reload()
-        return self._jwks
+        return {"keys": self._live()}
 
     async def lookup(self, kid: str) -> jwt.PyJWK | None:
-        for entry in (await self.jwks())["keys"]:  # type: ignore[union-attr]
+        for entry in (await self.jwks())["keys"]:  # type: ignore[attr-defined]
             if entry.get("kid") == kid:
                 return jwt.PyJWK(entry)
         await self.reload()
-        for entry in self._jwks["keys"]:  # type: ignore[union-attr]
+        for entry in self._live():
             if entry.get("kid") == kid:
                 return jwt.PyJWK(entry)
         return None
 
     async def sign(self, claims: dict[str, object]) -> str:
-        if self._signer is None or time.monotonic() - self._loaded_at > 30:
+        if self._signer is None or time.monotonic() - self._loaded_at > self._reload_every:
             await self.reload()
         if self._signer is None:
             raise RuntimeError("no signing key; the auth service did not initialise its keys")

@@ -11,20 +11,15 @@ from embedviz.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts
 from services.auth.keys import KeyRing
 from services.auth.servicer import AuthInternalServicer, AuthServicer
+from services.auth.throttle import Limits, LoginThrottle
 from services.common.app import Built, Deps, new_server
 
 SERVICE_NAMES = [
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["AuthInternalService"].full_name,
 ]
-PUBLIC_METHODS = [
-    "/embedviz.v1.AuthService/SignUp",
-    "/embedviz.v1.AuthService/Login",
-    "/embedviz.v1.AuthService/RefreshSession",
-    "/embedviz.v1.AuthService/ExchangeApiKey",
-    # Guarded by the internal secret instead of a user token.
-    "/embedviz.v1.AuthInternalService/IssueDelegatedToken",
-]
+# Which methods are public (and which are guarded by the internal secret) is in the
+# one access table, services/common/authz.py.
 
 
 async def start_jwks_http(keys: KeyRing, addr: str) -> web.AppRunner:
@@ -56,10 +51,11 @@ async def build(deps: Deps) -> Built:
         internal_audience=settings.internal_audience,
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
+        throttle=LoginThrottle(Limits.from_env()),
     )
     # The auth service trusts its own key ring directly, not its HTTP port.
     deps = dataclasses.replace(deps, verifier=deps.verifier.with_keys(keys.lookup))
-    server, health = new_server(deps, SERVICE_NAMES, PUBLIC_METHODS)
+    server, health = new_server(deps, SERVICE_NAMES)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
     auth_pb2_grpc.add_AuthInternalServiceServicer_to_server(
         AuthInternalServicer(accounts, settings.internal_secret), server

@@ -48,6 +48,22 @@ def _api_key(key: models.ApiKey) -> auth_pb2.ApiKey:
     return message
 
 
+def client_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's network address: the last x-forwarded-for hop (the one the edge
+    appended; earlier ones are the client's word), else the gRPC peer without its port."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "x-forwarded-for":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            hops = [h.strip() for h in text.split(",") if h.strip()]
+            if hops:
+                return hops[-1][:64]
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
 def _ts(value: datetime):  # type: ignore[no-untyped-def]
     return timestamp(value)
 
@@ -63,7 +79,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> auth_pb2.LoginResponse:
         if not request.email or not request.password:
             raise InvalidArgument("email and password are required")
-        user, tokens = await self._accounts.login(request.email, request.password)
+        user, tokens = await self._accounts.login(request.email, request.password, client_address(context))
         return auth_pb2.LoginResponse(user=_user(user), session=_session(tokens))
 
     async def RefreshSession(
@@ -119,14 +135,23 @@ class AuthInternalServicer(auth_pb2_grpc.AuthInternalServiceServicer):
         self._accounts = accounts
         self._secret = secret
 
+    def _check_secret(self, context: grpc.aio.ServicerContext, what: str) -> None:
+        presented = dict(context.invocation_metadata() or ()).get(INTERNAL_SECRET_HEADER, "")
+        if not self._secret or not hmac.compare_digest(str(presented).encode(), self._secret.encode()):
+            raise PermissionDenied(f"only embedviz services may {what}")
+
     async def IssueDelegatedToken(
         self, request: auth_pb2.IssueDelegatedTokenRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.IssueDelegatedTokenResponse:
-        presented = dict(context.invocation_metadata() or ()).get(INTERNAL_SECRET_HEADER, "")
-        if not self._secret or not hmac.compare_digest(str(presented), self._secret):
-            raise PermissionDenied("only embedviz services may ask for delegated tokens")
+        self._check_secret(context, "ask for delegated tokens")
         user_id = parse(request.user, "users/{user}")["user"]
         token = await self._accounts.delegated_token(user_id, request.ttl_seconds)
         return auth_pb2.IssueDelegatedTokenResponse(
             access_token=token.token, access_token_expire_time=_ts(token.expire)
         )
+
+    async def LookupUser(self, request: auth_pb2.LookupUserRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
+        self._check_secret(context, "look users up by email")
+        if not request.email:
+            raise InvalidArgument("email is required")
+        return _user(await self._accounts.find_by_email(request.email))

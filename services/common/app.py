@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import jwt
 from grpc_health.v1 import health
 
 from services.common.auth import JwksKeys, TokenVerifier
+from services.common.authz import RoleLookup, check_complete
 from services.common.blobs import BlobStore
 from services.common.clients import Channels, DelegatedTokens, ProjectAccess
 from services.common.config import Settings
@@ -57,8 +59,18 @@ class Built:
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-def new_server(deps: Deps, service_names: Iterable[str], public_methods: Iterable[str] = ()) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    server = create_server(verifier=deps.verifier, public_methods=public_methods)
+def new_server(
+    deps: Deps,
+    service_names: Iterable[str],
+    public_methods: Iterable[str] = (),
+    roles: RoleLookup | None = None,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The server with the shared interceptors. `roles` tells a caller's project role
+    (default: ask ingest over gRPC); a method of `service_names` without an access rule
+    in services/common/authz.py stops the start here."""
+    service_names = list(service_names)
+    check_complete(service_names)
+    server = create_server(verifier=deps.verifier, public_methods=public_methods, roles=roles or deps.access.role)
     health_servicer = add_health_and_reflection(server, service_names)
     return server, health_servicer
 
@@ -75,7 +87,10 @@ async def open_deps(
     bus = await EventBus.connect(settings.nats_url, name=f"embedviz-{name}")
     blobs = BlobStore(settings.blob_root)
     channels = Channels()
-    lookup = keys if keys is not None else JwksKeys(settings.jwks_url).get
+    # EMBEDVIZ_JWKS_MAX_AGE: seconds a fetched JWKS is trusted before it is fetched again
+    # (an unknown kid refetches sooner); a retired key is refused at most this long after it left.
+    max_age = float(os.environ.get("EMBEDVIZ_JWKS_MAX_AGE") or 300)
+    lookup = keys if keys is not None else JwksKeys(settings.jwks_url, max_age=max_age, min_refetch=min(5.0, max_age)).get
     verifier = TokenVerifier(lookup, settings.jwt_issuer, [settings.jwt_audience, settings.internal_audience])
     return Deps(
         name=name,

@@ -10,6 +10,8 @@ import grpc
 
 class DomainError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    # Extra google.rpc detail messages (e.g. RetryInfo) sent beside the ErrorInfo.
+    details: tuple[object, ...] = ()
 
     def __init__(self, message: str, reason: str = "") -> None:
         super().__init__(message)

@@ -19,6 +19,8 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from services.common.auth import TokenVerifier, bearer_token, reset_identity, set_identity
+from services.common.authz import AuthzInterceptor, RoleLookup
+from services.common.authz import public_methods as authz_public_methods
 from services.common.errors import DomainError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,10 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
         detail = any_pb2.Any()
         detail.Pack(info)
         status.details.append(detail)
+        for extra in exc.details:
+            packed = any_pb2.Any()
+            packed.Pack(extra)  # type: ignore[arg-type]
+            status.details.append(packed)
         rich = rpc_status.to_status(status)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
     if isinstance(exc, grpc.aio.AioRpcError):
@@ -189,9 +195,12 @@ def create_server(
     *,
     verifier: TokenVerifier,
     public_methods: Iterable[str] = (),
+    roles: RoleLookup | None = None,
 ) -> grpc.aio.Server:
+    # Order matters: errors outermost, then who is calling, then may they (services/common/authz.py).
+    public = [*public_methods, *authz_public_methods()]
     return grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, public_methods)],
+        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, public), AuthzInterceptor(roles)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

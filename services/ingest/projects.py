@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common import names
 from services.common.auth import Identity
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.common.jobs import utcnow
 from services.ingest import paging
+from services.ingest.members import KnownUser
 from services.ingest.models import Dataset, Member, Project, Upload
 
 VIEWER, EDITOR, OWNER = "viewer", "editor", "owner"
@@ -65,9 +74,13 @@ class MemberPage:
     next_page_token: str
 
 
+FindUser = Callable[[str], Awaitable[KnownUser]]
+
+
 class Projects:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], find_user: FindUser | None = None) -> None:
         self._sessions = sessions
+        self._find_user = find_user
 
     async def create(self, identity: Identity, display_name: str, description: str) -> tuple[Project, str]:
         project = Project(
@@ -95,6 +108,10 @@ class Projects:
         pid = project_id(name)
         async with self._sessions() as session:
             return (await require(session, identity, pid, VIEWER)).role
+
+    async def role_rank(self, identity: Identity, name: str) -> int:
+        """The caller's role as a rank (1 viewer .. 3 owner) for the shared access rules."""
+        return RANK[await self.role(identity, name)]
 
     async def list(self, identity: Identity, size: int, token: str) -> ProjectPage:
         """The caller's projects, newest first; the token is the last (create_time, id)."""
@@ -170,6 +187,31 @@ class Projects:
         more = len(found) > limit
         found = found[:limit]
         return MemberPage(found, paging.encode(found[-1].user_id) if more else "")
+
+    async def create_member(self, identity: Identity, parent: str, email: str, role: str) -> Member:
+        """Owner only: add the user with this email (they must have signed up)."""
+        pid = project_id(parent)
+        if not email.strip():
+            raise InvalidArgument("member.email is required: the email the person signed up with")
+        async with self._sessions() as session:
+            await require(session, identity, pid, OWNER)
+        if self._find_user is None:
+            raise FailedPrecondition("this ingest server cannot look users up; it was started without the auth service")
+        user = await self._find_user(email)
+        async with self._sessions() as session:
+            await require(session, identity, pid, OWNER)
+            existing = await session.get(Member, (pid, user.user_id))
+            if existing is not None:
+                raise AlreadyExists(
+                    f"{user.email} is already a member of {parent} ({existing.role}); change their role instead"
+                )
+            member = Member(project_id=pid, user_id=user.user_id, email=user.email, role=role)
+            session.add(member)
+            try:
+                await session.commit()
+            except IntegrityError:  # added by a concurrent call a moment ago
+                raise AlreadyExists(f"{user.email} is already a member of {parent}; change their role instead") from None
+            return member
 
     async def update_member(self, identity: Identity, name: str, role: str) -> Member:
         parts = names.parse(name, "projects/{project}/members/{user}")

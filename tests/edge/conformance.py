@@ -4,7 +4,7 @@ Each check is `async def check_...(target, session)` and raises AssertionError o
 difference. `EdgeTarget` says where the edge is and what it can be asked; a check that
 needs something the target lacks (a trusted signing key, a slow stream, an upstream that
 echoes its metadata) lists it in `needs` and is left out of that target's run by
-`checks_for(target)` — tests/edge/test_edge_url.py shows a run against any EDGE_URL.
+`checks_for(target)` — tests/edge/edge_url_suite.py shows a run against any EDGE_URL.
 """
 
 from __future__ import annotations
@@ -177,6 +177,12 @@ async def check_alg_none_is_unauthenticated(target: EdgeTarget, session: aiohttp
 
 
 @check("mint")
+async def check_edited_payload_is_unauthenticated(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
+    assert target.mint is not None
+    await _refused(target, session, target.mint.payload_edited())
+
+
+@check("mint")
 async def check_hs256_with_public_key_is_unauthenticated(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
     assert target.mint is not None
     await _refused(target, session, target.mint.hs256_with_public_key())
@@ -259,3 +265,14 @@ async def check_client_jwt_payload_header_is_stripped_on_public_path(target: Edg
     seen = json.loads(reply.messages[0])["metadata"]
     assert "x-jwt-payload" not in seen, seen
     assert seen.get("x-custom") == "kept", "custom request metadata must reach the service"
+
+
+@check("echo")
+async def check_client_address_is_the_last_forwarded_for_hop(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
+    """Services throttle failed logins per client address: the last x-forwarded-for hop,
+    which the edge appends. A hop the client sends itself never ends up last."""
+    assert target.echo_public_path is not None
+    reply = await grpc_web_call(session, target.edge_url, target.echo_public_path, headers={"x-forwarded-for": "203.0.113.1"})
+    assert reply.grpc_status == 0, (reply.grpc_status, reply.grpc_message)
+    hops = [h.strip() for h in json.loads(reply.messages[0])["metadata"].get("x-forwarded-for", "").split(",")]
+    assert hops[-1] and hops[-1] != "203.0.113.1", hops

@@ -39,11 +39,12 @@ class TokenMint:
     kid: str
     issuer: str = "embedviz-auth"
     audience: str = "embedviz"
+    subject: str | None = None  # a real user's id, for edges in front of the real services
 
     def claims(self, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
         base = {
-            "iss": self.issuer, "aud": self.audience, "sub": str(uuid.uuid4()), "email": "ada@example.com",
+            "iss": self.issuer, "aud": self.audience, "sub": self.subject or str(uuid.uuid4()), "email": "ada@example.com",
             "iat": now, "nbf": now, "exp": now + 900, "jti": str(uuid.uuid4()), "sid": str(uuid.uuid4()),
         }
         base.update(overrides)
@@ -78,6 +79,13 @@ class TokenMint:
     def alg_none(self) -> str:
         header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": self.kid}).encode())
         return f"{header}.{_b64(json.dumps(self.claims()).encode())}."
+
+    def payload_edited(self, **changes: Any) -> str:
+        """A valid token whose payload was changed after signing (the signature is kept)."""
+        header, payload, signature = self.valid().split(".")
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims.update(changes or {"sub": str(uuid.uuid4())})
+        return f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
 
     def hs256_with_public_key(self) -> str:
         """The classic key-confusion attack: HMAC keyed with the published public key."""
