@@ -180,3 +180,63 @@ async def _handle(msg: Msg, handler: WorkHandler, kind: str) -> None:
     finally:
         alive.cancel()
     await msg.ack()
+
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def run_event_consumer(
+    bus: EventBus,
+    subject: str,
+    durable: str,
+    handler: EventHandler,
+    stop: asyncio.Event,
+) -> None:
+    """Hand every JSON event on `subject` (e.g. `events.dataset-deleted.>`) to `handler`,
+    through a durable consumer of the events stream named `durable` (one per service), so
+    events published while the service was down are handled when it comes back. An event
+    is acked after the handler returned; a handler that raises gets it again in 5 s, so
+    handlers must be idempotent."""
+    psub = await bus.js.pull_subscribe(
+        subject,
+        durable=durable,
+        stream=EVENTS_STREAM,
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_SECONDS,
+            max_deliver=MAX_DELIVER,
+        ),
+    )
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(10, timeout=2)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:  # NATS reconnecting; try again shortly
+                log.warning("fetching %s events failed: %s", subject, exc)
+                await asyncio.sleep(1)
+                continue
+            for msg in msgs:
+                try:
+                    payload = json.loads(msg.data)
+                except ValueError:
+                    log.error("dropping a malformed event on %s", msg.subject)
+                    await msg.term()
+                    continue
+                try:
+                    await handler(payload)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    raise
+                except Exception:
+                    log.exception("handling event %s failed; it comes again", msg.subject)
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=5)
+                    continue
+                await msg.ack()
+    finally:
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()

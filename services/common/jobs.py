@@ -134,12 +134,20 @@ class JobReporter(Generic[Row]):
                 fields["start_time"] = utcnow()
         return await self._update(**fields)
 
-    async def progress(self, done: int, total: int | None = None, stage: str | None = None, force: bool = False) -> None:
+    async def progress(
+        self,
+        done: int,
+        total: int | None = None,
+        stage: str | None = None,
+        force: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """`extra`: more columns of the row to write with this progress (e.g. bytes read)."""
         now = time.monotonic()
         self._window.append((now, done))
         if not force and stage is None and now - self._last_write < self._min_interval:
             return
-        fields: dict[str, Any] = {"done": done}
+        fields: dict[str, Any] = {**(extra or {}), "done": done}
         if total is not None:
             fields["total"] = total
         if stage is not None:

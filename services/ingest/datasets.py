@@ -6,37 +6,94 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow.parquet as pq
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from embedviz.v1 import ingest_pb2
 from services.common import names
 from services.common.auth import Identity
 from services.common.blobs import BlobStore
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import EventBus
 from services.common.jobs import FAILED, PENDING, SUCCEEDED, TERMINAL, JobCancelled, JobGone, JobReporter, utcnow, watch
 from services.ingest import messages, paging
 from services.ingest.checksum import crc32c
-from services.ingest.importer import FORMATS, ImportFailed, ImportStopped, import_file
+from services.ingest.importer import (
+    COMPRESSIONS,
+    ENCODINGS,
+    FORMATS,
+    QUOTES,
+    ImportFailed,
+    ImportStopped,
+    Limits,
+    Options,
+    import_file,
+    read_column_names,
+)
 from services.ingest.models import Dataset, Upload
 from services.ingest.projects import EDITOR, VIEWER, require
 
 log = logging.getLogger(__name__)
 
 KIND = "dataset"
+# Published (JSON) when a dataset is deleted, alone or with its project, so that the
+# services holding things made from it remove them: events.dataset-deleted.{dataset id}
+DELETED_KIND = "dataset-deleted"
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
-UPLOAD_LIFETIME = timedelta(hours=24)
 HASH_BLOCK = 1 << 20
+GIB = 1024**3
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be positive, got {number}")
+    return number
+
+
+@dataclass
+class IngestSettings:
+    """Limits and upload housekeeping, from EMBEDVIZ_* variables (docs/ingest.md)."""
+
+    max_upload_bytes: int = 2 * GIB
+    max_user_bytes: int = 50 * GIB
+    upload_ttl: timedelta = timedelta(hours=24)
+    sweep_interval: float = 300.0
+    progress_interval: float = 0.5
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls) -> IngestSettings:
+        default = Limits()
+        return cls(
+            max_upload_bytes=_env_int("EMBEDVIZ_MAX_UPLOAD_BYTES", 2 * GIB),
+            max_user_bytes=_env_int("EMBEDVIZ_MAX_USER_BYTES", 50 * GIB),
+            upload_ttl=timedelta(seconds=_env_int("EMBEDVIZ_UPLOAD_TTL_SECONDS", 24 * 3600)),
+            sweep_interval=float(_env_int("EMBEDVIZ_UPLOAD_SWEEP_MS", 300_000)) / 1000,
+            progress_interval=float(_env_int("EMBEDVIZ_PROGRESS_INTERVAL_MS", 500)) / 1000,
+            limits=Limits(
+                max_rows=_env_int("EMBEDVIZ_MAX_ROWS", default.max_rows),
+                max_columns=_env_int("EMBEDVIZ_MAX_COLUMNS", default.max_columns),
+                max_cell_bytes=_env_int("EMBEDVIZ_MAX_CELL_BYTES", default.max_cell_bytes),
+            ),
+        )
 
 
 def part_key(upload_id: str) -> str:
@@ -47,8 +104,35 @@ def rows_key(dataset_id: str) -> str:
     return f"datasets/{dataset_id}/rows.parquet"
 
 
+def next_rows_key(dataset_id: str) -> str:
+    """Where an import or append writes; moved onto rows_key only once it succeeded."""
+    return f"datasets/{dataset_id}/rows.next.parquet"
+
+
 def dataset_prefix(dataset_id: str) -> str:
     return f"datasets/{dataset_id}"
+
+
+def check_options(fmt: str, delimiter: str, quote_char: str, encoding: str, compression: str) -> Options:
+    if fmt and fmt not in FORMATS:
+        raise InvalidArgument(f"format '{fmt}' is not one this service reads")
+    if delimiter:
+        if len(delimiter) != 1 or delimiter in "\"'\r\n":
+            raise InvalidArgument("delimiter must be one character other than a quote or a line break, e.g. \",\" or \"\\t\"")
+        if fmt not in ("", "csv"):
+            raise InvalidArgument("delimiter applies only to CSV files")
+    if quote_char and quote_char not in QUOTES:
+        raise InvalidArgument("quote_char must be \" or ' (or empty to sniff it)")
+    if quote_char and delimiter and quote_char == delimiter:
+        raise InvalidArgument("quote_char and delimiter must differ")
+    encoding = encoding.strip().lower().replace("_", "-")
+    encoding = {"utf8": "utf-8", "utf16": "utf-16", "latin1": "latin-1", "iso-8859-1": "latin-1"}.get(encoding, encoding)
+    if encoding and encoding not in ENCODINGS:
+        raise InvalidArgument(f"encoding '{encoding}' is not supported; use one of {', '.join(ENCODINGS)} (or empty to sniff it)")
+    compression = compression.strip().lower()
+    if compression and compression not in COMPRESSIONS:
+        raise InvalidArgument(f"compression '{compression}' is not supported; use one of {', '.join(COMPRESSIONS)}")
+    return Options(format=fmt, delimiter=delimiter, quote_char=quote_char, encoding=encoding, compression=compression)
 
 
 def _merge(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
@@ -77,12 +161,13 @@ class Datasets:
         sessions: async_sessionmaker[AsyncSession],
         blobs: BlobStore,
         bus: EventBus,
-        max_upload_bytes: int,
+        settings: IngestSettings,
     ) -> None:
         self._sessions = sessions
         self._blobs = blobs
         self._bus = bus
-        self._max_upload_bytes = max_upload_bytes
+        self._settings = settings
+        self._max_upload_bytes = settings.max_upload_bytes
 
     # --- uploads ---------------------------------------------------------------------
 
@@ -105,14 +190,63 @@ class Datasets:
         now = utcnow()
         upload = Upload(
             id=names.new_id(), project_id=pid, owner=identity.user, filename=filename, size_bytes=size,
-            sha256=sha256, ranges=[], received_bytes=0, create_time=now, expire_time=now + UPLOAD_LIFETIME,
+            sha256=sha256, ranges=[], received_bytes=0, create_time=now, expire_time=now + self._settings.upload_ttl,
         )
         async with self._sessions() as session:
             await require(session, identity, pid, EDITOR)
+            used = await self._bytes_used(session, identity.user)
+            if used + size > self._settings.max_user_bytes:
+                raise FailedPrecondition(
+                    f"this upload of {size} bytes would bring your data to {used + size} bytes; each user may keep "
+                    f"{self._settings.max_user_bytes} bytes (EMBEDVIZ_MAX_USER_BYTES): delete datasets you no longer need"
+                )
             await asyncio.to_thread(self._create_part, upload.id)
             session.add(upload)
             await session.commit()
         return upload
+
+    @staticmethod
+    async def _bytes_used(session: AsyncSession, owner: str) -> int:
+        """A user's bytes: their datasets' source files (not failed ones) and their uploads
+        still on their way in."""
+        datasets = await session.scalar(
+            select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.owner == owner, Dataset.state != FAILED)
+        )
+        uploads = await session.scalar(
+            select(func.coalesce(func.sum(Upload.size_bytes), 0)).where(
+                Upload.owner == owner, Upload.dataset_id.is_(None), Upload.expire_time >= utcnow()
+            )
+        )
+        return int(datasets or 0) + int(uploads or 0)
+
+    async def sweep_expired_uploads(self) -> int:
+        """Remove uploads that expired unfinished, rows and bytes; returns how many. The
+        DELETE re-checks the expiry under the row lock, so a chunk arriving at the same
+        moment (which extends it) keeps its upload."""
+        async with self._sessions() as session:
+            gone = list(
+                (
+                    await session.scalars(
+                        delete(Upload)
+                        .where(Upload.dataset_id.is_(None), Upload.expire_time < utcnow())
+                        .returning(Upload.id)
+                    )
+                ).all()
+            )
+            await session.commit()
+        if gone:
+            await self.remove_blobs([f"uploads/{u}" for u in gone])
+            log.info("removed %d expired uploads", len(gone))
+        return len(gone)
+
+    async def sweep_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep_expired_uploads()
+            except Exception:  # the database may be restarting: try again next round
+                log.exception("sweeping expired uploads failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.sweep_interval)
 
     def _create_part(self, upload_id: str) -> None:
         with self._blobs.open_output(part_key(upload_id)):
@@ -150,9 +284,10 @@ class Datasets:
                 raise FailedPrecondition(f"{name} is finished; start a new upload to send more")
             if upload.expire_time < utcnow():
                 raise FailedPrecondition(f"{name} expired at {upload.expire_time.isoformat()}; start a new upload")
+            upload.expire_time = utcnow() + self._settings.upload_ttl  # expiry counts from the last chunk
             end = offset + len(data)
             if end > upload.size_bytes:
-                raise OutOfRange(
+                raise InvalidArgument(
                     f"the chunk ends at byte {end}, past the declared size of {upload.size_bytes} bytes"
                 )
             await asyncio.to_thread(self._write_chunk, upload, offset, data)
@@ -186,42 +321,44 @@ class Datasets:
                 digest.update(block)
         return digest.hexdigest()
 
+    async def _finished_upload(self, session: AsyncSession, identity: Identity, name: str) -> Upload:
+        """The upload, locked, with all its bytes there and matching its SHA-256."""
+        upload = await self._load_upload(session, identity, name, EDITOR, lock=True)
+        if upload.dataset_id:
+            raise FailedPrecondition(
+                f"{name} is already finished: it became projects/{upload.project_id}/datasets/{upload.dataset_id}"
+            )
+        if upload.expire_time < utcnow():
+            raise FailedPrecondition(f"{name} expired at {upload.expire_time.isoformat()}; start a new upload")
+        if upload.received_bytes < upload.size_bytes:
+            raise FailedPrecondition(
+                f"upload has {upload.received_bytes} of {upload.size_bytes} bytes; "
+                f"send the rest from offset {upload.received_bytes}"
+            )
+        if upload.sha256:
+            actual = await asyncio.to_thread(self._sha256, part_key(upload.id))
+            if actual != upload.sha256:
+                raise FailedPrecondition(
+                    f"the uploaded bytes have SHA-256 {actual}, not the declared {upload.sha256}; "
+                    "the file changed or was damaged; start a new upload"
+                )
+        return upload
+
     async def finish_upload(
-        self, identity: Identity, name: str, display_name: str, fmt: str, delimiter: str
+        self, identity: Identity, name: str, display_name: str, options: Options
     ) -> Dataset:
-        if fmt and fmt not in FORMATS:
-            raise InvalidArgument(f"format '{fmt}' is not one this service reads")
-        if delimiter:
-            if len(delimiter) != 1 or delimiter in "\"\r\n":
-                raise InvalidArgument("delimiter must be one character other than a quote or a line break, e.g. \",\" or \"\\t\"")
-            if fmt not in ("", "csv"):
-                raise InvalidArgument("delimiter applies only to CSV files")
         display_name = display_name.strip()
         if len(display_name) > 200:
             raise InvalidArgument("display_name is longer than 200 characters")
         async with self._sessions() as session:
-            upload = await self._load_upload(session, identity, name, EDITOR, lock=True)
-            if upload.dataset_id:
-                raise FailedPrecondition(
-                    f"{name} is already finished: it became projects/{upload.project_id}/datasets/{upload.dataset_id}"
-                )
-            if upload.received_bytes < upload.size_bytes:
-                raise FailedPrecondition(
-                    f"upload has {upload.received_bytes} of {upload.size_bytes} bytes; "
-                    f"send the rest from offset {upload.received_bytes}"
-                )
-            if upload.sha256:
-                actual = await asyncio.to_thread(self._sha256, part_key(upload.id))
-                if actual != upload.sha256:
-                    raise FailedPrecondition(
-                        f"the uploaded bytes have SHA-256 {actual}, not the declared {upload.sha256}; "
-                        "the file changed or was damaged; start a new upload"
-                    )
+            upload = await self._finished_upload(session, identity, name)
             dataset = Dataset(
                 id=names.new_id(), project_id=upload.project_id, owner=identity.user,
                 display_name=display_name or upload.filename, source_filename=upload.filename,
-                format=fmt, delimiter=delimiter, upload_id=upload.id, columns=[], row_count=0,
-                size_bytes=upload.size_bytes, state=PENDING, progress=0.0, stage="queued", done=0, total=0,
+                format=options.format, delimiter=options.delimiter, quote_char=options.quote_char,
+                encoding=options.encoding, compression=options.compression, upload_id=upload.id, columns=[],
+                row_count=0, size_bytes=upload.size_bytes, parsed_bytes=0, appending_upload_id="", append_error="",
+                state=PENDING, progress=0.0, stage="queued", done=0, total=0,
                 rate=0.0, eta_seconds=0.0, error="", create_time=utcnow(), update_time=utcnow(),
             )
             session.add(dataset)
@@ -229,6 +366,71 @@ class Datasets:
             await session.commit()
         await self._publish(dataset)
         await self._bus.enqueue(KIND, {"id": dataset.id, "owner": identity.user})
+        return dataset
+
+    async def append_rows(self, identity: Identity, dataset_name: str, upload_name: str, options: Options) -> Dataset:
+        """Queue the rows of a finished upload to be added to a dataset. The columns are
+        compared here, so the common mistake is refused at once."""
+        parts = names.parse(dataset_name, "projects/{project}/datasets/{dataset}")
+        upload_parts = names.parse(upload_name, "projects/{project}/uploads/{upload}")
+        if upload_parts["project"] != parts["project"]:
+            raise InvalidArgument("upload must be an upload of the dataset's project")
+        async with self._sessions() as session:
+            dataset = await self._load(session, identity, dataset_name, EDITOR)
+            if dataset.appending_upload_id or dataset.state != SUCCEEDED:
+                raise FailedPrecondition(
+                    f"{dataset_name} is {'appending other rows' if dataset.appending_upload_id else dataset.state.lower()}; "
+                    "rows can be appended to a dataset once its import or append has succeeded"
+                )
+            upload = await self._finished_upload(session, identity, upload_name)
+            existing = [c["name"] for c in dataset.columns or []]
+        upload_key = part_key(upload.id)
+
+        def check() -> Options:
+            settled, new_columns = read_column_names(
+                lambda: self._blobs.open_input_file(upload_key), upload.filename, options, self._settings.limits
+            )
+            missing = [n for n in existing if n not in new_columns]
+            extra = [n for n in new_columns if n not in existing]
+            if missing or extra:
+                said = []
+                if missing:
+                    said.append("missing " + ", ".join(f"'{n}'" for n in missing))
+                if extra:
+                    said.append("not in the dataset " + ", ".join(f"'{n}'" for n in extra))
+                raise FailedPrecondition(
+                    f"the new file's columns differ from the dataset's ({'; '.join(said)}); the dataset has: {', '.join(existing)}"
+                )
+            return settled
+
+        try:
+            settled = await asyncio.to_thread(check)
+        except ImportFailed as exc:
+            raise InvalidArgument(f"{upload.filename}: {exc}") from None
+        async with self._sessions() as session:
+            dataset = await session.get(Dataset, parts["dataset"], with_for_update=True)
+            upload_row = await session.get(Upload, upload.id, with_for_update=True)
+            if dataset is None or upload_row is None:
+                raise NotFound(f"{dataset_name} not found")
+            if dataset.appending_upload_id or dataset.state != SUCCEEDED or upload_row.dataset_id:
+                raise FailedPrecondition(f"{dataset_name} changed meanwhile; look at it again and retry")
+            dataset.appending_upload_id = upload.id
+            dataset.append_error = ""
+            dataset.state, dataset.stage, dataset.progress = PENDING, "queued (append)", 0.0
+            dataset.done, dataset.total, dataset.parsed_bytes, dataset.error = 0, 0, 0, ""
+            dataset.end_time = None
+            dataset.update_time = utcnow()
+            upload_row.dataset_id = dataset.id
+            await session.commit()
+        await self._publish(dataset)
+        await self._bus.enqueue(
+            KIND,
+            {
+                "id": dataset.id, "owner": identity.user, "append": upload.id,
+                "options": {"format": settled.format, "delimiter": settled.delimiter, "quote_char": settled.quote_char,
+                            "encoding": settled.encoding, "compression": settled.compression},
+            },
+        )
         return dataset
 
     # --- datasets --------------------------------------------------------------------
@@ -268,14 +470,35 @@ class Datasets:
         return DatasetPage(found, token)
 
     async def delete(self, identity: Identity, name: str) -> None:
-        """Removes the row and the rows blob. Embeddings and projections made from the
-        dataset belong to their services, which remove them (not yet: a later issue)."""
+        """Removes the row and every blob of the dataset, and announces the deletion so the
+        embedding and projection services remove what they made from it."""
         async with self._sessions() as session:
             dataset = await self._load(session, identity, name, EDITOR)
             await session.delete(dataset)
             await session.commit()
-        await self.remove_blobs([dataset_prefix(dataset.id)])
-        await self._bus.delete_events(KIND, dataset.id)
+        # An import or append not yet run leaves its upload's bytes: they go too.
+        uploads = [f"uploads/{u}" for u in (dataset.upload_id, dataset.appending_upload_id) if u]
+        await self.remove_blobs([dataset_prefix(dataset.id), *uploads])
+        await self._announce_deleted(dataset.project_id, [dataset.id])
+
+    async def remove_project_data(self, project_name: str, keys: list[str]) -> None:
+        """After a project's rows went: its blobs, and one deletion event per dataset."""
+        await self.remove_blobs(keys)
+        pid = names.parse(project_name, "projects/{project}")["project"]
+        await self._announce_deleted(pid, [k.split("/", 1)[1] for k in keys if k.startswith("datasets/")])
+
+    async def _announce_deleted(self, project_id: str, dataset_ids: list[str]) -> None:
+        for dataset_id in dataset_ids:
+            payload = {
+                "dataset": f"projects/{project_id}/datasets/{dataset_id}",
+                "project_id": project_id,
+                "dataset_id": dataset_id,
+                "delete_time": utcnow().isoformat(),
+            }
+            try:
+                await self._bus.publish_event(DELETED_KIND, dataset_id, json.dumps(payload).encode())
+            except Exception:  # the rows and blobs are gone already; say so loudly
+                log.exception("could not announce the deletion of dataset %s", dataset_id)
 
     async def remove_blobs(self, keys: list[str]) -> None:
         def remove() -> None:
@@ -310,7 +533,8 @@ class Datasets:
     async def open_rows(self, identity: Identity, name: str) -> pq.ParquetFile:
         """The Parquet file of an imported dataset, for reading rows."""
         dataset = await self.get(identity, name)
-        if dataset.state != SUCCEEDED:
+        readable = dataset.state == SUCCEEDED or (dataset.appending_upload_id and dataset.row_count > 0)
+        if not readable:
             if dataset.state == FAILED:
                 raise FailedPrecondition(f"{name} failed to import: {dataset.error}")
             raise FailedPrecondition(f"{name} is still importing ({dataset.state.lower()}); its rows are not ready yet")
@@ -322,72 +546,120 @@ class Datasets:
         await self._bus.publish_event(KIND, row.id, messages.dataset(row).SerializeToString())
 
     async def run_import(self, payload: dict[str, Any], delivery: int) -> None:
-        """Work-queue handler: import one dataset's upload. A redelivered message (the
-        worker died) starts the import over; the Parquet file is rewritten from scratch."""
+        """Work-queue handler: import one dataset's upload, or append an upload's rows to
+        it. The Parquet file is written beside the live one and moved into place only when
+        every row was read; a redelivered message (the worker died) starts over."""
         dataset_id = str(payload.get("id", ""))
+        append_id = str(payload.get("append", ""))
         async with self._sessions() as session:
             dataset = await session.get(Dataset, dataset_id)
-        if dataset is None or dataset.state in TERMINAL:
+        if dataset is None:
             return
-        reporter: JobReporter[Dataset] = JobReporter(self._sessions, Dataset, dataset_id, self._publish)
+        if append_id:
+            if dataset.appending_upload_id != append_id:
+                return  # that append ended already
+        elif dataset.state in TERMINAL:
+            return
+        interval = self._settings.progress_interval
+        reporter: JobReporter[Dataset] = JobReporter(
+            self._sessions, Dataset, dataset_id, self._publish, min_interval=interval
+        )
         stop = threading.Event()
-        latest = [0, 0]
+        latest = [0, 0, 0]
 
-        def on_progress(rows: int, total: int) -> None:
+        def on_progress(rows: int, total: int, read: int) -> None:
             if stop.is_set():
                 raise ImportStopped()
-            latest[0], latest[1] = rows, total
+            latest[0], latest[1], latest[2] = rows, total, read
 
         async def pump() -> None:
             while True:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(interval)
                 try:
-                    await reporter.progress(latest[0], total=latest[1] or None)
+                    await reporter.progress(latest[0], total=latest[1] or None, extra={"parsed_bytes": latest[2]})
                 except (JobGone, JobCancelled):
                     stop.set()
                     return
 
         try:
-            await reporter.start("parsing", total=0)
+            await reporter.start("appending" if append_id else "parsing", total=0)
         except (JobGone, JobCancelled):
             return
-        source = part_key(dataset.upload_id)
-        pumping = asyncio.create_task(pump())
-        try:
-            result = await asyncio.to_thread(
-                import_file,
-                lambda: self._blobs.open_input_file(source),
-                lambda: self._blobs.open_output(rows_key(dataset_id)),
-                dataset.source_filename,
-                dataset.size_bytes,
-                dataset.format,
-                dataset.delimiter,
-                on_progress,
+        if append_id:
+            given = payload.get("options") or {}
+            options = Options(**{k: str(given.get(k, "")) for k in ("format", "delimiter", "quote_char", "encoding", "compression")})
+            async with self._sessions() as session:
+                upload = await session.get(Upload, append_id)
+            if upload is None:
+                await self._end_append(reporter, "the upload to append is gone (it expired or was deleted)")
+                return
+            source, filename, size = part_key(append_id), upload.filename, upload.size_bytes
+        else:
+            options = Options(
+                format=dataset.format, delimiter=dataset.delimiter, quote_char=dataset.quote_char,
+                encoding=dataset.encoding, compression=dataset.compression,
             )
-        except ImportStopped:
-            await self.remove_blobs([dataset_prefix(dataset_id)])
-            return
-        except ImportFailed as exc:
-            await self.remove_blobs([dataset_prefix(dataset_id)])
-            await reporter.fail(str(exc))
+            source, filename, size = part_key(dataset.upload_id), dataset.source_filename, dataset.size_bytes
+        target, live = next_rows_key(dataset_id), rows_key(dataset_id)
+
+        def work() -> Any:
+            append_to = pq.ParquetFile(self._blobs.open_input_file(live)) if append_id else None
+            try:
+                return import_file(
+                    lambda: self._blobs.open_input_file(source),
+                    lambda: self._blobs.open_output(target),
+                    filename, size, on_progress=on_progress, options=options,
+                    limits=self._settings.limits, append_to=append_to,
+                )
+            finally:
+                if append_to is not None:
+                    append_to.close()
+
+        pumping = asyncio.create_task(pump())
+        failure: str | None = None
+        try:
+            result = await asyncio.to_thread(work)
+        except ImportStopped:  # the dataset was deleted meanwhile
+            await asyncio.to_thread(self._blobs.delete, target)
             await asyncio.to_thread(self._blobs.delete, source)
             return
+        except ImportFailed as exc:
+            failure = str(exc)
         except Exception:
             ref = uuid.uuid4().hex[:12]
             log.exception("import of dataset %s failed (ref %s)", dataset_id, ref)
-            await self.remove_blobs([dataset_prefix(dataset_id)])
-            await reporter.fail(f"the import failed unexpectedly (ref {ref}); the server log has the details")
-            return
+            failure = f"the import failed unexpectedly (ref {ref}); the server log has the details"
         finally:
             pumping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pumping
+        if failure is not None:
+            # Nothing of it stays behind, and that is so before anyone sees the failure.
+            await asyncio.to_thread(self._blobs.delete, target)
+            await asyncio.to_thread(self._blobs.delete, source)
+            if append_id:
+                await self._end_append(reporter, f"appending {filename} failed: {failure}")
+            else:
+                await self.remove_blobs([dataset_prefix(dataset_id)])
+                await reporter.fail(failure)
+            return
+        # Every row was read: only now does the file take the live place.
+        await asyncio.to_thread(self._blobs.move, target, live)
+        await asyncio.to_thread(self._blobs.delete, source)
+        fields: dict[str, Any] = {
+            "format": result.format, "delimiter": result.delimiter, "quote_char": result.quote_char,
+            "encoding": result.encoding, "compression": result.compression, "row_count": result.row_count,
+            "columns": [c.as_dict() for c in result.columns], "done": result.appended_rows or result.row_count,
+            "total": result.appended_rows or result.row_count, "parsed_bytes": size,
+        }
+        if append_id:
+            fields.update(appending_upload_id="", append_error="", size_bytes=dataset.size_bytes + size)
         try:
-            await reporter.succeed(
-                format=result.format, delimiter=result.delimiter, row_count=result.row_count,
-                columns=[c.as_dict() for c in result.columns], done=result.row_count, total=result.row_count,
-            )
+            await reporter.succeed(**fields)
         except (JobGone, JobCancelled):
             await self.remove_blobs([dataset_prefix(dataset_id)])
-            return
-        await asyncio.to_thread(self._blobs.delete, source)
+
+    async def _end_append(self, reporter: JobReporter[Dataset], message: str) -> None:
+        """A failed append leaves the dataset as it was (SUCCEEDED, earlier rows) and says why."""
+        with contextlib.suppress(JobGone, JobCancelled):
+            await reporter.succeed(appending_upload_id="", append_error=message, parsed_bytes=0)

@@ -69,6 +69,12 @@ def dataset(row: models.Dataset) -> ingest_pb2.Dataset:
         row_count=row.row_count or 0,
         size_bytes=row.size_bytes or 0,
         job=job_to_proto(row),
+        parsed_bytes=row.parsed_bytes or 0,
+        delimiter=row.delimiter or "",
+        quote_char=row.quote_char or "",
+        encoding=row.encoding or "",
+        compression=row.compression or "",
+        append_error=row.append_error or "",
     )
     message.create_time.CopyFrom(timestamp(row.create_time))
     return message

@@ -77,3 +77,10 @@ class Dataset(JobColumns, Base):
     columns: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     row_count: Mapped[int] = mapped_column(BigInteger, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    parsed_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    quote_char: Mapped[str] = mapped_column(String(4), default="")
+    encoding: Mapped[str] = mapped_column(String(16), default="")
+    compression: Mapped[str] = mapped_column(String(8), default="")
+    # While an append runs: its upload (the rows of the earlier version stay readable).
+    appending_upload_id: Mapped[str] = mapped_column(String(64), default="")
+    append_error: Mapped[str] = mapped_column(Text, default="")

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from services.common.errors import InvalidArgument
+from services.ingest import filters
 from services.ingest.importer import ROW_COLUMN
 
 
@@ -67,21 +68,26 @@ def list_rows(
     order_by: str = "",
     filter_text: str = "",
 ) -> Page:
+    """One page of rows. With a filter or an order, the needed key columns are read one
+    row group at a time, keeping only the matching rows' indexes (and sort keys)."""
     names = check_columns(parquet, columns)
     order = parse_order_by(parquet, order_by)
+    parsed = filters.parse(filter_text, parquet.schema_arrow)
     total = parquet.metadata.num_rows
-    if order is None and not filter_text:
+    if order is None and parsed is None:
         table = _read_range(parquet, names, offset, limit)
         return Page(names, _to_rows(table, names), total)
-    text_columns = _text_columns(parquet) if filter_text else []
-    needed = list(dict.fromkeys([ROW_COLUMN, *text_columns, *([order[0]] if order else [])]))
-    keys = parquet.read(columns=needed)
-    if filter_text:
-        mask = None
-        for name in text_columns:
-            hit = pc.fill_null(pc.match_substring(keys[name], filter_text, ignore_case=True), False)
-            mask = hit if mask is None else pc.or_(mask, hit)
-        keys = keys.filter(mask) if mask is not None else keys.slice(0, 0)
+    text_columns = _text_columns(parquet)
+    filter_columns = parsed.columns(text_columns) if parsed is not None else []
+    needed = list(dict.fromkeys([ROW_COLUMN, *filter_columns, *([order[0]] if order else [])]))
+    kept_columns = [ROW_COLUMN, *([order[0]] if order and order[0] != ROW_COLUMN else [])]
+    pieces = []
+    for g in range(parquet.metadata.num_row_groups):
+        group = parquet.read_row_group(g, columns=needed)
+        if parsed is not None:
+            group = group.filter(parsed.mask(group, text_columns))
+        pieces.append(group.select(kept_columns))
+    keys = pa.concat_tables(pieces) if pieces else pa.table({ROW_COLUMN: pa.array([], pa.int64())})
     total = keys.num_rows
     if order is not None:
         sort_keys = [(order[0], order[1], "at_end")]

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from embedviz.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.app import Built, Deps, new_server
 from services.common.events import run_work_queue
-from services.ingest.datasets import KIND, Datasets
+from services.ingest.datasets import KIND, Datasets, IngestSettings
+from services.ingest.members import UserDirectory
 from services.ingest.projects import Projects
 from services.ingest.servicer import IngestInternalServicer, IngestServicer
-
-DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
-
-
-def max_upload_bytes() -> int:
-    return int(os.environ.get("EMBEDVIZ_MAX_UPLOAD_BYTES", "") or DEFAULT_MAX_UPLOAD_BYTES)
-
 
 async def build(deps: Deps) -> Built:
     service_names = [
         ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
         ingest_pb2.DESCRIPTOR.services_by_name["IngestInternalService"].full_name,
     ]
-    server, health = new_server(deps, service_names)
-    projects = Projects(deps.db.sessions)
-    datasets = Datasets(deps.db.sessions, deps.blobs, deps.bus, max_upload_bytes())
+    directory = UserDirectory(deps.channels.get(deps.settings.auth_addr), deps.settings.internal_secret)
+    projects = Projects(deps.db.sessions, find_user=directory.find)
+    # Ingest owns the members table: it tells roles from its own database, not over gRPC.
+    server, health = new_server(deps, service_names, roles=projects.role_rank)
+    datasets = Datasets(deps.db.sessions, deps.blobs, deps.bus, IngestSettings.from_env())
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(projects, datasets), server)
     ingest_pb2_grpc.add_IngestInternalServiceServicer_to_server(IngestInternalServicer(projects, datasets), server)
 
@@ -34,4 +29,5 @@ async def build(deps: Deps) -> Built:
         await run_work_queue(deps.bus, KIND, datasets.run_import, stop)
 
     background = [importer for _ in range(deps.settings.workers)]
+    background.append(datasets.sweep_forever)  # expired uploads lose their bytes
     return Built(server, health, service_names, deps.settings.listen_addr(deps.settings.ingest_addr), background)

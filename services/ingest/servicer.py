@@ -13,17 +13,13 @@ from embedviz.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
 from services.ingest import messages, paging, rows
-from services.ingest.datasets import Datasets
+from services.ingest.datasets import Datasets, check_options
 from services.ingest.projects import Projects
 
 MAX_ROWS_PAGE = 1000
 MAX_BATCH_GET = 1000
 DEFAULT_STREAM_BATCH = 8192
 MAX_STREAM_BATCH = 65536
-MEMBERS_LATER = (
-    "adding members by email arrives with issue 2: the auth service does not yet tell "
-    "ingest which user an email belongs to"
-)
 
 
 def _role(value: int) -> str:
@@ -86,7 +82,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def DeleteProject(self, request: ingest_pb2.DeleteProjectRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         blobs = await self._projects.delete(current_identity(), request.name)
-        await self._datasets.remove_blobs(blobs)
+        await self._datasets.remove_project_data(request.name, blobs)
         return empty_pb2.Empty()
 
     # --- members ---------------------------------------------------------------------
@@ -98,8 +94,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def CreateMember(self, request: ingest_pb2.CreateMemberRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Member:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, MEMBERS_LATER)
-        raise AssertionError("unreachable")
+        member = await self._projects.create_member(
+            current_identity(), request.parent, request.member.email, _role(request.member.role)
+        )
+        return messages.member(member)
 
     async def UpdateMember(self, request: ingest_pb2.UpdateMemberRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Member:
         member = await self._projects.update_member(current_identity(), request.member.name, _role(request.member.role))
@@ -127,9 +125,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.AppendUploadChunkResponse(received_bytes=received)
 
     async def FinishUpload(self, request: ingest_pb2.FinishUploadRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Dataset:
-        dataset = await self._datasets.finish_upload(
-            current_identity(), request.name, request.display_name, _format(request.format), request.delimiter
+        options = check_options(
+            _format(request.format), request.delimiter, request.quote_char, request.encoding, request.compression
         )
+        dataset = await self._datasets.finish_upload(current_identity(), request.name, request.display_name, options)
+        return messages.dataset(dataset)
+
+    async def AppendRows(self, request: ingest_pb2.AppendRowsRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Dataset:
+        if not request.upload:
+            raise InvalidArgument("upload is required: the finished upload whose rows to append")
+        options = check_options(
+            _format(request.format), request.delimiter, request.quote_char, request.encoding, request.compression
+        )
+        dataset = await self._datasets.append_rows(current_identity(), request.dataset, request.upload, options)
         return messages.dataset(dataset)
 
     # --- datasets --------------------------------------------------------------------

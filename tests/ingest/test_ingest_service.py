@@ -334,7 +334,7 @@ async def test_upload_requests_are_checked(stubs, alice: User) -> None:  # type:
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AppendUploadChunk(ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=5, data=b"123456"), metadata=alice.metadata)
-    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "past the declared size of 10 bytes" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AppendUploadChunk(
             ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=b"a,b\n1,2\n33", crc32c=12345), metadata=alice.metadata
@@ -345,12 +345,7 @@ async def test_upload_requests_are_checked(stubs, alice: User) -> None:  # type:
         await stub.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=alice.metadata)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "SHA-256" in err.value.details()
 
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.CreateMember(
-            ingest_pb2.CreateMemberRequest(parent=project.name, member=ingest_pb2.Member(email="x@example.org", role=ingest_pb2.ROLE_VIEWER)),
-            metadata=alice.metadata,
-        )
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # Adding members by email needs the auth service: tests/auth/test_members.py, on the whole stack.
 
 
 async def test_projects_list_update_and_delete(stubs, alice: User) -> None:  # type: ignore[no-untyped-def]
