@@ -64,11 +64,15 @@ class IngestDatasets:
         )
 
     async def stream_rows(
-        self, identity: Identity, dataset: str, columns: Sequence[str], batch_rows: int = 1024
+        self, identity: Identity, dataset: str, columns: Sequence[str], batch_rows: int = 1024,
+        start_row: int = 0, row_count: int = 0,
     ) -> AsyncIterator[tuple[int, pa.Table]]:
-        """(first row index, rows) per batch, in row order."""
+        """(first row index, rows) per batch, in row order, of rows [start_row,
+        start_row + row_count) (to the end when row_count is 0)."""
         call = self._rows.StreamRows(
-            ingest_pb2.StreamRowsRequest(dataset=dataset, columns=list(columns), batch_rows=batch_rows),
+            ingest_pb2.StreamRowsRequest(
+                dataset=dataset, columns=list(columns), batch_rows=batch_rows, start_row=start_row, row_count=row_count
+            ),
             metadata=identity.metadata(),
         )
         try:

@@ -3,6 +3,7 @@ them, and turning rows into messages. Plain Python; the servicer speaks gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 import pyarrow as pa
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, or_, select
 
 from embedviz.v1 import embedding_pb2, ingest_pb2
 from services.common.auth import Identity
@@ -20,14 +21,16 @@ from services.common.clients import ProjectAccess
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import EventBus
-from services.common.jobs import PENDING, SUCCEEDED, cancel_job, job_to_proto, timestamp
+from services.common.jobs import CANCELLED, PENDING, SUCCEEDED, TERMINAL, job_to_proto, timestamp, utcnow
 from services.common.names import new_id, parse
 from services.embedding.encoder import ModelRegistry
-from services.embedding.models import EmbeddingRow
+from services.embedding.models import EmbeddingRow, ShardRow
 from services.embedding.texts import columns_to_embed
-from services.embedding.vectors import embedding_prefix
+from services.embedding.vectors import embedding_prefix, parts_prefix
 
 KIND = "embedding"
+# Published when an embedding is removed: events.embedding-deleted.{embedding id}.
+DELETED_KIND = "embedding-deleted"
 DATASET_PATTERN = "projects/{project}/datasets/{dataset}"
 EMBEDDING_PATTERN = "projects/{project}/datasets/{dataset}/embeddings/{embedding}"
 DEFAULT_PAGE_SIZE = 50
@@ -52,7 +55,8 @@ class DatasetSource(Protocol):
     async def get(self, identity: Identity, dataset: str) -> DatasetInfo: ...
 
     def stream_rows(
-        self, identity: Identity, dataset: str, columns: Sequence[str], batch_rows: int = 1024
+        self, identity: Identity, dataset: str, columns: Sequence[str], batch_rows: int = 1024,
+        start_row: int = 0, row_count: int = 0,
     ) -> AsyncIterator[tuple[int, pa.Table]]: ...
 
 
@@ -87,6 +91,8 @@ def embedding_message(row: EmbeddingRow) -> embedding_pb2.Embedding:
         job=job_to_proto(row),
         project_when_done=bool(row.project_when_done),
         truncated_count=row.truncated_count or 0,
+        creator=row.owner or "",
+        float16=bool(row.float16),
     )
     created = timestamp(row.create_time)
     if created is not None:
@@ -100,6 +106,7 @@ class EmbeddingSpec:
     text_columns: list[str]
     template: str
     project_when_done: bool
+    float16: bool = False
 
 
 def _page_token(row: EmbeddingRow, parent: str) -> str:
@@ -175,6 +182,9 @@ class Embeddings:
             row_count=0,
             truncated_count=0,
             project_when_done=spec.project_when_done,
+            float16=spec.float16,
+            generation=0,
+            extend_from=0,
             state=PENDING,
             total=dataset.row_count,
         )
@@ -211,23 +221,125 @@ class Embeddings:
         return rows[:size], next_token
 
     async def delete(self, identity: Identity, name: str) -> None:
-        row = await self.get(identity, name, EDITOR)
+        await self._remove(await self.get(identity, name, EDITOR))
+
+    async def _remove(self, row: EmbeddingRow) -> None:
+        """Remove an embedding with its vectors, then say so on NATS, so the projection
+        service removes the projections made from it."""
         async with self.db.sessions() as session:
             current = await session.get(EmbeddingRow, row.id, with_for_update=True)
             if current is not None:
                 await session.delete(current)
+            await session.execute(delete(ShardRow).where(ShardRow.embedding_id == row.id))
             await session.commit()
         # A worker still on it learns from its next progress write (JobGone) and stops.
         self.blobs.delete_dir(embedding_prefix(row.id))
         await self.bus.delete_events(KIND, row.id)
+        event = {
+            "embedding": embedding_message(row).name,
+            "project_id": row.project_id,
+            "dataset_id": row.dataset_id,
+            "embedding_id": row.id,
+        }
+        await self.bus.publish_event(DELETED_KIND, row.id, json.dumps(event).encode())
+
+    async def remove_for_dataset(self, event: dict[str, object]) -> None:
+        """Handler of `events.dataset-deleted.*`: the dataset is gone, so are its embeddings.
+        Idempotent: the event may come again."""
+        async with self.db.sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(EmbeddingRow).where(
+                        EmbeddingRow.project_id == str(event["project_id"]),
+                        EmbeddingRow.dataset_id == str(event["dataset_id"]),
+                    )
+                )
+            ).all()
+        for row in rows:
+            await self._remove(row)
 
     async def cancel(self, identity: Identity, name: str) -> EmbeddingRow:
+        """Stop the job. Workers see it within seconds (at their next progress write) and
+        stop; the partial vectors are removed here at once, and again by each worker. An
+        extension that is cancelled is dropped: the embedding keeps its earlier rows."""
         row = await self.get(identity, name, EDITOR)
-        cancelled = await cancel_job(self.db.sessions, EmbeddingRow, row.id)
-        if cancelled is None:
-            raise NotFound(f"{name} not found")
-        await self.publish(cancelled)
-        return cancelled
+        async with self.db.sessions() as session:
+            current = await session.get(EmbeddingRow, row.id, with_for_update=True)
+            if current is None:
+                raise NotFound(f"{name} not found")
+            dropped_generation = None
+            if current.state not in TERMINAL:
+                now = utcnow()
+                if current.extend_from > 0:
+                    dropped_generation = current.generation
+                    current.generation += 1
+                    current.state = SUCCEEDED
+                    current.row_count = current.done = current.total = current.extend_from
+                    current.progress = 1.0
+                    current.stage = "done"
+                    current.extend_from = 0
+                else:
+                    dropped_generation = current.generation
+                    current.state = CANCELLED
+                current.end_time = now
+                current.update_time = now
+                current.eta_seconds = 0.0
+                current.rate = 0.0
+            await session.commit()
+        if dropped_generation is not None:
+            prefix = parts_prefix(row.id, dropped_generation) if current.state == SUCCEEDED else embedding_prefix(row.id)
+            try:
+                await asyncio.to_thread(self.blobs.delete_dir, prefix)
+            except OSError:
+                pass  # a worker writing a part now removes it when it sees the cancel
+        await self.publish(current)
+        return current
+
+    async def extend(self, identity: Identity, name: str) -> EmbeddingRow:
+        """Embed the rows appended to the dataset since the embedding was made, and append
+        their vectors to the vector file."""
+        row = await self.get(identity, name, EDITOR)
+        if row.state != SUCCEEDED:
+            raise FailedPrecondition(
+                f"{name} can be extended once its job has succeeded; it is {row.state.lower()}", "EMBEDDING_NOT_READY"
+            )
+        dataset = await self.datasets.get(identity, row.dataset)
+        check_embeddable(dataset, list(row.text_columns))
+        if dataset.row_count < row.row_count:
+            raise FailedPrecondition(
+                f"{row.dataset} has {dataset.row_count} rows, fewer than the {row.row_count} this embedding has; "
+                "create a new embedding of it",
+                "DATASET_SHRANK",
+            )
+        if dataset.row_count == row.row_count:
+            raise FailedPrecondition(
+                f"no rows were appended to {row.dataset} since {name} was made ({row.row_count} rows); "
+                "append rows to the dataset first",
+                "NOTHING_TO_EXTEND",
+            )
+        async with self.db.sessions() as session:
+            current = await session.get(EmbeddingRow, row.id, with_for_update=True)
+            if current is None:
+                raise NotFound(f"{name} not found")
+            if current.state != SUCCEEDED:
+                raise FailedPrecondition(f"{name} is already being extended; watch it", "EMBEDDING_NOT_READY")
+            now = utcnow()
+            current.generation += 1
+            current.extend_from = current.row_count
+            current.state = PENDING
+            current.stage = ""
+            current.done = current.row_count
+            current.total = dataset.row_count
+            current.progress = current.row_count / dataset.row_count
+            current.rate = 0.0
+            current.eta_seconds = 0.0
+            current.error = ""
+            current.end_time = None
+            current.update_time = now
+            await session.commit()
+        await self.publish(current)
+        await self.bus.enqueue(KIND, {"id": current.id, "owner": identity.user})
+        return current
 
     async def readable_vectors(self, identity: Identity, name: str) -> EmbeddingRow:
         row = await self.get(identity, name, VIEWER)

@@ -1,17 +1,27 @@
-"""Builds the embedding service: servicers, health, reflection, and the job workers."""
+"""Builds the embedding service: servicers, health, reflection, and the job workers; and
+the worker-only process (`python -m services.embedding worker`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
+from pathlib import Path
 
 from embedviz.v1 import embedding_pb2, embedding_pb2_grpc
-from services.common.app import Built, Deps, new_server
-from services.common.events import run_work_queue
+from services.common.app import Built, Deps, close_deps, new_server, open_deps
+from services.common.config import Settings
+from services.common.events import run_event_consumer
+from services.common.server import configure_logging
 from services.embedding.datasets import IngestDatasets
-from services.embedding.embeddings import KIND, Embeddings
+from services.embedding.embeddings import Embeddings
 from services.embedding.encoder import ModelRegistry
 from services.embedding.servicer import EmbeddingInternalServicer, EmbeddingServicer
+from services.embedding.settings import EmbeddingSettings
 from services.embedding.worker import EmbeddingWorker
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 SERVICE_NAMES = [
     embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
@@ -19,27 +29,49 @@ SERVICE_NAMES = [
 ]
 
 
-async def build(deps: Deps) -> Built:
-    embeddings = Embeddings(
+def make_embeddings(deps: Deps, settings: EmbeddingSettings) -> Embeddings:
+    return Embeddings(
         db=deps.db,
         bus=deps.bus,
         blobs=deps.blobs,
         access=deps.access,
-        models=ModelRegistry(deps.settings.model_path),
+        models=ModelRegistry(deps.settings.model_path, settings),
         datasets=IngestDatasets(deps.channels.get(deps.settings.ingest_addr)),
     )
+
+
+async def preload(embeddings: Embeddings) -> None:
+    """Load the default model before the first job needs it."""
+    try:
+        await embeddings.models.load("")
+    except Exception as exc:
+        log.error("the default model could not be loaded ahead of time: %s", exc)
+
+
+def workers(embeddings: Embeddings, deps: Deps, settings: EmbeddingSettings, count: int) -> list[EmbeddingWorker]:
+    return [EmbeddingWorker(embeddings, deps.delegated, settings, slot) for slot in range(count)]
+
+
+async def build(deps: Deps) -> Built:
+    settings = EmbeddingSettings.from_env()
+    embeddings = make_embeddings(deps, settings)
     server, health = new_server(deps, SERVICE_NAMES)
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(embeddings), server)
     embedding_pb2_grpc.add_EmbeddingInternalServiceServicer_to_server(EmbeddingInternalServicer(embeddings), server)
 
-    background = []
-    if deps.settings.workers > 0:
-        worker = EmbeddingWorker(embeddings, deps.delegated)
+    async def follow_dataset_deletions(stop: asyncio.Event) -> None:
+        await run_event_consumer(
+            deps.bus, "events.dataset-deleted.>", "embedding-dataset-deleted", embeddings.remove_for_dataset, stop
+        )
 
-        async def work(stop: asyncio.Event) -> None:
-            await run_work_queue(deps.bus, KIND, worker.handle, stop)
+    count = settings.workers if settings.workers >= 0 else deps.settings.workers
+    background = [follow_dataset_deletions]
+    if count > 0:
 
-        background = [work] * deps.settings.workers
+        async def warm(stop: asyncio.Event) -> None:
+            await preload(embeddings)
+
+        background += [warm, *(w.run for w in workers(embeddings, deps, settings, count))]
     return Built(
         server=server,
         health=health,
@@ -47,3 +79,29 @@ async def build(deps: Deps) -> Built:
         listen_addr=deps.settings.listen_addr(deps.settings.embedding_addr),
         background=background,
     )
+
+
+async def serve_workers() -> None:
+    """Job workers only, no gRPC server: a replica that adds embedding capacity."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    deps = await open_deps("embedding-worker", settings, "embedding", MIGRATIONS)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        embedding_settings = EmbeddingSettings.from_env()
+        embeddings = make_embeddings(deps, embedding_settings)
+        await preload(embeddings)
+        tasks = [
+            asyncio.create_task(w.run(stop))
+            for w in workers(embeddings, deps, embedding_settings, max(1, embedding_settings.workers, settings.workers))
+        ]
+        await stop.wait()
+        log.info("embedding worker stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await close_deps(deps)

@@ -11,10 +11,9 @@ from google.protobuf import empty_pb2
 
 from embedviz.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.auth import current_identity
-from services.common.errors import InvalidArgument, Unimplemented
+from services.common.errors import InvalidArgument
 from services.common.jobs import watch
 from services.embedding.embeddings import (
-    EDITOR,
     KIND,
     EmbeddingSpec,
     Embeddings,
@@ -51,9 +50,14 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                     display_name=spec.display_name,
                     dimension=loaded.dimension if loaded else spec.dimension,
                     max_tokens=loaded.max_tokens if loaded else spec.max_tokens,
-                    provider="sentence-transformers",
+                    provider=spec.provider,
                     loaded=loaded is not None,
                     default=spec.default,
+                    speed_hint=spec.speed_hint,
+                    precision=loaded.precision if loaded else "",
+                    device=loaded.device if loaded else "",
+                    rows_per_second=loaded.rows_per_second if loaded else 0.0,
+                    error=spec.error,
                 )
             )
         return embedding_pb2.ListModelsResponse(models=models)
@@ -70,6 +74,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                 text_columns=list(spec.text_columns),
                 template=spec.template,
                 project_when_done=spec.project_when_done,
+                float16=spec.float16,
             ),
         )
         return embedding_message(row)
@@ -125,11 +130,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def ExtendEmbedding(
         self, request: embedding_pb2.ExtendEmbeddingRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.Embedding:
-        await self.embeddings.get(current_identity(), request.name, EDITOR)
-        raise Unimplemented(
-            "extending an embedding with newly appended rows is not available yet; "
-            "create a new embedding of the dataset instead"
-        )
+        return embedding_message(await self.embeddings.extend(current_identity(), request.name))
 
     async def EmbedTexts(
         self, request: embedding_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext

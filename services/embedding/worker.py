@@ -1,121 +1,510 @@
-"""The embedding job: stream the dataset's rows from ingest, build the texts, embed
-them in batches in a worker thread, write the vector file, report progress."""
+"""The embedding job, spread over any number of worker processes.
+
+A job message (`{"id", "owner"}`) is planned: the rows to embed are cut into shards (row
+ranges) kept in Postgres, and one message per shard goes on the same work queue. Any
+worker takes a shard message, claims the shard with a lease, and embeds it window by
+window (a few thousand rows: streamed from ingest, turned into texts, embedded in a worker
+thread). Each window is a checkpoint: its vectors become a finished Arrow part file and
+the shard's next row is committed. A worker killed mid-way leaves a shard whose lease
+runs out; its message comes back from the queue to another worker, which resumes at the
+checkpoint. The worker that finishes the last shard joins the parts, in row order, into
+the vector file."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import socket
+import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import pyarrow as pa
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig
+from sqlalchemy import func, select
 
 from services.common.clients import DelegatedTokens
-from services.common.errors import DomainError
-from services.common.events import MAX_DELIVER
-from services.common.jobs import TERMINAL, JobCancelled, JobGone, JobReporter
-from services.embedding.embeddings import Embeddings
-from services.embedding.encoder import LoadedModel
-from services.embedding.models import EmbeddingRow
+from services.common.errors import DomainError, Unavailable
+from services.common.events import MAX_DELIVER, WORK_STREAM, work_subject
+from services.common.jobs import (
+    CANCELLED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    JobCancelled,
+    JobGone,
+    JobReporter,
+    utcnow,
+)
+from services.embedding.embeddings import KIND, Embeddings
+from services.embedding.encoder import Encoder, Stopped
+from services.embedding.models import EmbeddingRow, ShardRow
+from services.embedding.settings import EmbeddingSettings
 from services.embedding.texts import build_texts
-from services.embedding.vectors import VectorFileWriter, partial_key, vectors_key
+from services.embedding.vectors import (
+    assemble,
+    embedding_prefix,
+    part_key,
+    parts_prefix,
+    vectors_key,
+    write_part,
+)
 
 log = logging.getLogger(__name__)
 
 STAGE = "embedding"
-# Rows a StreamRows batch brings, and rows embedded per worker-thread call (which is also
-# the longest a text-to-vector query waits behind a job for the model).
-STREAM_BATCH_ROWS = 1024
-ENCODE_CHUNK_ROWS = 256
+DURABLE = f"{KIND}-workers"
+DONE = "DONE"
+T = TypeVar("T")
 
 
-def embed_batch(
-    model: LoadedModel, writer: VectorFileWriter, table: pa.Table, columns: list[str], template: str
-) -> int:
-    """Embed one batch of rows and append the vectors; returns how many texts were cut.
-    Blocking: runs in a worker thread."""
-    texts = build_texts(table, columns, template)
-    truncated = model.count_truncated(texts)
-    for start in range(0, len(texts), ENCODE_CHUNK_ROWS):
-        writer.write(model.encode(texts[start : start + ENCODE_CHUNK_ROWS]))
-    return truncated
+class LeaseLost(Exception):
+    """Another worker took this shard over (this one was too slow to renew its lease)."""
+
+
+class Superseded(Exception):
+    """The run this shard belongs to was given up (an extension was cancelled)."""
 
 
 class EmbeddingWorker:
-    def __init__(self, embeddings: Embeddings, delegated: DelegatedTokens) -> None:
+    def __init__(
+        self, embeddings: Embeddings, delegated: DelegatedTokens, settings: EmbeddingSettings, slot: int = 0
+    ) -> None:
         self.embeddings = embeddings
         self.delegated = delegated
+        self.settings = settings
+        self.name = f"{socket.gethostname()}/{os.getpid()}/{slot}"
+        self.lease = timedelta(seconds=settings.ack_wait / 2)
+        # One thread does this worker's heavy work, so its memory comes from one malloc
+        # arena instead of one per pool thread (what keeps peak memory flat over a long job).
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{slot}")
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+    # --- the queue --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take messages from the embedding work queue one at a time until `stop` is set."""
+        js = self.embeddings.bus.js
+        config = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait,
+            max_deliver=MAX_DELIVER,
+            filter_subject=work_subject(KIND),
+        )
+        try:
+            await js.add_consumer(WORK_STREAM, config)  # creates it, or updates its ack_wait
+        except Exception as exc:
+            log.warning("could not create or update the consumer %s: %s", DURABLE, exc)
+        psub = await js.pull_subscribe(work_subject(KIND), durable=DURABLE, stream=WORK_STREAM)
+        log.info("embedding worker %s is taking work", self.name)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await psub.fetch(1, timeout=2)
+                except NatsTimeoutError:
+                    continue
+                except Exception as exc:  # NATS reconnecting; try again shortly
+                    log.warning("fetching embedding work failed: %s", exc)
+                    await asyncio.sleep(1)
+                    continue
+                for msg in msgs:
+                    await self._deliver(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _deliver(self, msg: Msg) -> None:
+        async def keep_alive() -> None:
+            while True:
+                await asyncio.sleep(self.settings.ack_wait / 3)
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+        try:
+            payload = json.loads(msg.data)
+        except ValueError:
+            log.error("dropping a malformed embedding work message")
+            await msg.term()
+            return
+        alive = asyncio.create_task(keep_alive())
+        try:
+            await self.handle(payload, msg.metadata.num_delivered)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()  # this worker is stopping: the work resumes elsewhere at once
+            raise
+        except Exception:
+            log.exception("embedding work %s crashed; it will be retried", payload)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=5)
+            return
+        finally:
+            alive.cancel()
+        await msg.ack()
+
+    # --- one message ------------------------------------------------------------------------
+
+    def _reporter(self, job_id: str) -> JobReporter[EmbeddingRow]:
+        return JobReporter(self.embeddings.db.sessions, EmbeddingRow, job_id, self.embeddings.publish)
 
     async def handle(self, payload: dict[str, Any], delivery: int) -> None:
-        """One message of the `embedding` work queue."""
         job_id = str(payload.get("id", ""))
-        owner = str(payload.get("owner", ""))
-        db = self.embeddings.db
-        async with db.sessions() as session:
+        async with self.embeddings.db.sessions() as session:
             row = await session.get(EmbeddingRow, job_id)
         if row is None or row.state in TERMINAL:
             return  # deleted or cancelled before a worker got to it
-        reporter: JobReporter[EmbeddingRow] = JobReporter(
-            db.sessions, EmbeddingRow, job_id, self.embeddings.publish
-        )
+        if "generation" in payload and int(payload["generation"]) != row.generation:
+            return  # a shard of a run that was given up
+        owner = str(payload.get("owner", "")) or row.owner
         if delivery >= MAX_DELIVER:
-            await reporter.fail(
-                f"the embedding worker stopped {delivery - 1} times while working on this job; "
-                "it was given up. Try again, perhaps with fewer rows"
+            await self._reporter(job_id).fail(
+                f"the embedding workers stopped {delivery - 1} times while working on this job; it was "
+                "given up. Try again, perhaps with fewer rows"
             )
             return
-        if delivery > 1:
-            log.warning("embedding %s delivered %d times; starting it again from the first row", job_id, delivery)
         try:
-            await self._run(row, owner or row.owner, reporter)
-        except (JobCancelled, JobGone) as exc:
+            if "shard" in payload:
+                await self._shard(row, owner, int(payload["shard"]))
+            else:
+                await self._plan(row, owner)
+        except LeaseLost:
+            log.warning("embedding %s: another worker took over shard %s", job_id, payload.get("shard"))
+        except (JobCancelled, JobGone, Superseded) as exc:
             log.info("embedding %s stopped: %s", job_id, type(exc).__name__)
-            self._remove_partial(job_id)
+            await asyncio.to_thread(self._remove_partial, row, isinstance(exc, Superseded))
+        except Unavailable:
+            raise  # another service is away for a moment: the message is retried
         except DomainError as exc:
-            self._remove_partial(job_id)
-            await reporter.fail(exc.message)
-        except asyncio.CancelledError:
-            raise  # this process is stopping; the message goes back to the queue
+            await asyncio.to_thread(self._remove_partial, row, False)
+            await self._reporter(job_id).fail(exc.message)
         except Exception:
             ref = uuid.uuid4().hex[:12]
             log.exception("embedding %s failed (ref %s)", job_id, ref)
-            self._remove_partial(job_id)
-            await reporter.fail(f"embedding failed unexpectedly (ref {ref}); the server log has the details")
+            await asyncio.to_thread(self._remove_partial, row, False)
+            await self._reporter(job_id).fail(f"embedding failed unexpectedly (ref {ref}); the server log has the details")
 
-    def _remove_partial(self, job_id: str) -> None:
+    def _remove_partial(self, row: EmbeddingRow, run_only: bool) -> None:
+        """Drop the parts of the run; of a first run that ended, everything."""
+        blobs = self.embeddings.blobs
         try:
-            self.embeddings.blobs.delete(partial_key(job_id))
+            if run_only or row.extend_from > 0:
+                blobs.delete_dir(parts_prefix(row.id, row.generation))
+            else:
+                blobs.delete_dir(embedding_prefix(row.id))
         except OSError:
-            log.warning("could not remove the partial vectors of %s", job_id, exc_info=True)
+            log.warning("could not remove the partial vectors of %s", row.id, exc_info=True)
 
-    async def _run(self, row: EmbeddingRow, owner: str, reporter: JobReporter[EmbeddingRow]) -> None:
+    # --- planning ---------------------------------------------------------------------------
+
+    async def _plan(self, row: EmbeddingRow, owner: str) -> None:
         identity = await self.delegated.identity_for(owner)
         dataset = await self.embeddings.datasets.get(identity, row.dataset)
         total = dataset.row_count
-        await reporter.start(STAGE, total=total)
-        model = await self.embeddings.models.load(row.model)
-        blobs = self.embeddings.blobs
-        columns = list(row.text_columns)
-        writer = VectorFileWriter(blobs.open_output(partial_key(row.id)), model.dimension)
-        done = 0
-        truncated = 0
-        try:
-            stream = self.embeddings.datasets.stream_rows(identity, row.dataset, columns, STREAM_BATCH_ROWS)
-            async for start_row, table in stream:
-                if start_row != done:
-                    raise RuntimeError(f"rows arrived out of order: expected row {done}, got {start_row}")
-                truncated += await asyncio.to_thread(embed_batch, model, writer, table, columns, row.template)
-                done += table.num_rows
-                await reporter.progress(done, total=max(total, done))
-        except BaseException:
-            writer.abort()
-            raise
-        await asyncio.to_thread(writer.close)
-        await asyncio.to_thread(blobs.move, partial_key(row.id), vectors_key(row.id))
-        try:
-            await reporter.succeed(
-                dimension=model.dimension, row_count=done, truncated_count=truncated, done=done, total=done
+        async with self.embeddings.db.sessions() as session:
+            current = await session.get(EmbeddingRow, row.id, with_for_update=True)
+            if current is None:
+                raise JobGone()
+            if current.state in TERMINAL:
+                return
+            shards = list(
+                (
+                    await session.scalars(
+                        select(ShardRow)
+                        .where(ShardRow.embedding_id == row.id, ShardRow.generation == current.generation)
+                        .order_by(ShardRow.index)
+                    )
+                ).all()
             )
-        except (JobCancelled, JobGone):
-            blobs.delete(vectors_key(row.id))
+            if not shards:
+                first = await session.scalar(
+                    select(func.coalesce(func.max(ShardRow.index), -1)).where(ShardRow.embedding_id == row.id)
+                )
+                step = self.settings.shard_rows
+                for k, start in enumerate(range(current.extend_from, total, step)):
+                    shard = ShardRow(
+                        embedding_id=row.id, index=int(first) + 1 + k,
+                        generation=current.generation, start_row=start, end_row=min(start + step, total),
+                        done_row=start, seen_row=start, state=PENDING, worker="", workers=[], parts=[], truncated=0,
+                    )
+                    session.add(shard)
+                    shards.append(shard)
+                current.total = total
+                current.done = current.extend_from
+                current.progress = current.extend_from / total if total else 0.0
+                current.rate = 0.0
+                current.eta_seconds = 0.0
+            current.state = RUNNING
+            current.stage = STAGE
+            if current.start_time is None:
+                current.start_time = utcnow()
+            current.update_time = utcnow()
+            await session.commit()
+        await self.embeddings.publish(current)
+        if not shards:
+            await self._assemble(current)  # nothing to embed (no rows, or no new rows)
+            return
+        log.info("embedding %s: %d rows in %d shards", row.id, total - current.extend_from, len(shards))
+        for shard in shards:
+            if shard.state != DONE:
+                await self.embeddings.bus.enqueue(
+                    KIND, {"id": row.id, "owner": owner, "shard": shard.index, "generation": shard.generation}
+                )
+
+    # --- one shard --------------------------------------------------------------------------
+
+    async def _claim(self, row: EmbeddingRow, index: int) -> ShardRow | None:
+        """The shard, now leased to this worker; None when another live worker holds it."""
+        async with self.embeddings.db.sessions() as session:
+            current = await session.get(EmbeddingRow, row.id, with_for_update=True)
+            self._check(current, row.generation)
+            shard = await session.get(ShardRow, (row.id, index), with_for_update=True)
+            if shard is None:
+                raise Superseded()
+            now = utcnow()
+            if shard.state == DONE:
+                return shard
+            if shard.worker and shard.worker != self.name and shard.lease_until and shard.lease_until > now:
+                return None
+            if shard.worker and shard.worker != self.name:
+                log.warning("embedding %s shard %d: taking over from %s at row %d", row.id, index, shard.worker, shard.done_row)
+            shard.worker = self.name
+            shard.workers = [*(shard.workers or []), self.name] if self.name not in (shard.workers or []) else shard.workers
+            shard.lease_until = now + self.lease
+            shard.state = RUNNING
+            shard.seen_row = shard.done_row
+            await session.commit()
+            return shard
+
+    @staticmethod
+    def _check(current: EmbeddingRow | None, generation: int) -> EmbeddingRow:
+        if current is None:
+            raise JobGone()
+        if current.state == CANCELLED:
+            raise JobCancelled()
+        if current.generation != generation or current.state in TERMINAL:
+            raise Superseded()
+        return current
+
+    async def _shard(self, row: EmbeddingRow, owner: str, index: int) -> None:
+        shard = await self._claim(row, index)
+        if shard is None:
+            return  # a duplicate message: the worker holding the lease has its own
+        if shard.state == DONE:
+            await self._finish_if_complete(row)  # a worker died while joining the parts
+            return
+        model = await self.embeddings.models.load(row.model)
+        identity = await self.delegated.identity_for(owner)
+        window = self.settings.checkpoint_rows
+        position, end = shard.done_row, shard.end_row
+        if position > shard.start_row:
+            log.info("embedding %s shard %d: resuming at row %d of [%d, %d)", row.id, index, position,
+                     shard.start_row, end)
+
+        async def fetch(start: int, stop: int) -> pa.Table:
+            tables = []
+            expected = start
+            async for first, table in self.embeddings.datasets.stream_rows(
+                identity, row.dataset, list(row.text_columns), min(window, 8192), start, stop - start
+            ):
+                if first != expected:
+                    raise RuntimeError(f"rows arrived out of order: expected row {expected}, got {first}")
+                tables.append(table)
+                expected += table.num_rows
+            if expected != stop:
+                raise RuntimeError(f"ingest sent rows up to {expected}, not {stop}")
+            return pa.concat_tables(tables) if tables else pa.table({})
+
+        last = False
+        upcoming: asyncio.Task[pa.Table] | None = asyncio.create_task(fetch(position, min(position + window, end)))
+        try:
+            while position < end:
+                stop_row = min(position + window, end)
+                assert upcoming is not None
+                table = await upcoming
+                # The next window streams in while this one is embedded.
+                upcoming = asyncio.create_task(fetch(stop_row, min(stop_row + window, end))) if stop_row < end else None
+                vectors, truncated = await self._embed_window(model, row, index, table, position)
+                key = part_key(row.id, row.generation, position, stop_row)
+                await self._in_thread(write_part, self.embeddings.blobs, key, vectors, row.float16, uuid.uuid4().hex[:8])
+                last = await self._checkpoint(row, index, position, stop_row, truncated, stop_row == end)
+                position = stop_row
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                with contextlib.suppress(BaseException):
+                    await upcoming
+        if last:
+            await self._assemble(row)
+
+    async def _embed_window(
+        self, model: Encoder, row: EmbeddingRow, index: int, table: pa.Table, position: int
+    ) -> tuple[Any, int]:
+        texts = await self._in_thread(build_texts, table, list(row.text_columns), row.template)
+        done = [0]
+        stop = threading.Event()
+
+        def progress(rows: int) -> None:
+            done[0] += rows
+
+        work = asyncio.ensure_future(self._in_thread(model.embed, texts, progress, stop))
+        try:
+            while True:
+                finished, _ = await asyncio.wait({work}, timeout=self.settings.heartbeat)
+                if finished:
+                    return work.result()
+                await self._heartbeat(row, index, position + done[0])
+        except BaseException:
+            stop.set()  # the thread stops after its current batch and lets go of the model
+            with contextlib.suppress(BaseException):
+                await work
             raise
+
+    async def _update(
+        self, row: EmbeddingRow, index: int, seen: int, checkpoint: tuple[int, int, int, bool] | None = None
+    ) -> tuple[EmbeddingRow, bool]:
+        """Renew the lease, record progress (and a checkpoint), update the job's rate."""
+        complete = False
+        async with self.embeddings.db.sessions() as session:
+            current = self._check(await session.get(EmbeddingRow, row.id, with_for_update=True), row.generation)
+            shard = await session.get(ShardRow, (row.id, index), with_for_update=True)
+            if shard is None:
+                raise Superseded()
+            if shard.worker != self.name:
+                raise LeaseLost()
+            now = utcnow()
+            shard.lease_until = now + self.lease
+            shard.seen_row = seen
+            if checkpoint is not None:
+                start, stop, truncated, last = checkpoint
+                if shard.done_row != start:
+                    raise LeaseLost()
+                shard.done_row = stop
+                shard.parts = [*(shard.parts or []), [start, stop]]
+                shard.truncated = (shard.truncated or 0) + truncated
+                if last:
+                    shard.state = DONE
+            await session.flush()
+            seen_total = await session.scalar(
+                select(func.coalesce(func.sum(ShardRow.seen_row - ShardRow.start_row), 0)).where(
+                    ShardRow.embedding_id == row.id, ShardRow.generation == row.generation
+                )
+            )
+            done = current.extend_from + int(seen_total or 0)
+            # The job's rate over all its workers: rows since the last write by any of them.
+            elapsed = (now - current.update_time).total_seconds() if current.update_time else 0.0
+            if elapsed >= 0.2:
+                instant = max(done - current.done, 0) / elapsed
+                current.rate = instant if not current.rate else 0.7 * current.rate + 0.3 * instant
+            current.update_time = now
+            # Shown progress never goes back, also when a worker resumes at a checkpoint.
+            current.done = max(done, current.done)
+            if current.total:
+                current.progress = min(done / current.total, 1.0)
+                current.eta_seconds = (current.total - done) / current.rate if current.rate > 0 else 0.0
+            if checkpoint is not None and checkpoint[3]:
+                pending = await session.scalar(
+                    select(func.count()).where(
+                        ShardRow.embedding_id == row.id, ShardRow.generation == row.generation, ShardRow.state != DONE
+                    )
+                )
+                if not pending:
+                    complete = True
+                    current.stage = "assembling"
+                    current.update_time = now
+            await session.commit()
+        await self.embeddings.publish(current)
+        return current, complete
+
+    async def _heartbeat(self, row: EmbeddingRow, index: int, seen: int) -> None:
+        await self._update(row, index, seen)
+
+    async def _checkpoint(self, row: EmbeddingRow, index: int, start: int, stop: int, truncated: int, last: bool) -> bool:
+        """Commit rows [start, stop) of the shard (their part file is written); True when
+        that finished the last shard, so this worker joins the parts."""
+        _, complete = await self._update(row, index, stop, (start, stop, truncated, last))
+        return complete
+
+    # --- the end ----------------------------------------------------------------------------
+
+    async def _finish_if_complete(self, row: EmbeddingRow) -> None:
+        async with self.embeddings.db.sessions() as session:
+            pending = await session.scalar(
+                select(func.count()).where(
+                    ShardRow.embedding_id == row.id, ShardRow.generation == row.generation, ShardRow.state != DONE
+                )
+            )
+        if not pending:
+            await self._assemble(row)
+
+    async def _assemble(self, row: EmbeddingRow) -> None:
+        """Join the earlier vectors (of an extension) and every part, in row order, into the
+        vector file, and mark the job done."""
+        blobs = self.embeddings.blobs
+        async with self.embeddings.db.sessions() as session:
+            current = self._check(await session.get(EmbeddingRow, row.id), row.generation)
+            shards = list(
+                (
+                    await session.scalars(
+                        select(ShardRow)
+                        .where(ShardRow.embedding_id == row.id, ShardRow.generation == row.generation)
+                        .order_by(ShardRow.start_row)
+                    )
+                ).all()
+            )
+        sources = [vectors_key(row.id)] if current.extend_from > 0 else []
+        expected = current.extend_from
+        for shard in shards:
+            for start, stop in shard.parts or []:
+                if start != expected:
+                    raise RuntimeError(f"embedding {row.id}: part [{start}, {stop}) does not follow row {expected}")
+                sources.append(part_key(row.id, row.generation, start, stop))
+                expected = stop
+        if expected != current.total:
+            raise RuntimeError(f"embedding {row.id}: parts cover {expected} rows, not {current.total}")
+        dimension = current.dimension
+        if not sources or not dimension:
+            dimension = (await self.embeddings.models.load(row.model)).dimension
+        tag = uuid.uuid4().hex[:8]
+        temporary, rows = await self._in_thread(
+            assemble, blobs, vectors_key(row.id), sources, dimension, current.float16, tag
+        )
+        truncated = sum(shard.truncated or 0 for shard in shards)
+        async with self.embeddings.db.sessions() as session:
+            final = await session.get(EmbeddingRow, row.id, with_for_update=True)
+            try:
+                final = self._check(final, row.generation)
+            except BaseException:
+                blobs.delete(temporary)
+                raise
+            # Moved while the row is locked, so a cancel cannot slip in between.
+            await asyncio.to_thread(blobs.move, temporary, vectors_key(row.id))
+            now = utcnow()
+            final.state = SUCCEEDED
+            final.stage = "done"
+            final.progress = 1.0
+            final.eta_seconds = 0.0
+            final.done = rows
+            final.total = rows
+            final.row_count = rows
+            final.dimension = dimension
+            final.truncated_count = (final.truncated_count or 0) + truncated
+            final.end_time = now
+            final.update_time = now
+            final.error = ""
+            await session.commit()
+        await self.embeddings.publish(final)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(blobs.delete_dir, parts_prefix(row.id, row.generation))
+        log.info("embedding %s succeeded: %d rows", row.id, rows)

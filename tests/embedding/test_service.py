@@ -116,8 +116,9 @@ class StandInIngest(ingest_pb2_grpc.IngestServiceServicer, ingest_pb2_grpc.Inges
         table, _ = self.datasets[request.dataset]
         table = table.select(list(request.columns)) if request.columns else table
         step = request.batch_rows or 8192
-        for start in range(0, table.num_rows, step):
-            part = table.slice(start, step)
+        end = request.start_row + request.row_count if request.row_count else table.num_rows
+        for start in range(request.start_row, min(end, table.num_rows), step):
+            part = table.slice(start, min(step, end - start))
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, part.schema) as writer:
                 writer.write_table(part)
@@ -286,7 +287,9 @@ async def test_embedding_a_dataset_streams_the_same_vectors_as_sentence_transfor
     texts = build_texts(ROWS, ["title", "text"], "{title}: {text}")
     assert texts[0] == "cats: "  # a null becomes an empty string
     plain = SentenceTransformer(_default_model_path(), device="cpu").encode(texts, normalize_embeddings=True)
-    np.testing.assert_allclose(vectors, plain, atol=1e-5)
+    # bfloat16 runs only where it matches float32 to a cosine of 0.999 (checked at load).
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert (vectors * plain).sum(axis=1).min() >= 0.999
 
     await expect_error(
         service.embedding.DeleteEmbedding(embedding_pb2.DeleteEmbeddingRequest(name=created.name), metadata=auth(VIEWER)),
@@ -356,7 +359,8 @@ async def test_cancelled_job_stops_and_leaves_no_vectors(service: Running) -> No
     assert not folder.exists() or not any(folder.iterdir())
     await expect_error(
         service.embedding.ExtendEmbedding(embedding_pb2.ExtendEmbeddingRequest(name=created.name), metadata=auth(OWNER)),
-        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "once its job has succeeded",
     )
 
 
