@@ -1,11 +1,50 @@
-"""python -m services.projection"""
+"""python -m services.projection          the gRPC service (with EMBEDVIZ_WORKERS job workers)
+python -m services.projection worker   job workers only, no gRPC server: scale the heavy
+                                        work apart from the API (EMBEDVIZ_WORKERS, at least 1)"""
 
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
 from pathlib import Path
 
-from services.common.app import run
+from services.common.app import close_deps, open_deps, run
+from services.common.config import Settings
+from services.common.server import configure_logging
 from services.projection.maps import ensure_numba_cache
 from services.projection.server import build
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("services.projection")
+
+
+async def work() -> None:
+    settings = Settings.from_env()
+    settings = dataclasses.replace(settings, workers=max(1, settings.workers))
+    configure_logging(settings.log_level)
+    deps = await open_deps("projection-worker", settings, "projection", MIGRATIONS)
+    try:
+        built = await build(deps)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(job(stop)) for job in built.background]
+        log.info("projection worker running %d job workers", settings.workers)
+        await stop.wait()
+        await asyncio.wait(tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
+    finally:
+        await close_deps(deps)
+
+
 if __name__ == "__main__":
     ensure_numba_cache()  # before anything imports numba
-    run("projection", "projection", Path(__file__).parent / "migrations", build)
+    if sys.argv[1:] == ["worker"]:
+        asyncio.run(work())
+    elif sys.argv[1:]:
+        sys.exit(f"usage: python -m services.projection [worker]; got {' '.join(sys.argv[1:])}")
+    else:
+        run("projection", "projection", MIGRATIONS, build)

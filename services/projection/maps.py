@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,44 @@ NOISE = -1
 NOISE_LABEL = "unclustered"
 TSNE_PCA_DIMS = 50
 UMAP_METRICS = ("cosine", "euclidean", "manhattan", "correlation", "chebyshev", "minkowski")
+# metrics whose neighbourhoods survive PCA (cosine after normalising rows)
+PRE_REDUCIBLE = ("cosine", "euclidean")
+
+# Stage names a job reports while a map is made.
+STAGE_PRE_REDUCTION = "pre-reduction"
+STAGE_NEIGHBOURS = "neighbours"
+STAGE_OPTIMISATION = "optimisation"
+STAGE_PLACING = "placing"  # rows outside the fitted sample, put in with `transform`
+
+# Defaults of the scale settings; environment variables override them per process.
+DEFAULT_FIT_ROWS = 200_000  # EMBEDVIZ_PROJECTION_FIT_ROWS: above this, fit on a sample
+DEFAULT_PCA_DIMS = 50  # EMBEDVIZ_PROJECTION_PCA_DIMS: pre-reduce wider vectors (0: never)
+DEFAULT_PCA_MIN_ROWS = 5_000  # EMBEDVIZ_PROJECTION_PCA_MIN_ROWS: below this, UMAP skips PCA
+TRANSFORM_BATCH_ROWS = 20_000
+QUALITY_SAMPLE_ROWS = 2_000
+QUALITY_NEIGHBOURS = 10
+
+StageCallback = Callable[[str, int, int], object]  # (stage, done, total)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} is {raw!r}; it must be a whole number") from None
+
+
+def fit_rows_setting() -> int:
+    return max(0, _env_int("EMBEDVIZ_PROJECTION_FIT_ROWS", DEFAULT_FIT_ROWS))
+
+
+def pca_dims_setting() -> int:
+    return max(0, _env_int("EMBEDVIZ_PROJECTION_PCA_DIMS", DEFAULT_PCA_DIMS))
+
+
+def pca_min_rows_setting() -> int:
+    return max(0, _env_int("EMBEDVIZ_PROJECTION_PCA_MIN_ROWS", DEFAULT_PCA_MIN_ROWS))
 
 
 @dataclass(frozen=True)
@@ -46,6 +86,9 @@ class MapParams:
     k: int = 0  # 0: chosen from the row count
     min_cluster_size: int = 10
     space: str = PROJECTED
+    fit_rows: int = DEFAULT_FIT_ROWS  # fit on a sample of this many rows above it (0: never)
+    pca_dims: int = DEFAULT_PCA_DIMS  # PCA pre-reduction before UMAP / t-SNE (0: never)
+    pca_min_rows: int = DEFAULT_PCA_MIN_ROWS  # UMAP pre-reduces only from this many rows
 
 
 def default_k(rows: int) -> int:
@@ -64,60 +107,286 @@ def ensure_numba_cache() -> str:
 
 
 def warm_umap() -> None:
-    """A tiny fit, so that numba's compilation happens before the first real job."""
+    """Small fits through every numba path a job takes (exact and approximate neighbours,
+    cosine and euclidean, seeded and parallel, transform), so that compilation happens
+    once per process before the first real job, and is read from NUMBA_CACHE_DIR where
+    umap and pynndescent allow caching."""
     ensure_numba_cache()
-    import umap
+    rng = np.random.default_rng(0)
+    # enough rows that pynndescent's trees split several levels deep, as on real data
+    data = (rng.normal(size=(8, 96))[rng.integers(0, 8, 4600)] * 3 + rng.normal(size=(4600, 96))).astype(np.float32)
+    for metric in ("cosine", "euclidean"):
+        for seed in (0, None):
+            params = MapParams(method=UMAP, seed=seed, metric=metric, n_neighbors=8, fit_rows=4200, pca_dims=0)
+            reduce(data, params, exact_below=0)  # approximate neighbours, then transform
+            reduce(data[:240], replace(params, fit_rows=200))  # exact neighbours (small data), then transform
 
-    data = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
-    umap.UMAP(n_neighbors=5, n_components=2, metric="cosine", random_state=0, n_jobs=1, n_epochs=20).fit_transform(data)
+
+def compiled_signatures() -> int:
+    """How many numba specialisations umap and pynndescent hold in this process; a job
+    that compiles nothing leaves it unchanged."""
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    total = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("umap", "pynndescent")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, Dispatcher):
+                total += len(value.overloads)
+    return total
 
 
-def reduce(vectors: np.ndarray, params: MapParams) -> np.ndarray:
-    """The map's coordinates: float32, rows x params.dimensions."""
+def _nothing(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def fit_sample(n: int, params: MapParams) -> np.ndarray | None:
+    """Row indexes the reducer is fitted on (sorted), or None when it is fitted on all."""
+    if not params.fit_rows or n <= params.fit_rows or params.method == PCA and n <= 4 * params.fit_rows:
+        return None
+    rng = np.random.default_rng(params.seed if params.seed is not None else 0)
+    return np.sort(rng.choice(n, size=params.fit_rows, replace=False))
+
+
+def pre_reduce_dims(shape: tuple[int, ...], params: MapParams, fitted_rows: int) -> int:
+    """The dimensions `pre_reduce` brings vectors of this shape to; 0 when it leaves them."""
+    n, width = int(shape[0]), int(shape[1])
+    metric = params.metric if params.method == UMAP else "euclidean"
+    dims = params.pca_dims
+    wanted = params.method == TSNE or (params.method == UMAP and fitted_rows >= params.pca_min_rows)
+    if not dims or width <= dims or n <= dims or not wanted or metric not in PRE_REDUCIBLE:
+        return 0
+    return dims
+
+
+def pre_reduce(data: np.ndarray, params: MapParams, sample: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """PCA to `params.pca_dims` before UMAP or t-SNE, where it helps: wide vectors, enough
+    rows, a metric whose neighbourhoods survive it. Returns the data and the metric to use
+    on it (cosine becomes euclidean on normalised rows, which orders neighbours the same)."""
+    n = data.shape[0]
+    metric = params.metric if params.method == UMAP else "euclidean"
+    dims = pre_reduce_dims(data.shape, params, n if sample is None else int(sample.shape[0]))
+    if not dims:
+        return data, metric
+    from sklearn.decomposition import PCA as SkPCA
+
+    if metric == "cosine":
+        data = normalise(data)
+    fit_on = data if sample is None else data[sample]
+    pca = SkPCA(n_components=dims, svd_solver="randomized", random_state=params.seed if params.seed is not None else 0)
+    pca.fit(fit_on)
+    reduced = np.empty((n, dims), dtype=np.float32)
+    for start in range(0, n, 100_000):  # bounded temporaries
+        reduced[start : start + 100_000] = pca.transform(data[start : start + 100_000])
+    return reduced, "euclidean"
+
+
+def reduce(
+    vectors: np.ndarray, params: MapParams, on_stage: StageCallback | None = None, exact_below: int = 4096
+) -> np.ndarray:
+    """The map's coordinates: float32, rows x params.dimensions. Every row gets a place:
+    above `params.fit_rows` the reducer is fitted on a random sample and the other rows
+    are placed with `transform` (t-SNE, which has none: at the weighted mean of their
+    nearest fitted rows), in parallel batches. `on_stage(stage, done, total)` hears of
+    each stage as it starts and of placing progress."""
+    report = on_stage or _nothing
     n = vectors.shape[0]
     dims = params.dimensions
     if n < dims + 2:
         raise ValueError(f"a {dims}-D map needs at least {dims + 2} rows; the embedding has {n}")
     data = np.ascontiguousarray(vectors, dtype=np.float32)
+    sample = fit_sample(n, params)
     if params.method == PCA:
-        from sklearn.decomposition import PCA as SkPCA
-
-        points = SkPCA(n_components=min(dims, data.shape[1]), random_state=params.seed).fit_transform(data)
-        if points.shape[1] < dims:  # vectors of fewer dimensions than the map
-            points = np.pad(points, ((0, 0), (0, dims - points.shape[1])))
-    elif params.method == TSNE:
-        from sklearn.decomposition import PCA as SkPCA
-        from sklearn.manifold import TSNE as SkTSNE
-
-        if data.shape[1] > TSNE_PCA_DIMS and n > TSNE_PCA_DIMS:
-            data = SkPCA(n_components=TSNE_PCA_DIMS, random_state=params.seed).fit_transform(data)
-        perplexity = max(1.0, min(params.perplexity, (n - 1) / 3))
-        points = SkTSNE(
-            n_components=dims,
-            perplexity=perplexity,
-            init="pca",
-            random_state=params.seed,
-            method="barnes_hut" if dims <= 3 else "exact",
-        ).fit_transform(data)
-    elif params.method == UMAP:
-        ensure_numba_cache()
-        import umap
-
-        n_neighbors = max(2, min(params.n_neighbors, n - 1))
-        reducer = umap.UMAP(
-            n_neighbors=n_neighbors,
-            n_components=dims,
-            min_dist=params.min_dist,
-            metric=params.metric,
-            random_state=params.seed,
-            n_jobs=1 if params.seed is not None else -1,  # a seed makes umap single-threaded anyway
-            # spectral initialisation fails on graphs this small; random is fine there
-            init="spectral" if n > 3 * n_neighbors else "random",
-        )
-        points = reducer.fit_transform(data)
-    else:
+        return _pca_map(data, params, sample)
+    if params.method not in (UMAP, TSNE):
         raise ValueError(f"unknown projection method {params.method!r}")
+    report(STAGE_PRE_REDUCTION, 0, n)
+    data, metric = pre_reduce(data, params, sample)
+    fitted = data if sample is None else np.ascontiguousarray(data[sample])
+    if params.method == TSNE:
+        report(STAGE_OPTIMISATION, 0, fitted.shape[0])
+        fitted_points = _tsne(fitted, params)
+        if sample is None:
+            return fitted_points
+        return _place_by_neighbours(data, sample, fitted, fitted_points, report)
+    reducer, fitted_points = _umap_fit(fitted, params, metric, report, exact_below)
+    if sample is None:
+        return fitted_points
+    return _place_with_transform(reducer, data, sample, fitted_points, report)
+
+
+def _pca_map(data: np.ndarray, params: MapParams, sample: np.ndarray | None) -> np.ndarray:
+    from sklearn.decomposition import PCA as SkPCA
+
+    dims = params.dimensions
+    pca = SkPCA(n_components=min(dims, data.shape[1]), random_state=params.seed)
+    pca.fit(data if sample is None else data[sample])
+    points = np.empty((data.shape[0], dims), dtype=np.float32)
+    points[:] = 0.0  # vectors of fewer dimensions than the map keep zeros in the rest
+    for start in range(0, data.shape[0], 100_000):
+        part = pca.transform(data[start : start + 100_000])
+        points[start : start + part.shape[0], : part.shape[1]] = part
+    return points
+
+
+def _tsne(data: np.ndarray, params: MapParams) -> np.ndarray:
+    from sklearn.manifold import TSNE as SkTSNE
+
+    n = data.shape[0]
+    perplexity = max(1.0, min(params.perplexity, (n - 1) / 3))
+    points = SkTSNE(
+        n_components=params.dimensions,
+        perplexity=perplexity,
+        init="pca",
+        random_state=params.seed,
+        method="barnes_hut",
+    ).fit_transform(data)
     return np.ascontiguousarray(points, dtype=np.float32)
+
+
+def _umap_fit(
+    data: np.ndarray, params: MapParams, metric: str, report: StageCallback, exact_below: int
+) -> tuple[object, np.ndarray]:
+    ensure_numba_cache()
+    import umap
+    from umap.umap_ import nearest_neighbors
+
+    n = data.shape[0]
+    n_neighbors = max(2, min(params.n_neighbors, n - 1))
+    n_jobs = 1 if params.seed is not None else -1  # a seed makes umap single-threaded anyway
+    knn: tuple[object, object, object] = (None, None, None)
+    report(STAGE_NEIGHBOURS, 0, n)
+    if n >= exact_below:  # below, umap computes all distances itself, inside fit
+        angular = metric in ("cosine", "correlation")
+        random_state = np.random.RandomState(params.seed) if params.seed is not None else None
+        knn = nearest_neighbors(data, n_neighbors, metric, {}, angular, random_state, n_jobs=n_jobs)
+        report(STAGE_OPTIMISATION, 0, n)
+    reducer = umap.UMAP(
+        n_neighbors=n_neighbors,
+        n_components=params.dimensions,
+        min_dist=params.min_dist,
+        metric=metric,
+        random_state=params.seed,
+        n_jobs=n_jobs,
+        precomputed_knn=knn,
+        # spectral initialisation fails on graphs this small; random is fine there
+        init="spectral" if n > 3 * n_neighbors else "random",
+        force_approximation_algorithm=knn[0] is not None,
+    )
+    if knn[0] is None:
+        report(STAGE_OPTIMISATION, 0, n)
+    points = reducer.fit_transform(data)
+    return reducer, np.ascontiguousarray(points, dtype=np.float32)
+
+
+def _batches(rest: np.ndarray) -> list[np.ndarray]:
+    return [rest[i : i + TRANSFORM_BATCH_ROWS] for i in range(0, rest.shape[0], TRANSFORM_BATCH_ROWS)]
+
+
+def _place_with_transform(
+    reducer: object, data: np.ndarray, sample: np.ndarray, fitted_points: np.ndarray, report: StageCallback
+) -> np.ndarray:
+    n = data.shape[0]
+    points = np.empty((n, fitted_points.shape[1]), dtype=np.float32)
+    points[sample] = fitted_points
+    rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+    batches = _batches(rest)
+    report(STAGE_PLACING, 0, rest.shape[0])
+    done = 0
+
+    def place(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(reducer.transform(data[rows]), dtype=np.float32)  # type: ignore[attr-defined]
+
+    # the first call builds the search index (not thread-safe); the rest run in parallel
+    first, batches = batches[0], batches[1:]
+    points[first] = place(first)
+    done += first.shape[0]
+    report(STAGE_PLACING, done, rest.shape[0])
+    with ThreadPoolExecutor(max_workers=max(1, min(len(batches), os.cpu_count() or 1))) as pool:
+        for rows, placed in zip(batches, pool.map(place, batches), strict=True):
+            points[rows] = placed
+            done += rows.shape[0]
+            report(STAGE_PLACING, done, rest.shape[0])
+    return points
+
+
+def _place_by_neighbours(
+    data: np.ndarray, sample: np.ndarray, fitted: np.ndarray, fitted_points: np.ndarray, report: StageCallback, k: int = 10
+) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+
+    n = data.shape[0]
+    points = np.empty((n, fitted_points.shape[1]), dtype=np.float32)
+    points[sample] = fitted_points
+    rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+    index = NearestNeighbors(n_neighbors=min(k, fitted.shape[0])).fit(fitted)
+    batches = _batches(rest)
+    report(STAGE_PLACING, 0, rest.shape[0])
+    done = 0
+
+    def place(rows: np.ndarray) -> np.ndarray:
+        distances, neighbours = index.kneighbors(data[rows])
+        weights = 1.0 / np.maximum(distances, 1e-6)
+        weights /= weights.sum(axis=1, keepdims=True)
+        return np.einsum("rk,rkd->rd", weights, fitted_points[neighbours]).astype(np.float32)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(batches), os.cpu_count() or 1))) as pool:
+        for rows, placed in zip(batches, pool.map(place, batches), strict=True):
+            points[rows] = placed
+            done += rows.shape[0]
+            report(STAGE_PLACING, done, rest.shape[0])
+    return points
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How faithful a map is. trustworthiness: sklearn's, k=10, on a random sample of at
+    most QUALITY_SAMPLE_ROWS rows (1 is perfect). label_agreement: share of each point's 10
+    nearest map neighbours that carry its label; shuffled: the same with labels shuffled
+    (what chance gives); both -1 when no labels were given."""
+
+    trustworthiness: float
+    sample_rows: int
+    neighbours: int
+    label_agreement: float = -1.0
+    shuffled_label_agreement: float = -1.0
+    labelled_rows: int = 0
+
+
+def trustworthiness(vectors: np.ndarray, points: np.ndarray, metric: str, seed: int | None, sample_rows: int = QUALITY_SAMPLE_ROWS, k: int = QUALITY_NEIGHBOURS) -> tuple[float, int]:
+    from sklearn.manifold import trustworthiness as sk_trustworthiness
+
+    n = points.shape[0]
+    rows = np.arange(n)
+    if n > sample_rows:
+        rows = np.sort(np.random.default_rng(seed if seed is not None else 0).choice(n, size=sample_rows, replace=False))
+    k = max(1, min(k, (rows.shape[0] - 1) // 2 - 1))
+    if k < 1 or rows.shape[0] < 4:
+        return 1.0, int(rows.shape[0])
+    high = np.asarray(vectors[rows], dtype=np.float64)
+    value = sk_trustworthiness(high, np.asarray(points[rows], dtype=np.float64), n_neighbors=k, metric=metric if metric in PRE_REDUCIBLE else "euclidean")
+    return float(value), int(rows.shape[0])
+
+
+def label_agreement(points: np.ndarray, labels: np.ndarray, seed: int | None, k: int = QUALITY_NEIGHBOURS) -> tuple[float, float, int]:
+    """(agreement, shuffled agreement, labelled rows) over the rows whose label is not
+    empty; neighbours are looked for among those rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    keep = np.flatnonzero(np.asarray([bool(v) for v in labels]))
+    if keep.shape[0] < 3:
+        return -1.0, -1.0, int(keep.shape[0])
+    k = min(k, keep.shape[0] - 1)
+    _, codes = np.unique(np.asarray(labels)[keep], return_inverse=True)
+    _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(points[keep]).kneighbors(points[keep])
+    neighbours = neighbours[:, 1:]  # not the point itself
+    agreement = float((codes[neighbours] == codes[:, None]).mean())
+    shuffled = np.random.default_rng(seed if seed is not None else 0).permutation(codes)
+    baseline = float((shuffled[neighbours] == shuffled[:, None]).mean())
+    return agreement, baseline, int(keep.shape[0])
 
 
 def cluster(points: np.ndarray, vectors: np.ndarray, params: MapParams) -> np.ndarray:

@@ -29,6 +29,9 @@ class ProjectionRow(JobColumns, Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     point_count: Mapped[int] = mapped_column(BigInteger, default=0)
     cluster_count: Mapped[int] = mapped_column(Integer, default=0)
+    # trustworthiness, sample_rows, neighbours, label_agreement, shuffled_label_agreement,
+    # labelled_rows, fitted_rows, pre_reduction_dimensions (set when the job succeeds)
+    quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class ClusterRow(Base):

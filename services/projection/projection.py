@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -18,12 +19,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 
-from embedviz.v1 import ingest_pb2, projection_pb2
+from embedviz.v1 import embedding_pb2, ingest_pb2, job_pb2, projection_pb2
 from services.common import names
 from services.common.app import Deps
 from services.common.auth import Identity
-from services.common.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.jobs import (
     PENDING,
     SUCCEEDED,
@@ -36,7 +38,7 @@ from services.common.jobs import (
     timestamp,
     watch,
 )
-from services.projection import maps
+from services.projection import exports, maps
 from services.projection.models import ClusterRow, ProjectionRow
 from services.projection.sources import EmbeddingInfo, Sources
 
@@ -49,6 +51,10 @@ MIN_ROWS = 4
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 HEARTBEAT_SECONDS = 2.0
+STAGE_POLL_SECONDS = 0.25
+# Follow-up projections (Embedding.project_when_done) get a stable id from the embedding's
+# name, so an event delivered twice makes one projection.
+FOLLOW_UP_NAMESPACE = uuid.UUID("6f1b7c1e-43a5-4f0e-9a51-1a2f6b0c9d7e")
 
 T = TypeVar("T")
 
@@ -107,7 +113,22 @@ def to_proto(row: ProjectionRow) -> projection_pb2.Projection:
         point_count=row.point_count or 0,
         cluster_count=row.cluster_count or 0,
         job=job_to_proto(row),
+        label_column=str(p.get("label_column", "")),
     )
+    q = row.quality or {}
+    if q:
+        message.fitted_rows = int(q.get("fitted_rows", 0))
+        message.pre_reduction_dimensions = int(q.get("pre_reduction_dimensions", 0))
+        message.quality.CopyFrom(
+            projection_pb2.ProjectionQuality(
+                trustworthiness=float(q.get("trustworthiness", 0.0)),
+                sample_rows=int(q.get("sample_rows", 0)),
+                neighbors=int(q.get("neighbours", 0)),
+                label_agreement=float(q.get("label_agreement", -1.0)),
+                shuffled_label_agreement=float(q.get("shuffled_label_agreement", -1.0)),
+                labelled_rows=int(q.get("labelled_rows", 0)),
+            )
+        )
     created = timestamp(row.create_time)
     if created is not None:
         message.create_time.CopyFrom(created)
@@ -179,6 +200,22 @@ def map_params(spec: projection_pb2.Projection, rows: int) -> maps.MapParams:
         k=k or (maps.default_k(rows) if algorithm == maps.KMEANS else 0),
         min_cluster_size=min_cluster_size,
         space=space,
+        fit_rows=maps.fit_rows_setting(),
+        pca_dims=maps.pca_dims_setting(),
+        pca_min_rows=maps.pca_min_rows_setting(),
+    )
+
+
+def follow_up_spec(rows: int) -> projection_pb2.Projection:
+    """The projection made for an embedding created with project_when_done: UMAP 2-D with
+    HDBSCAN clusters sized to the data (0.5 % of the rows, from 10 to 500)."""
+    size = max(10, min(500, round(rows * 0.005)))
+    return projection_pb2.Projection(
+        method=projection_pb2.PROJECTION_METHOD_UMAP,
+        dimensions=2,
+        clustering=projection_pb2.ClusterParams(
+            algorithm=projection_pb2.CLUSTER_ALGORITHM_HDBSCAN, min_cluster_size=min(size, max(2, rows))
+        ),
     )
 
 
@@ -192,6 +229,9 @@ def _params_json(params: maps.MapParams) -> dict[str, Any]:
         "k": params.k,
         "min_cluster_size": params.min_cluster_size,
         "space": params.space,
+        "fit_rows": params.fit_rows,
+        "pca_dims": params.pca_dims,
+        "pca_min_rows": params.pca_min_rows,
     }
 
 
@@ -209,6 +249,9 @@ def params_of(row: ProjectionRow) -> maps.MapParams:
         k=int(p.get("k", 0)),
         min_cluster_size=int(p.get("min_cluster_size", 10)),
         space=str(p.get("space", maps.PROJECTED)),
+        fit_rows=int(p.get("fit_rows", maps.DEFAULT_FIT_ROWS)),
+        pca_dims=int(p.get("pca_dims", maps.DEFAULT_PCA_DIMS)),
+        pca_min_rows=int(p.get("pca_min_rows", maps.DEFAULT_PCA_MIN_ROWS)),
     )
 
 
@@ -297,7 +340,9 @@ class Projections:
             )
         return row
 
-    async def create(self, identity: Identity, parent: str, spec: projection_pb2.Projection) -> ProjectionRow:
+    async def create(
+        self, identity: Identity, parent: str, spec: projection_pb2.Projection, projection_id: str = ""
+    ) -> ProjectionRow:
         parts = await self._authorise(identity, parent, EMBEDDING_PATTERN, ingest_pb2.ROLE_EDITOR)
         embedding = await self._sources.get_embedding(identity, parent)
         if not embedding.succeeded:
@@ -305,8 +350,18 @@ class Projections:
                 f"{parent} is {embedding.state_name}; a projection needs a finished embedding (WatchEmbedding)"
             )
         params = map_params(spec, embedding.row_count)
+        label_column = spec.label_column.strip()
+        if label_column:
+            columns = await self._sources.dataset_columns(identity, f"projects/{parts['project']}/datasets/{parts['dataset']}")
+            if label_column not in columns:
+                raise InvalidArgument(
+                    f"label_column '{label_column}' not found; the dataset has: {', '.join(columns)}"
+                )
+        stored = _params_json(params)
+        if label_column:
+            stored["label_column"] = label_column
         row = ProjectionRow(
-            id=names.new_id(),
+            id=projection_id or names.new_id(),
             owner=identity.user,
             project_id=parts["project"],
             dataset_id=parts["dataset"],
@@ -314,9 +369,10 @@ class Projections:
             method=params.method,
             dimensions=params.dimensions,
             seed=params.seed or 0,
-            params=_params_json(params),
+            params=stored,
             point_count=0,
             cluster_count=0,
+            quality={},
             state=PENDING,
             progress=0.0,
             stage="queued",
@@ -332,6 +388,29 @@ class Projections:
         await self._publish(row)
         await self._deps.bus.enqueue(KIND, {"id": row.id, "owner": identity.user})
         return row
+
+    async def follow_up(self, data: bytes) -> ProjectionRow | None:
+        """An embedding event: when the embedding has just succeeded and was created with
+        project_when_done, start its default projection on behalf of its creator (once,
+        however often the event comes). Returns the projection made, if any."""
+        embedding = embedding_pb2.Embedding.FromString(data)
+        if not embedding.project_when_done or embedding.job.state != job_pb2.JOB_STATE_SUCCEEDED:
+            return None
+        if not embedding.creator:
+            log.warning("%s asks for a projection but its event names no creator; skipped", embedding.name)
+            return None
+        projection_id = uuid.uuid5(FOLLOW_UP_NAMESPACE, embedding.name).hex
+        async with self._sessions() as session:
+            if await session.get(ProjectionRow, projection_id) is not None:
+                return None
+        identity = await self._deps.delegated.identity_for(embedding.creator)
+        try:
+            return await self.create(identity, embedding.name, follow_up_spec(int(embedding.row_count)), projection_id)
+        except IntegrityError:
+            return None  # another replica made it a moment ago
+        except (NotFound, PermissionDenied, FailedPrecondition, InvalidArgument) as exc:
+            log.info("no follow-up projection for %s: %s", embedding.name, exc.message)
+            return None
 
     async def get(self, identity: Identity, name: str) -> ProjectionRow:
         return await self._readable(identity, name)
@@ -362,12 +441,30 @@ class Projections:
 
     async def delete(self, identity: Identity, name: str) -> None:
         row = await self._readable(identity, name, ingest_pb2.ROLE_EDITOR)
+        await self._remove(row.id)
+
+    async def _remove(self, projection_id: str) -> None:
         async with self._sessions() as session:
-            await session.execute(delete(ClusterRow).where(ClusterRow.projection_id == row.id))
-            await session.execute(delete(ProjectionRow).where(ProjectionRow.id == row.id))
+            await session.execute(delete(ClusterRow).where(ClusterRow.projection_id == projection_id))
+            await session.execute(delete(ProjectionRow).where(ProjectionRow.id == projection_id))
             await session.commit()
-        await asyncio.to_thread(self._deps.blobs.delete_dir, f"projections/{row.id}")
-        await self._deps.bus.delete_events(KIND, row.id)
+        await asyncio.to_thread(self._deps.blobs.delete_dir, f"projections/{projection_id}")
+        await self._deps.bus.delete_events(KIND, projection_id)
+
+    async def remove_for_embedding(self, event: dict[str, object]) -> None:
+        """Handler of `events.embedding-deleted.*` (published by the embedding service when
+        an embedding goes, also when its dataset went): its projections go too. Idempotent."""
+        async with self._sessions() as session:
+            ids = (
+                await session.scalars(
+                    select(ProjectionRow.id).where(
+                        ProjectionRow.project_id == str(event["project_id"]),
+                        ProjectionRow.embedding_id == str(event["embedding_id"]),
+                    )
+                )
+            ).all()
+        for projection_id in ids:
+            await self._remove(projection_id)
 
     async def cancel(self, identity: Identity, name: str) -> ProjectionRow:
         row = await self._readable(identity, name, ingest_pb2.ROLE_EDITOR)
@@ -465,19 +562,54 @@ class Projections:
         _, vectors = await self._unit_vectors(identity, row)
         return await asyncio.to_thread(maps.nearest, vectors.unit, vectors.unit[row_index], limit, row_index)
 
-    async def export_csv(self, identity: Identity, name: str, columns: list[str], row_indexes: list[int]) -> AsyncIterator[bytes]:
-        """row, x, y (, z), cluster, label as CSV, in chunks."""
-        if columns:
-            raise InvalidArgument(
-                "exporting dataset columns is not supported yet; leave columns empty to export "
-                "row, coordinates, cluster and label"
-            )
+    async def export(
+        self, identity: Identity, name: str, file_format: str, columns: list[str], row_indexes: list[int]
+    ) -> AsyncIterator[bytes]:
+        """The map's rows as a file in chunks: `row`, x, y (, z), `cluster`, `label`, then the
+        chosen dataset columns; all rows, or the selected ones in ascending row order."""
+        if file_format not in exports.CONTENT_TYPES:
+            raise InvalidArgument(f"format {file_format} is not one of: {', '.join(exports.CONTENT_TYPES)}")
         row = await self._succeeded(identity, name)
+        total = int(row.point_count)
+        chosen = np.unique(np.asarray(row_indexes, dtype=np.int64)) if row_indexes else None
+        if chosen is not None and (chosen[0] < 0 or chosen[-1] >= total):
+            bad = int(chosen[0] if chosen[0] < 0 else chosen[-1])
+            raise InvalidArgument(f"row index {bad} is not in the map; it has rows 0 to {total - 1}")
+        wanted = list(dict.fromkeys(c for c in columns if c))
+        if wanted:
+            available = await self._sources.dataset_columns(identity, dataset_name(row))
+            missing = [c for c in wanted if c not in available]
+            if missing:
+                raise InvalidArgument(
+                    f"column '{missing[0]}' not found; the dataset has: {', '.join(available)}"
+                )
+            taken = [c for c in wanted if c in exports.RESERVED]
+            if taken:
+                raise InvalidArgument(
+                    f"column '{taken[0]}' has the name of a column every export has "
+                    f"({', '.join(exports.RESERVED)}); export without it"
+                )
         points = await asyncio.to_thread(self._read_points, row.id)
-        clusters = await self.clusters(identity, name)
-        labels = {c.cluster_id: c.label for c in clusters}
-        for chunk in await asyncio.to_thread(_csv_chunks, points, labels, row_indexes):
-            yield chunk
+        labels = {c.cluster_id: c.label for c in await self.clusters(identity, name)}
+        writer = exports.ExportWriter(file_format, points, labels, wanted)
+        ranges = exports.row_ranges(total, chosen)
+        for start, stop in ranges:
+            if wanted:
+                batches = self._sources.stream_rows(identity, dataset_name(row), wanted, start, stop - start)
+                try:
+                    async for first, table in batches:
+                        data = await asyncio.to_thread(writer.write, first, table, chosen)
+                        if data:
+                            yield data
+                finally:
+                    await batches.aclose()
+            else:
+                data = await asyncio.to_thread(writer.write, start, None, chosen, stop - start)
+                if data:
+                    yield data
+        tail = await asyncio.to_thread(writer.close)
+        if tail:
+            yield tail
 
     # --- the job -----------------------------------------------------------------------------
 
@@ -532,19 +664,34 @@ class Projections:
         if params.algorithm == maps.KMEANS:
             params = replace(params, k=min(params.k or maps.default_k(rows), rows))
 
-        stage = {maps.UMAP: "umap", maps.PCA: "pca", maps.TSNE: "tsne"}[params.method]
-        await reporter.progress(0, total=rows, stage=stage)
-        points = await self._in_thread(reporter, rows, maps.reduce, vectors, params)
+        first = maps.STAGE_PRE_REDUCTION if params.method != maps.PCA else "pca"
+        status = StageStatus(first, 0, rows)
+        await reporter.progress(0, total=rows, stage=first)
+        points = await self._in_thread(reporter, status, maps.reduce, vectors, params, status.update)
+        sample = maps.fit_sample(rows, params)
+        fitted_rows = rows if sample is None else int(sample.shape[0])
+        pre_reduced = maps.pre_reduce_dims(vectors.shape, params, fitted_rows)
 
+        status.update("clustering", 0, rows)
         await reporter.progress(0, total=rows, stage="clustering")
-        labels = await self._in_thread(reporter, rows, maps.cluster, points, vectors, params)
-        del vectors
+        labels = await self._in_thread(reporter, status, maps.cluster, points, vectors, params)
         summaries = maps.summarise(points, labels)
 
+        status.update("quality", 0, rows)
+        await reporter.progress(0, total=rows, stage="quality")
+        label_column = str((row.params or {}).get("label_column", ""))
+        truth = (
+            await self._sources.load_texts(identity, dataset_name(row), [label_column], rows) if label_column else None
+        )
+        quality = await self._in_thread(reporter, status, _measure, vectors, points, params, truth)
+        quality.update(fitted_rows=fitted_rows, pre_reduction_dimensions=pre_reduced)
+        del vectors
+
+        status.update("labelling", 0, rows)
         await reporter.progress(0, total=rows, stage="labelling")
         columns = embedding.text_columns
         texts = await self._sources.load_texts(identity, dataset_name(row), columns, rows) if columns else [""] * rows
-        terms = await self._in_thread(reporter, rows, maps.cluster_terms, texts, labels)
+        terms = await self._in_thread(reporter, status, maps.cluster_terms, texts, labels)
         for summary in summaries:
             summary.terms = terms.get(summary.id, [])
             summary.label = maps.label_of(summary.terms, summary.id)
@@ -566,7 +713,9 @@ class Projections:
             )
             await session.commit()
         cluster_count = sum(1 for s in summaries if s.id != maps.NOISE)
-        await reporter.succeed(point_count=rows, cluster_count=cluster_count, done=rows, total=rows)
+        await reporter.succeed(
+            point_count=rows, cluster_count=cluster_count, done=rows, total=rows, quality=quality
+        )
 
     def _write_points(self, projection_id: str, points: np.ndarray, labels: np.ndarray) -> None:
         key = points_key(projection_id)
@@ -577,22 +726,64 @@ class Projections:
         self._deps.blobs.move(partial, key)
 
     async def _in_thread(
-        self, reporter: JobReporter[ProjectionRow], rows: int, fn: Callable[..., T], *args: Any
+        self, reporter: JobReporter[ProjectionRow], status: StageStatus, fn: Callable[..., T], *args: Any
     ) -> T:
-        """Run CPU work in a thread; meanwhile keep the job's record fresh, which is also
-        how a cancellation is noticed (the thread's result is then thrown away)."""
+        """Run CPU work in a thread; meanwhile publish the stage it reports and keep the
+        job's record fresh, which is also how a cancellation is noticed (the thread's
+        result is then thrown away)."""
         task = in_daemon_thread(fn, *args)
-        started = time.monotonic()
+        shown = status.stage
+        last = time.monotonic()
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+                done, _ = await asyncio.wait({task}, timeout=STAGE_POLL_SECONDS)
                 if done:
                     return task.result()
-                log.debug("still working (%.0f s)", time.monotonic() - started)
-                await reporter.progress(0, total=rows, force=True)
+                stage, count, total = status.read()
+                now = time.monotonic()
+                if stage != shown:
+                    shown, last = stage, now
+                    await reporter.progress(count, total=total, stage=stage)
+                elif now - last >= HEARTBEAT_SECONDS:
+                    last = now
+                    await reporter.progress(count, total=total, force=True)
         finally:
             if not task.done():
                 task.cancel()  # the thread runs on, but nobody waits for it
+
+
+class StageStatus:
+    """The stage a worker thread is in, written by the thread, read by the event loop."""
+
+    def __init__(self, stage: str, done: int, total: int) -> None:
+        self._lock = threading.Lock()
+        self.stage, self.done, self.total = stage, done, total
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        with self._lock:
+            self.stage, self.done, self.total = stage, done, total
+
+    def read(self) -> tuple[str, int, int]:
+        with self._lock:
+            return self.stage, self.done, self.total
+
+
+def _measure(
+    vectors: np.ndarray, points: np.ndarray, params: maps.MapParams, truth: list[str] | None
+) -> dict[str, Any]:
+    trust, sample_rows = maps.trustworthiness(vectors, points, params.metric, params.seed)
+    quality: dict[str, Any] = {
+        "trustworthiness": trust,
+        "sample_rows": sample_rows,
+        "neighbours": maps.QUALITY_NEIGHBOURS,
+        "label_agreement": -1.0,
+        "shuffled_label_agreement": -1.0,
+        "labelled_rows": 0,
+    }
+    if truth is not None:
+        agreement, shuffled, labelled = maps.label_agreement(points, np.asarray(truth, dtype=object), params.seed)
+        quality.update(label_agreement=agreement, shuffled_label_agreement=shuffled, labelled_rows=labelled)
+    return quality
 
 
 def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -619,32 +810,3 @@ def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
     threading.Thread(target=target, name=f"projection-{getattr(fn, '__name__', 'work')}", daemon=True).start()
     return future
-
-
-def _csv_chunks(points: maps.Points, labels: dict[int, str], row_indexes: list[int]) -> list[bytes]:
-    import csv
-    import io
-
-    chosen = np.arange(len(points))
-    if row_indexes:
-        wanted = np.asarray(row_indexes, dtype=np.int64)
-        chosen = np.flatnonzero(np.isin(points.rows.astype(np.int64), wanted))
-    header = ["row", *"xyz"[: points.dimensions], "cluster", "label"]
-    chunks: list[bytes] = []
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for start in range(0, len(chosen), 10_000):
-        part = chosen[start : start + 10_000]
-        rows = points.rows[part].tolist()
-        coords = points.coordinates[part].tolist()
-        clusters = points.clusters[part].tolist()
-        writer.writerows(
-            [r, *(f"{v:.6g}" for v in c), k, labels.get(k, "")] for r, c, k in zip(rows, coords, clusters, strict=True)
-        )
-        chunks.append(buffer.getvalue().encode())
-        buffer.seek(0)
-        buffer.truncate()
-    if buffer.getvalue():
-        chunks.append(buffer.getvalue().encode())
-    return chunks

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 from google.protobuf import empty_pb2
 
 from embedviz.v1 import projection_pb2, projection_pb2_grpc
 from services.common.auth import current_identity
-from services.common.errors import DomainError, InvalidArgument
-from services.projection import maps
+from services.common.errors import InvalidArgument
+from services.projection import exports, maps
 from services.projection.projection import Projections, cluster_to_proto, to_proto
 
+_EXPORT_FORMATS = {
+    projection_pb2.EXPORT_FORMAT_UNSPECIFIED: exports.CSV,
+    projection_pb2.EXPORT_FORMAT_CSV: exports.CSV,
+    projection_pb2.EXPORT_FORMAT_JSONL: exports.JSONL,
+    projection_pb2.EXPORT_FORMAT_PARQUET: exports.PARQUET,
+}
 DEFAULT_CHUNK_POINTS = 65536
 MAX_CHUNK_POINTS = 1 << 20
-
-
-class Unimplemented(DomainError):
-    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 def _required(value: str, field: str) -> str:
@@ -99,16 +100,19 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
         )
 
     async def ExportProjection(self, request, context) -> AsyncIterator[projection_pb2.ExportProjectionResponse]:  # type: ignore[no-untyped-def]
-        if request.format not in (projection_pb2.EXPORT_FORMAT_UNSPECIFIED, projection_pb2.EXPORT_FORMAT_CSV):
-            raise Unimplemented(
-                f"export as {projection_pb2.ExportFormat.Name(request.format).removeprefix('EXPORT_FORMAT_')} "
-                "is not available yet; use CSV"
-            )
-        chunks = self._projections.export_csv(
-            current_identity(), _required(request.name, "name"), list(request.columns), list(request.row_indexes)
+        file_format = _EXPORT_FORMATS.get(request.format)
+        if file_format is None:
+            raise InvalidArgument(f"unknown export format {request.format}; use CSV, JSONL or PARQUET")
+        chunks = self._projections.export(
+            current_identity(),
+            _required(request.name, "name"),
+            file_format,
+            list(request.columns),
+            list(request.row_indexes),
         )
+        content_type = exports.CONTENT_TYPES[file_format]
         try:
             async for data in chunks:
-                yield projection_pb2.ExportProjectionResponse(data=data, content_type="text/csv")
+                yield projection_pb2.ExportProjectionResponse(data=data, content_type=content_type)
         finally:
             await chunks.aclose()

@@ -135,6 +135,33 @@ class Sources:
             )
         return out
 
+    async def dataset_columns(self, identity: Identity, dataset: str) -> list[str]:
+        try:
+            d = await self._ingest().GetDataset(
+                ingest_pb2.GetDatasetRequest(name=dataset), metadata=identity.metadata(), timeout=15
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error(exc, f"reading {dataset}") from None
+        return [c.name for c in d.columns]
+
+    async def stream_rows(
+        self, identity: Identity, dataset: str, columns: list[str], start_row: int, row_count: int
+    ) -> AsyncIterator[tuple[int, pa.Table]]:
+        """(first row index, Arrow table) of each batch of rows in [start_row, start_row + row_count)."""
+        stream = self._ingest_internal().StreamRows(
+            ingest_pb2.StreamRowsRequest(
+                dataset=dataset, columns=columns, start_row=start_row, row_count=row_count, batch_rows=8192
+            ),
+            metadata=identity.metadata(),
+        )
+        try:
+            async for batch in stream:
+                yield int(batch.start_row), pa.ipc.open_stream(batch.arrow_ipc).read_all()
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error(exc, f"reading the rows of {dataset}") from None
+        finally:
+            stream.cancel()
+
     async def load_texts(self, identity: Identity, dataset: str, columns: list[str], rows: int) -> list[str]:
         """The text of each of the first `rows` rows: its text columns joined by spaces."""
         texts = [""] * rows

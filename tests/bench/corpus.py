@@ -1,0 +1,79 @@
+"""The benchmark's real text and its vectors, made once and cached under build/bench-cache.
+
+Texts: the one-line description of every Debian package apt knows (`apt-cache dumpavail`,
+about 63,700), topped up to the wanted count with the first line of docstrings of the
+functions and classes in the installed Python libraries and the standard library (real
+English technical text). Vectors: the packaged all-MiniLM-L6-v2, normalised, 384-d."""
+
+from __future__ import annotations
+
+import re
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / "build" / "bench-cache"
+sys.path.insert(0, str(ROOT))
+
+_DOCSTRING = re.compile(r'(?:def|class) [^\n]*:\n\s+(?:r|u)?"""([^\n"]{30,200})')
+
+
+def texts(count: int) -> tuple[list[str], dict[str, int]]:
+    from tests.projection import debian
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for package in debian.packages():
+        if package.summary not in seen:
+            seen.add(package.summary)
+            out.append(package.summary)
+    sources = {"debian": len(out)}
+    for where in ("purelib", "stdlib"):
+        base = Path(sysconfig.get_paths()[where])
+        for path in sorted(base.rglob("*.py")):
+            if len(out) >= count:
+                break
+            try:
+                source = path.read_text(errors="ignore")
+            except OSError:
+                continue
+            for match in _DOCSTRING.finditer(source):
+                text = match.group(1).strip()
+                if text not in seen:
+                    seen.add(text)
+                    out.append(text)
+    sources["docstrings"] = len(out) - sources["debian"]
+    return out[:count], sources
+
+
+def vectors(count: int) -> np.ndarray:
+    """`count` real 384-d vectors, embedded once and cached."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"minilm-{count}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    corpus, sources = texts(count)
+    if len(corpus) < count:
+        raise SystemExit(f"only {len(corpus)} texts found ({sources}); apt-get update may be needed")
+    from sentence_transformers import SentenceTransformer
+
+    from services.common.config import Settings
+
+    model = SentenceTransformer(Settings.from_env().model_path, device="cpu")
+    started = time.monotonic()
+    result = model.encode(corpus, batch_size=256, normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True)
+    result = np.ascontiguousarray(result, dtype=np.float32)
+    print(f"embedded {count} texts ({sources}) in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    np.save(path.with_suffix(".tmp.npy"), result)
+    path.with_suffix(".tmp.npy").rename(path)
+    (CACHE / f"texts-{count}.txt").write_text("\n".join(t.replace("\n", " ") for t in corpus))
+    return np.load(path, mmap_mode="r")
+
+
+if __name__ == "__main__":
+    v = vectors(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    print(v.shape)
