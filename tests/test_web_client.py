@@ -1,5 +1,8 @@
 """The web client in headless Chromium against the whole system: sign up, create a
-project, upload a CSV, embed, project, and the map canvas shows every row as a point."""
+project, upload a CSV, embed, project, and the map canvas shows every row as a point;
+then one scenario per page (gateway/web/e2e/features.mjs): session refresh and logout,
+members, API keys, the data table, resumable upload, the template preview with cancel,
+and the map's colouring, search, neighbours, lasso and export."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from services.stack import Stack
 from tests.support.texts import csv_bytes, rows
 
 REPO = Path(__file__).resolve().parents[1]
+WEB = REPO / "gateway" / "web"
 ARTIFACTS = REPO / "test-artifacts"
 ROWS = 200
 
@@ -26,7 +30,7 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
     screenshot = ARTIFACTS / "map.png"
     result = subprocess.run(
         ["node", "e2e/walkthrough.mjs", "--base-url", stack.edge_url, "--csv", str(csv_file), "--screenshot", str(screenshot)],
-        cwd=REPO / "gateway" / "web",
+        cwd=WEB,
         capture_output=True,
         text=True,
         timeout=480,
@@ -36,3 +40,72 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
     assert summary["points"] == ROWS
     assert summary["nonBackgroundPixels"] > 500
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
+
+
+def _scenario(stack: Stack, tmp_path: Path, name: str) -> dict:
+    """Runs one scenario of e2e/features.mjs; its screenshot lands in test-artifacts/."""
+    csv_file = tmp_path / "notes.csv"
+    csv_file.write_bytes(csv_bytes(rows(ROWS)))
+    ARTIFACTS.mkdir(exist_ok=True)
+    result = subprocess.run(
+        [
+            "node", "e2e/features.mjs", "--base-url", stack.edge_url, "--scenario", name,
+            "--csv", str(csv_file), "--screenshot", str(ARTIFACTS / f"web-{name}.png"),
+        ],
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1]) if lines else {}
+    assert result.returncode == 0, f"scenario {name} failed: {summary.get('error')}\n{result.stderr[-4000:]}"
+    assert summary["ok"] is True
+    return summary
+
+
+def test_session_refreshes_without_login_and_logout_ends_it(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "session")
+    assert summary["refreshed"] is True
+    assert "log in again" in summary["notice"]
+
+
+def test_members_page_adds_changes_and_removes_a_member(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "members")
+    assert "owner" in summary["lastOwnerError"]
+
+
+def test_api_keys_page_shows_the_secret_once_and_lists_by_prefix(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "apikeys")
+    assert len(summary["prefix"]) >= 4
+    assert summary["lastUsed"] != "never"
+
+
+def test_data_table_pages_sorts_and_searches(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "table")
+    assert summary["searchMatches"] >= 1
+    assert "volcano" in summary["firstMatch"].lower()
+
+
+def test_upload_resumes_after_dropped_chunks(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "resume")
+    assert summary["dropped"] == ["before the server", "after the server", "offline"]
+    assert summary["retries"] >= 3
+
+
+def test_template_preview_model_hint_and_cancel(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "template")
+    assert summary["preview"].endswith("{id}")
+    assert summary["embeddingState"] == "cancelled"
+    assert "dimensions" in summary["modelHint"]
+
+
+def test_map_colour_search_neighbours_lasso_and_export(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "map")
+    assert "volcano" in summary["search"][0].lower()
+    assert all(text for _, text in summary["neighbors"])
+    assert summary["lassoSelected"] > 1
+    header = summary["exportHeader"].replace('"', "").split(",")
+    assert header[:5] == ["row", "x", "y", "cluster", "label"]
+    if "exportColumnsRefused" not in summary:  # the server can add the dataset's columns
+        assert "text" in header

@@ -30,3 +30,11 @@ export async function launch() {
   };
   return { context, close };
 }
+
+/** A browser for scenarios that need several users: each newContext() is a separate profile. */
+export async function launchBrowser() {
+  const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+  const browser = await chromium.launch({ executablePath, headless: true, args: CHROMIUM_ARGS });
+  const newContext = () => browser.newContext({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
+  return { browser, newContext, close: () => browser.close().catch(() => {}) };
+}

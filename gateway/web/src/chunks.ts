@@ -17,3 +17,11 @@ export function planChunks(size: number, chunkBytes = CHUNK_BYTES, from = 0): Ch
   }
   return chunks;
 }
+
+/** How long to wait before retry `attempt` (1, 2, …): 0.5 s doubling, at most 8 s. */
+export function backoffMs(attempt: number): number {
+  return Math.min(8000, 500 * 2 ** Math.max(0, attempt - 1));
+}
+
+/** Retries in a row before an upload gives up (about a minute of backoff in all). */
+export const MAX_UPLOAD_RETRIES = 10;

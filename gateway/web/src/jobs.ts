@@ -66,7 +66,8 @@ export class ProgressBar {
   setJob(job: Job | undefined): void {
     if (!job) return;
     const done = Number(job.done), total = Number(job.total);
-    const parts: string[] = [job.stage ? `${STATE_WORDS[job.state] ?? "running"}: ${job.stage}` : STATE_WORDS[job.state] ?? ""];
+    const word = STATE_WORDS[job.state] ?? "running";
+    const parts: string[] = [job.stage && job.stage !== word && !isTerminal(job.state) ? `${word}: ${job.stage}` : word];
     if (total > 0) parts.push(`${formatCount(done)} / ${formatCount(total)} rows`);
     else if (done > 0) parts.push(`${formatCount(done)} rows`);
     if (job.rate > 0 && !isTerminal(job.state)) parts.push(`${formatCount(Math.round(job.rate))} rows/s`);

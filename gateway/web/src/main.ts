@@ -2,13 +2,16 @@
 
 import "./style.css";
 import { auth, embedding, errorMessage, ingest, projection, setSignedOutHandler } from "./api";
-import { byId, formatBytes, formatCount, h } from "./dom";
-import type { Embedding } from "./gen/embedviz/v1/embedding_pb";
+import { byId, formatBytes, formatCount, formatDuration, h } from "./dom";
+import type { Embedding, Model } from "./gen/embedviz/v1/embedding_pb";
 import type { Column, Dataset } from "./gen/embedviz/v1/ingest_pb";
 import { ClusterAlgorithm, ProjectionMethod, type Projection } from "./gen/embedviz/v1/projection_pb";
 import { followJob, JobState, ProgressBar } from "./jobs";
 import { showMap } from "./map";
 import { clearSession, loadSession, saveSession } from "./session";
+import { renderApiKeys, renderMembers, type ScreenContext } from "./account";
+import { dataTable, valueOf } from "./table";
+import { cellText, columnsForTemplate, renderText } from "./template";
 import { uploadFile } from "./upload";
 
 const app = byId("app");
@@ -40,6 +43,7 @@ function renderHeader(): void {
     h(
       "div",
       { class: "who" },
+      h("a", { href: "#/api-keys", id: "api-keys-link", "data-testid": "api-keys-link" }, "API keys"),
       h("span", { id: "user-email", "data-testid": "user-email" }, s.displayName || s.email),
       h("button", { id: "logout-button", "data-testid": "logout-button", type: "button", onclick: logout }, "Log out"),
     ),
@@ -168,7 +172,19 @@ async function renderProject(projectName: string): Promise<void> {
       input.disabled = true;
       uploadBar.el.hidden = false;
       try {
-        const dataset = await uploadFile(projectName, file, (sent, total, rate) => uploadBar.setBytes(sent, total, rate));
+        const dataset = await uploadFile(
+          projectName,
+          file,
+          (sent, total, rate) => {
+            uploadBar.setBytes(sent, total, rate);
+            delete uploadBar.el.dataset.retrying;
+          },
+          (attempt, reason, waitMs) => {
+            uploadBar.el.dataset.retrying = String(attempt);
+            uploadBar.el.dataset.retries = String(Number(uploadBar.el.dataset.retries ?? 0) + 1);
+            uploadBar.set(Number(uploadBar.el.dataset.progress), `connection lost (${reason}); retry ${attempt} in ${formatDuration(waitMs / 1000)}, then resuming where the server stopped`, "running");
+          },
+        );
         importBar.el.hidden = false;
         importBar.setJob(dataset.job);
         const done = await followJob(
@@ -197,7 +213,7 @@ async function renderProject(projectName: string): Promise<void> {
   });
 
   app.replaceChildren(
-    h("nav", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects")),
+    h("nav", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " · ", h("a", { href: `#/${projectName}/members`, id: "members-link", "data-testid": "members-link" }, "Members")),
     h("section", { class: "card" }, title, h("h2", {}, "Upload a dataset"), drop, input, uploadBar.el, importBar.el),
     h("section", { class: "card" }, h("h2", {}, "Datasets"), list),
   );
@@ -227,6 +243,30 @@ function sortColumns(columns: Column[]): Column[] {
   return [...columns].sort((a, b) => Number(b.suggested) - Number(a.suggested) || Number(isText(b)) - Number(isText(a)));
 }
 
+/** "12 nulls · avg 84 chars · 97% distinct" for the schema view. */
+function columnStats(c: Column, rows: number): string {
+  const parts: string[] = [];
+  const nulls = Number(c.nullCount);
+  parts.push(nulls ? `${formatCount(nulls)} null${nulls === 1 ? "" : "s"}${rows ? ` (${Math.round((100 * nulls) / rows)}%)` : ""}` : "no nulls");
+  if (c.meanLength) parts.push(`avg ${Math.round(c.meanLength)} chars`);
+  if (c.distinctRatio) parts.push(`${Math.round(c.distinctRatio * 100)}% distinct`);
+  return parts.join(" · ");
+}
+
+/** Size and a rough speed hint for a model. */
+function modelHintText(m: Model): string {
+  const parts = [`${m.dimension || "?"} dimensions`];
+  if (m.maxTokens) parts.push(`texts cut at ${m.maxTokens} tokens`);
+  if (m.provider) parts.push(m.provider);
+  const remote = /openai|http/i.test(m.provider);
+  if (remote) parts.push("remote API: speed depends on the endpoint");
+  else if (m.dimension && m.dimension <= 384) parts.push("fast: fine on a CPU");
+  else if (m.dimension && m.dimension <= 768) parts.push("medium: a GPU helps for large datasets");
+  else if (m.dimension) parts.push("slow on a CPU: use a GPU for large datasets");
+  if (!remote) parts.push(m.loaded ? "loaded" : "loads on first use");
+  return parts.join(" · ");
+}
+
 async function renderDataset(datasetName: string, embeddingName?: string, projectionName?: string): Promise<void> {
   const signal = screenAbort.signal;
   const projectName = datasetName.split("/datasets/")[0];
@@ -237,11 +277,19 @@ async function renderDataset(datasetName: string, embeddingName?: string, projec
   const modelSelect = h("select", { id: "model-select", "data-testid": "model-select" });
   const embedButton = h("button", { id: "start-embedding-button", "data-testid": "start-embedding-button", type: "button", disabled: true }, "Start embedding");
   const embedBar = new ProgressBar("embedding-progress", "Embedding");
+  const cancelEmbedButton = h("button", { id: "cancel-embedding-button", "data-testid": "cancel-embedding-button", type: "button", class: "secondary", hidden: true }, "Cancel embedding");
+  const cancelProjectionButton = h("button", { id: "cancel-projection-button", "data-testid": "cancel-projection-button", type: "button", class: "secondary", hidden: true }, "Cancel map");
+  const modelHint = h("div", { id: "model-hint", "data-testid": "model-hint", class: "muted hint" });
+  const templateInput = h("input", { id: "template-input", "data-testid": "template-input", type: "text", placeholder: "optional, e.g. {title}: {body} — {{ and }} are literal braces" });
+  const templateError = h("div", { id: "template-error", "data-testid": "template-error", class: "inline-error", hidden: true });
+  const preview = h("ol", { id: "template-preview", "data-testid": "template-preview", class: "preview" });
+  const tableHost = h("div", { id: "data-table-host", "data-testid": "data-table-host" });
   const methodSelect = h(
     "select",
     { id: "projection-method", "data-testid": "projection-method" },
     h("option", { value: String(ProjectionMethod.UMAP) }, "UMAP"),
     h("option", { value: String(ProjectionMethod.PCA) }, "PCA"),
+    h("option", { value: String(ProjectionMethod.TSNE) }, "t-SNE"),
   );
   const kInput = h("input", { id: "cluster-k", "data-testid": "cluster-k", type: "number", min: 1, max: 200, placeholder: "auto" });
   const projectButton = h("button", { id: "start-projection-button", "data-testid": "start-projection-button", type: "button", disabled: true }, "Create map");
@@ -257,23 +305,29 @@ async function renderDataset(datasetName: string, embeddingName?: string, projec
     { class: "card", id: "embed-section" },
     h("h2", {}, "1. Text to embed"),
     columnsBox,
+    h("label", {}, "Template ", templateInput),
+    h("div", { class: "muted hint" }, "Without a template the checked columns are joined with a new line; with one, its {column} placeholders say what is embedded; empty values stay empty."),
+    templateError,
+    h("div", { class: "preview-box" }, h("div", { class: "progress-label" }, "Preview of the first rows' texts"), preview),
     h("label", {}, "Model ", modelSelect),
-    h("div", { class: "row" }, embedButton),
+    modelHint,
+    h("div", { class: "row" }, embedButton, cancelEmbedButton),
     embedBar.el,
   );
   const projectSection = h(
     "section",
     { class: "card", id: "projection-section", hidden: true },
     h("h2", {}, "2. Map"),
-    h("div", { class: "row" }, h("label", {}, "Method ", methodSelect), h("label", {}, "Clusters (k-means) ", kInput), projectButton),
+    h("div", { class: "row" }, h("label", {}, "Method ", methodSelect), h("label", {}, "Clusters (k-means) ", kInput), projectButton, cancelProjectionButton),
     projectionBar.el,
   );
   app.replaceChildren(
     h("nav", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ", h("a", { href: `#/${projectName}`, id: "project-link" }, "Project")),
     h("section", { class: "card" }, title, summary, importBar.el),
+    h("section", { class: "card", id: "rows-section" }, h("h2", {}, "Rows"), tableHost),
     embedSection,
     projectSection,
-    h("section", { class: "card map-card" }, mapHost),
+    h("section", { class: "card map-card", id: "map-section", hidden: true }, mapHost),
     h("section", { class: "card" }, h("h2", {}, "Earlier maps"), previous),
   );
 
@@ -319,23 +373,65 @@ async function renderDataset(datasetName: string, embeddingName?: string, projec
         h("span", { class: "column-name" }, c.name),
         h("span", { class: "column-type" }, c.type),
         c.suggested ? h("span", { class: "badge" }, "suggested") : null,
-        c.meanLength ? h("span", { class: "muted" }, ` avg ${Math.round(c.meanLength)} chars`) : null,
+        h("span", { class: "column-stats muted", "data-testid": "column-stats" }, columnStats(c, Number(dataset.rowCount))),
       ),
     ),
   );
   const chosenColumns = () => [...columnsBox.querySelectorAll<HTMLInputElement>("input[name=text-column]:checked")].map((i) => i.value);
+  const columnTypes = new Map(dataset.columns.map((c) => [c.name, c.type]));
+  dataTable(tableHost, datasetName, signal, showError);
 
-  // Models.
-  try {
-    const models = await embedding.listModels({}, { signal });
-    modelSelect.replaceChildren(
-      ...models.models.map((m) => h("option", { value: m.name, selected: m.default }, `${m.displayName || m.name}${m.dimension ? ` (${m.dimension}-d)` : ""}`)),
+  // Template preview: the first rows' texts, rendered here by the backend's rules.
+  let previewRows: Record<string, string>[] = [];
+  const updatePreview = () => {
+    const template = templateInput.value;
+    templateError.hidden = true;
+    templateInput.removeAttribute("aria-invalid");
+    let texts: string[] = [];
+    try {
+      const cols = columnsForTemplate(template, chosenColumns());
+      if (!cols.length) throw new Error("choose at least one text column, or write a template such as {title}: {body}");
+      texts = previewRows.map((r) => renderText(template, cols, r));
+    } catch (err) {
+      templateError.textContent = (err as Error).message;
+      templateError.hidden = false;
+      templateInput.setAttribute("aria-invalid", "true");
+    }
+    preview.replaceChildren(
+      ...texts.map((t) => h("li", { "data-testid": "template-preview-item" }, t === "" ? h("span", { class: "muted" }, "(empty text)") : t)),
     );
-    if (!models.models.length) modelSelect.append(h("option", { value: "" }, "server default"));
+    preview.dataset.count = String(texts.length);
+  };
+  templateInput.addEventListener("input", updatePreview);
+  columnsBox.addEventListener("change", updatePreview);
+  ingest
+    .listRows({ parent: datasetName, pageSize: 3 }, { signal })
+    .then((res) => {
+      previewRows = res.rows.map((r) => Object.fromEntries(res.columns.map((c, i) => [c, cellText(valueOf(r.values[i]), columnTypes.get(c))])));
+      updatePreview();
+    })
+    .catch((err) => {
+      if (!signal.aborted) preview.replaceChildren(h("li", { class: "muted" }, `no preview: ${errorMessage(err)}`));
+    });
+
+  // Models, with their size and a speed hint.
+  let models: Model[] = [];
+  const describeModel = () => {
+    const m = models.find((x) => x.name === modelSelect.value);
+    modelHint.textContent = m ? modelHintText(m) : "the server's default model";
+  };
+  modelSelect.addEventListener("change", describeModel);
+  try {
+    models = (await embedding.listModels({}, { signal })).models;
+    modelSelect.replaceChildren(
+      ...models.map((m) => h("option", { value: m.name, selected: m.default }, `${m.displayName || m.name}${m.dimension ? ` · ${m.dimension}-d` : ""}${m.default ? " · default" : ""}`)),
+    );
+    if (!models.length) modelSelect.append(h("option", { value: "" }, "server default"));
   } catch (err) {
     modelSelect.replaceChildren(h("option", { value: "" }, "server default"));
     showError(err);
   }
+  describeModel();
   embedButton.disabled = false;
 
   let currentEmbedding: Embedding | undefined;
@@ -344,46 +440,72 @@ async function renderDataset(datasetName: string, embeddingName?: string, projec
     teardownMap?.();
     teardownMap = null;
     history.replaceState(null, "", `#/${proj.name}`);
+    byId("map-section").hidden = false;
     mapHost.scrollIntoView({ block: "start" });
-    teardownMap = await showMap(mapHost, { projectionName: proj.name, datasetName, textColumns: emb.textColumns });
+    teardownMap = await showMap(mapHost, { projectionName: proj.name, datasetName, textColumns: emb.textColumns, columns: dataset.columns, onError: showError, onClearError: clearError });
+  };
+
+  const jobEnded = (what: string, state: JobState | undefined, error: string | undefined): boolean => {
+    if (state === JobState.SUCCEEDED) return true;
+    if (state === JobState.CANCELLED) return false;
+    throw new Error(`${what} failed: ${error || "no reason given"}`);
   };
 
   const runProjection = async (emb: Embedding, proj: Projection) => {
     projectionBar.el.hidden = false;
     projectionBar.setJob(proj.job);
-    const last = await followJob(
-      () => projection.watchProjection({ name: proj.name }, { signal }),
-      (m) => m.projection?.job,
-      (m) => projectionBar.setJob(m.projection?.job),
-    );
-    const done = last.projection ?? proj;
-    if (done.job?.state !== JobState.SUCCEEDED) throw new Error(`projection ${done.job?.state === JobState.CANCELLED ? "was cancelled" : `failed: ${done.job?.error || "no reason given"}`}`);
-    await openMap(emb, done);
+    cancelProjectionButton.hidden = false;
+    cancelProjectionButton.onclick = () =>
+      void act(cancelProjectionButton, async () => {
+        projectionBar.setJob((await projection.cancelProjection({ name: proj.name })).job);
+      });
+    try {
+      const last = await followJob(
+        () => projection.watchProjection({ name: proj.name }, { signal }),
+        (m) => m.projection?.job,
+        (m) => projectionBar.setJob(m.projection?.job),
+      );
+      const done = last.projection ?? proj;
+      if (jobEnded("projection", done.job?.state, done.job?.error)) await openMap(emb, done);
+    } finally {
+      cancelProjectionButton.hidden = true;
+    }
   };
 
   const runEmbedding = async (emb: Embedding) => {
     currentEmbedding = emb;
     embedBar.el.hidden = false;
     embedBar.setJob(emb.job);
-    const last = await followJob(
-      () => embedding.watchEmbedding({ name: emb.name }, { signal }),
-      (m) => m.embedding?.job,
-      (m) => embedBar.setJob(m.embedding?.job),
-    );
-    const done = last.embedding ?? emb;
-    currentEmbedding = done;
-    if (done.job?.state !== JobState.SUCCEEDED) throw new Error(`embedding ${done.job?.state === JobState.CANCELLED ? "was cancelled" : `failed: ${done.job?.error || "no reason given"}`}`);
-    projectSection.hidden = false;
-    projectButton.disabled = false;
-    projectButton.focus();
+    cancelEmbedButton.hidden = false;
+    cancelEmbedButton.onclick = () =>
+      void act(cancelEmbedButton, async () => {
+        embedBar.setJob((await embedding.cancelEmbedding({ name: emb.name })).job);
+      });
+    try {
+      const last = await followJob(
+        () => embedding.watchEmbedding({ name: emb.name }, { signal }),
+        (m) => m.embedding?.job,
+        (m) => embedBar.setJob(m.embedding?.job),
+      );
+      const done = last.embedding ?? emb;
+      currentEmbedding = done;
+      if (!jobEnded("embedding", done.job?.state, done.job?.error)) return;
+      if (done.truncatedCount > 0n) embedBar.set(1, `${embedBar.el.querySelector(".progress-text")?.textContent ?? ""} · ${formatCount(done.truncatedCount)} texts cut at the model's limit`, "succeeded");
+      projectSection.hidden = false;
+      projectButton.disabled = false;
+      projectButton.focus();
+    } finally {
+      cancelEmbedButton.hidden = true;
+    }
   };
 
   embedButton.addEventListener("click", () =>
     act(embedButton, async () => {
-      const textColumns = chosenColumns();
-      if (!textColumns.length) throw new Error("choose at least one text column to embed");
+      const template = templateInput.value.trim();
+      const textColumns = columnsForTemplate(template, chosenColumns());
+      if (!textColumns.length) throw new Error("choose at least one text column to embed, or write a template");
       projectSection.hidden = true;
-      const emb = await embedding.createEmbedding({ parent: datasetName, embedding: { model: modelSelect.value, textColumns } });
+      const emb = await embedding.createEmbedding({ parent: datasetName, embedding: { model: modelSelect.value, textColumns, template } });
       await runEmbedding(emb);
     }),
   );
@@ -427,6 +549,8 @@ async function renderDataset(datasetName: string, embeddingName?: string, projec
   if (embeddingName) {
     const emb = await embedding.getEmbedding({ name: embeddingName }, { signal });
     for (const input of columnsBox.querySelectorAll<HTMLInputElement>("input[name=text-column]")) input.checked = emb.textColumns.includes(input.value);
+    templateInput.value = emb.template;
+    updatePreview();
     if (emb.job?.state === JobState.SUCCEEDED) {
       currentEmbedding = emb;
       embedBar.el.hidden = false;
@@ -451,6 +575,10 @@ async function renderDataset(datasetName: string, embeddingName?: string, projec
 
 // ---------- routing ----------
 
+function screenContext(): ScreenContext {
+  return { app, signal: screenAbort.signal, act, showError };
+}
+
 async function route(): Promise<void> {
   screenAbort.abort();
   screenAbort = new AbortController();
@@ -470,6 +598,12 @@ async function route(): Promise<void> {
     if (path === "login") {
       app.dataset.screen = "login";
       renderLogin();
+    } else if (path === "api-keys") {
+      app.dataset.screen = "api-keys";
+      await renderApiKeys(screenContext());
+    } else if (parts[0] === "projects" && parts.length === 3 && parts[2] === "members") {
+      app.dataset.screen = "members";
+      await renderMembers(screenContext(), parts.slice(0, 2).join("/"));
     } else if (parts[0] === "projects" && parts.length === 2) {
       app.dataset.screen = "project";
       await renderProject(path);

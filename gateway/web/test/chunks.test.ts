@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CHUNK_BYTES, planChunks } from "../src/chunks";
+import { backoffMs, CHUNK_BYTES, MAX_UPLOAD_RETRIES, planChunks } from "../src/chunks";
 
 describe("planChunks", () => {
   it("cuts a file into 1 MiB chunks with a short last one", () => {
@@ -39,5 +39,12 @@ describe("planChunks", () => {
   it("rejects nonsense sizes", () => {
     expect(() => planChunks(-1)).toThrow();
     expect(() => planChunks(10, 0)).toThrow();
+  });
+});
+
+describe("upload retry backoff", () => {
+  it("doubles from half a second and stops at 8 s", () => {
+    expect([1, 2, 3, 4, 5, 6, 9].map(backoffMs)).toEqual([500, 1000, 2000, 4000, 8000, 8000, 8000]);
+    expect(MAX_UPLOAD_RETRIES).toBeGreaterThanOrEqual(5);
   });
 });

@@ -1,0 +1,653 @@
+#!/usr/bin/env node
+// Browser scenarios for the web client's pages, against a running embedviz stack:
+//   node e2e/features.mjs --base-url URL --scenario NAME [--csv FILE] [--screenshot OUT.png]
+// Scenarios: session, members, apikeys, table, resume, template, map.
+// Each signs up fresh users, does what a person would do, and checks what the page shows.
+// The last stdout line is a JSON summary ({"ok":true,...}); exit 1 on failure with the
+// reason in "error" (and a screenshot of the page as it was); exit 3 when the server
+// answers UNIMPLEMENTED for an RPC the scenario needs ("blocked": the server's message).
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { launchBrowser } from "./browser.mjs";
+
+const { values: args } = parseArgs({
+  options: {
+    "base-url": { type: "string" },
+    scenario: { type: "string" },
+    csv: { type: "string" },
+    screenshot: { type: "string" },
+    "timeout-s": { type: "string", default: "150" },
+  },
+});
+if (!args["base-url"] || !args.scenario) {
+  console.error("usage: features.mjs --base-url URL --scenario session|members|apikeys|table|resume|template|map [--csv FILE] [--screenshot OUT.png]");
+  process.exit(2);
+}
+const baseUrl = args["base-url"].replace(/\/+$/, "");
+const fromCaller = (p) => resolve(process.env.INIT_CWD ?? process.cwd(), p);
+const screenshotPath = args.screenshot ? fromCaller(args.screenshot) : null;
+const started = Date.now();
+const overallMs = Number(args["timeout-s"]) * 1000;
+const log = (...m) => console.error(`[${args.scenario} +${((Date.now() - started) / 1000).toFixed(1)}s]`, ...m);
+const summary = { ok: false, scenario: args.scenario };
+const consoleErrors = [];
+let page; // the page a failure screenshot is taken of
+class Blocked extends Error {}
+
+// ---------- helpers ----------
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+async function step(name, fn) {
+  log(name);
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof Blocked) throw err;
+    const banner = page ? await page.locator("#error-banner:visible").textContent({ timeout: 300 }).catch(() => null) : null;
+    throw new Error(`${name}: ${err?.message?.split("\n")[0] ?? err}${banner ? ` — the page says: ${banner.trim()}` : ""}`);
+  }
+}
+
+/** The error banner's text, or "" when it is hidden. */
+async function bannerOf(p) {
+  return p.evaluate(() => {
+    const b = document.getElementById("error-banner");
+    return b && !b.hidden ? b.textContent ?? "" : "";
+  });
+}
+
+/** Fails (or reports "blocked") when the page shows an error. */
+async function noBanner(p, what) {
+  const text = await bannerOf(p);
+  if (/\(Unimplemented\)/.test(text)) throw new Blocked(`${what}: ${text}`);
+  check(!text, `${what}: the page shows an error: ${text}`);
+}
+
+/** Waits until fn(arg) in the page is truthy; stops early with the banner's error. */
+async function until(p, fn, arg, what, timeout = 30_000) {
+  const handle = await p.waitForFunction(
+    ({ src, arg }) => {
+      const b = document.getElementById("error-banner");
+      if (b && !b.hidden && b.textContent) return { error: b.textContent };
+      const v = new Function("arg", `return (${src})(arg)`)(arg);
+      return v ? { value: v } : false;
+    },
+    { src: fn.toString(), arg },
+    { timeout, polling: 100 },
+  ).catch((err) => {
+    throw new Error(`${what}: ${err.message.split("\n")[0]}`);
+  });
+  const r = await handle.jsonValue();
+  if (r.error) {
+    if (/\(Unimplemented\)/.test(r.error)) throw new Blocked(`${what}: ${r.error}`);
+    throw new Error(`${what}: the page shows an error: ${r.error}`);
+  }
+  return r.value;
+}
+
+function newEmail(tag) {
+  return `${tag}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}@example.com`;
+}
+
+async function signUp(p, email, name = "Tester") {
+  await p.goto(`${baseUrl}/#/login`);
+  await p.locator("#auth-form").waitFor();
+  await p.fill("#auth-email", email);
+  await p.fill("#auth-password", "correct horse battery staple");
+  await p.fill("#auth-display-name", name);
+  await p.click("#signup-button");
+  await until(p, () => document.getElementById("create-project-form"), null, `sign up ${email}`);
+}
+
+async function createProject(p, name) {
+  await p.fill("#new-project-name", name);
+  await p.click("#create-project-button");
+  await until(p, () => document.getElementById("upload-input"), null, "create a project");
+  return p.evaluate(() => location.hash.slice(2));
+}
+
+async function uploadAndOpen(p, file, { drop = false } = {}) {
+  if (drop) {
+    // Drag and drop: a DataTransfer holding the file, dropped on the drop zone.
+    const name = file.split("/").pop();
+    const dataTransfer = await p.evaluateHandle(({ text, name }) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([text], name, { type: "text/csv" }));
+      return dt;
+    }, { text: readFileSync(file, "utf8"), name });
+    await p.dispatchEvent("#upload-dropzone", "dragover", { dataTransfer });
+    await p.dispatchEvent("#upload-dropzone", "drop", { dataTransfer });
+  } else {
+    await p.setInputFiles("#upload-input", file);
+  }
+  await until(p, () => document.getElementById("app")?.dataset.screen === "dataset" && document.querySelector("[data-testid=text-column]"), null, "upload and import", 90_000);
+}
+
+async function embedAndProject(p, method = "PCA") {
+  await p.click("#start-embedding-button");
+  await until(p, () => ["succeeded", "failed", "cancelled"].includes(document.getElementById("embedding-progress")?.dataset.state) && document.getElementById("embedding-progress").dataset.state, null, "embedding", 120_000).then((s) => check(s === "succeeded", `embedding ${s}`));
+  await until(p, () => !document.getElementById("start-projection-button")?.disabled, null, "map form");
+  await p.selectOption("#projection-method", { label: method });
+  await p.click("#start-projection-button");
+  await until(p, () => window.__embedviz?.ready === true, null, "the map", 120_000);
+}
+
+/** Rows of a simple CSV (no quoted new lines), as objects. */
+function parseCsv(text) {
+  const lines = text.split(/\r?\n/).filter((l) => l);
+  const split = (line) => {
+    const out = [];
+    let cur = "", q = false;
+    for (let i = 0; i < line.length; i++) {
+      const c = line[i];
+      if (q) {
+        if (c === '"' && line[i + 1] === '"') { cur += '"'; i++; }
+        else if (c === '"') q = false;
+        else cur += c;
+      } else if (c === '"') q = true;
+      else if (c === ",") { out.push(cur); cur = ""; }
+      else cur += c;
+    }
+    out.push(cur);
+    return out;
+  };
+  const header = split(lines[0]);
+  return lines.slice(1).map((l) => Object.fromEntries(split(l).map((v, i) => [header[i], v])));
+}
+
+async function tableState(p) {
+  return p.evaluate(() => ({
+    info: document.getElementById("rows-info")?.textContent ?? "",
+    total: Number(document.getElementById("rows-info")?.dataset.total ?? -1),
+    page: Number(document.getElementById("rows-info")?.dataset.page ?? -1),
+    headers: [...document.querySelectorAll("#data-table thead th")].map((th) => th.dataset.column ?? ""),
+    rows: [...document.querySelectorAll("#data-table tbody tr")].map((tr) => ({ index: Number(tr.dataset.row), cells: [...tr.querySelectorAll("td")].slice(1).map((td) => td.textContent) })),
+  }));
+}
+
+// ---------- scenarios ----------
+
+const scenarios = {
+  /** A rejected access token is refreshed without a new login; logging out ends the session for good. */
+  async session({ newContext }) {
+    page = await (await newContext()).newPage();
+    const email = newEmail("session");
+    await step("sign up", () => signUp(page, email));
+    await step("create a project", () => createProject(page, "refresh check"));
+    await page.evaluate(() => (location.hash = "#/projects"));
+    await until(page, () => document.querySelector("[data-testid=project-item]"), null, "project list");
+    const before = await page.evaluate(() => JSON.parse(localStorage.getItem("embedviz.session")));
+    await step("a broken access token is refreshed without logging in again", async () => {
+      await page.evaluate(() => {
+        const s = JSON.parse(localStorage.getItem("embedviz.session"));
+        s.accessToken = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.invalid";
+        localStorage.setItem("embedviz.session", JSON.stringify(s));
+      });
+      await page.reload();
+      await until(page, () => document.querySelector("[data-testid=project-item]"), null, "project list after refresh");
+      const after = await page.evaluate(() => JSON.parse(localStorage.getItem("embedviz.session")));
+      check(after.accessToken !== before.accessToken && !after.accessToken.endsWith(".invalid"), "the access token was not replaced");
+      check(after.refreshToken !== before.refreshToken, "the refresh token did not rotate");
+      summary.refreshed = true;
+    });
+    const stale = await page.evaluate(() => JSON.parse(localStorage.getItem("embedviz.session")));
+    await step("log out", async () => {
+      await page.click("#logout-button");
+      await until(page, () => document.getElementById("app")?.dataset.screen === "login", null, "login screen after logout");
+      check((await page.evaluate(() => localStorage.getItem("embedviz.session"))) === null, "the session is still stored");
+    });
+    await step("the logged-out session cannot be refreshed", async () => {
+      await page.evaluate((s) => localStorage.setItem("embedviz.session", JSON.stringify({ ...s, accessToken: "x.y.z" })), stale);
+      await page.evaluate(() => (location.hash = "#/projects"));
+      await page.waitForFunction(() => document.getElementById("app")?.dataset.screen === "login", null, { timeout: 20_000 });
+      summary.notice = (await page.locator("#auth-notice").textContent({ timeout: 2000 }).catch(() => ""))?.trim();
+      check(/log in again/i.test(summary.notice ?? ""), `no "log in again" notice (got "${summary.notice}")`);
+      if (screenshotPath) await page.screenshot({ path: screenshotPath });
+    });
+  },
+
+  /** Owner adds a second user by email, changes their role, removes them; the last owner cannot leave. */
+  async members({ newContext }) {
+    const pageB = await (await newContext()).newPage();
+    const emailB = newEmail("member-b");
+    page = pageB;
+    await step("second user signs up", () => signUp(pageB, emailB, "Second"));
+    page = await (await newContext()).newPage();
+    const emailA = newEmail("member-a");
+    await step("owner signs up", () => signUp(page, emailA, "Owner"));
+    const project = await step("owner creates a project", () => createProject(page, "shared project"));
+    await step("open the members page", async () => {
+      await page.click("#members-link");
+      await until(page, () => document.querySelector("[data-testid=member-row]") || (document.getElementById("app")?.dataset.screen === "members" && document.getElementById("error-banner")?.textContent), null, "members list");
+      await noBanner(page, "members list");
+      const rows = await page.$$eval("[data-testid=member-row]", (els) => els.map((e) => [e.dataset.email, e.dataset.role]));
+      check(rows.length === 1 && rows[0][0] === emailA && rows[0][1] === "owner", `expected only the owner, got ${JSON.stringify(rows)}`);
+    });
+    await step("the second user cannot see the project yet", async () => {
+      await pageB.goto(`${baseUrl}/#/projects`);
+      await pageB.reload();
+      await pageB.locator("#project-list").waitFor();
+      await pageB.waitForTimeout(300);
+      check((await pageB.locator(`[data-testid=project-item][data-name="${project}"]`).count()) === 0, "the outsider lists the project");
+    });
+    await step("add the second user as viewer", async () => {
+      await page.fill("#member-email", emailB);
+      await page.selectOption("#member-role-new", { label: "viewer" });
+      await page.click("#add-member-button");
+      await until(page, (e) => document.querySelector(`[data-testid=member-row][data-email="${e}"]`), emailB, "the new member's row");
+      check((await page.locator(`[data-testid=member-row][data-email="${emailB}"]`).getAttribute("data-role")) === "viewer", "the new member is not a viewer");
+    });
+    await step("the viewer sees the project and no upload rights are needed to read it", async () => {
+      await pageB.reload();
+      await pageB.locator(`[data-testid=project-item][data-name="${project}"]`).waitFor({ timeout: 10_000 });
+      await pageB.goto(`${baseUrl}/#/${project}/members`);
+      await until(pageB, () => document.getElementById("my-role")?.dataset.role, null, "viewer's members page");
+      check((await pageB.locator("#my-role").getAttribute("data-role")) === "viewer", "the viewer's page does not say viewer");
+      check(await pageB.locator("#add-member-button").isDisabled(), "a viewer can press Add member");
+    });
+    await step("change the role to editor", async () => {
+      await page.locator(`[data-testid=member-row][data-email="${emailB}"] [data-testid=member-role]`).selectOption({ label: "editor" });
+      await until(page, (e) => document.querySelector(`[data-testid=member-row][data-email="${e}"]`)?.dataset.role === "editor", emailB, "role shown as editor");
+    });
+    await step("adding an unknown email is refused with a clear message", async () => {
+      await page.fill("#member-email", newEmail("nobody"));
+      await page.click("#add-member-button");
+      await page.waitForFunction(() => !document.getElementById("error-banner").hidden, null, { timeout: 10_000 });
+      summary.unknownEmailError = (await bannerOf(page)).trim();
+      check(/not|no user|unknown|sign/i.test(summary.unknownEmailError), `unclear error: ${summary.unknownEmailError}`);
+    });
+    await step("the last owner cannot leave", async () => {
+      await page.locator(`[data-testid=member-row][data-email="${emailA}"] [data-testid=member-remove]`).click();
+      await page.waitForFunction(() => !document.getElementById("error-banner").hidden, null, { timeout: 10_000 });
+      summary.lastOwnerError = (await bannerOf(page)).trim();
+      check(/owner/i.test(summary.lastOwnerError), `no last-owner error: ${summary.lastOwnerError}`);
+      check((await page.locator(`[data-testid=member-row][data-email="${emailA}"]`).count()) === 1, "the owner row is gone");
+    });
+    await step("remove the second user", async () => {
+      await page.locator(`[data-testid=member-row][data-email="${emailB}"] [data-testid=member-remove]`).click();
+      await until(page, (e) => !document.querySelector(`[data-testid=member-row][data-email="${e}"]`), emailB, "the removed member's row is gone");
+      await noBanner(page, "after removing");
+      if (screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true });
+    });
+    await step("the removed user no longer sees the project", async () => {
+      await pageB.goto(`${baseUrl}/#/projects`);
+      await pageB.reload();
+      await pageB.locator("#project-list").waitFor();
+      await pageB.waitForTimeout(300);
+      check((await pageB.locator(`[data-testid=project-item][data-name="${project}"]`).count()) === 0, "the removed member still lists the project");
+    });
+  },
+
+  /** Create a named key, see the secret once, find it listed by prefix, revoke it. */
+  async apikeys({ newContext }) {
+    page = await (await newContext()).newPage();
+    await step("sign up", () => signUp(page, newEmail("keys")));
+    await step("open the API keys page", async () => {
+      await page.click("#api-keys-link");
+      await until(page, () => document.getElementById("no-api-keys"), null, "empty key list");
+    });
+    const secret = await step("create a key", async () => {
+      await page.fill("#api-key-name", "nightly import");
+      await page.click("#create-api-key-button");
+      await until(page, () => document.getElementById("api-key-secret")?.textContent, null, "the secret");
+      return (await page.locator("#api-key-secret").textContent()).trim();
+    });
+    await step("the key is listed by its prefix, never the secret", async () => {
+      await until(page, () => document.querySelector("[data-testid=api-key-row]"), null, "the key's row");
+      const row = page.locator("[data-testid=api-key-row]");
+      check((await row.count()) === 1, "expected one key");
+      const prefix = await row.getAttribute("data-prefix");
+      check(prefix && prefix.length >= 4 && secret.startsWith(prefix), `prefix "${prefix}" does not start the secret`);
+      check(prefix.length < secret.length, "the list shows the whole secret");
+      const listText = await page.locator("#api-key-list").textContent();
+      check(!listText.includes(secret), "the list contains the secret");
+      check(/nightly import/.test(listText) && /never/.test(listText), `row text: ${listText}`);
+      summary.prefix = prefix;
+      if (screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true });
+    });
+    await step("the secret works for ExchangeApiKey", async () => {
+      const ok = await page.evaluate(async ({ base, secret }) => {
+        // grpc-web by hand: one length-prefixed protobuf message, field 1 = secret.
+        const enc = new TextEncoder().encode(secret);
+        const msg = new Uint8Array([0x0a, enc.length, ...enc]);
+        const frame = new Uint8Array(5 + msg.length);
+        new DataView(frame.buffer).setUint32(1, msg.length);
+        frame.set(msg, 5);
+        const res = await fetch(`${base}/embedviz.v1.AuthService/ExchangeApiKey`, { method: "POST", headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1" }, body: frame });
+        const status = res.headers.get("grpc-status");
+        const body = new Uint8Array(await res.arrayBuffer());
+        return { status, length: body.length };
+      }, { base: baseUrl, secret });
+      check(ok.status === null || ok.status === "0", `exchange failed with grpc-status ${ok.status}`);
+      check(ok.length > 40, "no token came back");
+    });
+    await step("the secret is not shown again after a reload; last used is now set", async () => {
+      await page.reload();
+      await until(page, () => document.querySelector("[data-testid=api-key-row]"), null, "key list after reload");
+      check((await page.locator("#api-key-secret").count()) === 0, "the secret is shown again");
+      summary.lastUsed = (await page.locator("[data-testid=api-key-last-used]").textContent()).trim();
+      check(summary.lastUsed !== "never", "last used still says never after the key was used");
+    });
+    await step("revoke it", async () => {
+      await page.click("[data-testid=api-key-revoke]");
+      await page.click("[data-testid=api-key-revoke]"); // confirm
+      await until(page, () => document.getElementById("no-api-keys"), null, "the key is gone");
+    });
+  },
+
+  /** The data table: pages, sorting by a column, substring search. */
+  async table({ newContext }) {
+    check(args.csv, "--csv is required");
+    const rows = parseCsv(readFileSync(fromCaller(args.csv), "utf8"));
+    page = await (await newContext()).newPage();
+    await step("sign up, create a project, drop a file on the drop zone", async () => {
+      await signUp(page, newEmail("table"));
+      await createProject(page, "table");
+      await uploadAndOpen(page, fromCaller(args.csv), { drop: true });
+    });
+    await step("first page", async () => {
+      await until(page, () => document.querySelector("#data-table tbody tr"), null, "the table");
+      const t = await tableState(page);
+      check(t.total === rows.length, `the table says ${t.total} rows, the file has ${rows.length}`);
+      check(t.rows.length === 25 && t.rows[0].index === 0, `first page: ${t.rows.length} rows from ${t.rows[0]?.index}`);
+      check(t.info.startsWith("rows 1–25 of"), `info: ${t.info}`);
+      const textCol = t.headers.indexOf("text");
+      check(t.rows[3].cells[textCol - 1] === rows[3].text, `row 3 shows "${t.rows[3].cells[textCol - 1]}", the file has "${rows[3].text}"`);
+    });
+    await step("next and previous page", async () => {
+      await page.click("#rows-next");
+      await until(page, () => document.getElementById("rows-info")?.dataset.page === "1", null, "page 2");
+      let t = await tableState(page);
+      check(t.rows[0].index === 25 && t.info.startsWith("rows 26–50"), `page 2 starts at ${t.rows[0].index}: ${t.info}`);
+      await page.click("#rows-next");
+      await until(page, () => document.getElementById("rows-info")?.dataset.page === "2", null, "page 3");
+      await page.click("#rows-prev");
+      await until(page, () => document.getElementById("rows-info")?.dataset.page === "1", null, "back to page 2");
+      t = await tableState(page);
+      check(t.rows[0].index === 25, "previous did not return to page 2");
+    });
+    await step("sort by title, then descending", async () => {
+      await page.click('#data-table th[data-column="title"]');
+      await until(page, () => document.querySelector('#data-table th[data-column="title"]')?.dataset.sort === "asc", null, "sorted ascending");
+      let t = await tableState(page);
+      const col = t.headers.indexOf("title") - 1;
+      const want = rows.map((r) => r.title).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      check(t.page === 0, "sorting did not go back to the first page");
+      check(JSON.stringify(t.rows.map((r) => r.cells[col])) === JSON.stringify(want.slice(0, 25)), `ascending: ${t.rows.slice(0, 3).map((r) => r.cells[col])} vs ${want.slice(0, 3)}`);
+      await page.click('#data-table th[data-column="title"]');
+      await until(page, () => document.querySelector('#data-table th[data-column="title"]')?.dataset.sort === "desc", null, "sorted descending");
+      t = await tableState(page);
+      check(t.rows[0].cells[col] === want[want.length - 1], `descending starts with ${t.rows[0].cells[col]}, want ${want[want.length - 1]}`);
+    });
+    await step("search", async () => {
+      const term = "volcano";
+      const expected = rows.filter((r) => Object.values(r).some((v) => v.toLowerCase().includes(term))).length;
+      await page.fill("#rows-search", term);
+      await until(page, (n) => Number(document.getElementById("rows-info")?.dataset.total) === n && document.getElementById("rows-info").textContent.includes("volcano"), expected, `search shows ${expected} rows`);
+      const t = await tableState(page);
+      const col = t.headers.indexOf("text") - 1;
+      check(t.rows.length === Math.min(25, expected) && t.rows.every((r) => r.cells.some((c) => c.toLowerCase().includes(term))), "a shown row does not contain the term");
+      summary.searchMatches = expected;
+      summary.firstMatch = t.rows[0]?.cells[col];
+      await page.locator("#rows-section").screenshot({ path: screenshotPath ?? join(tmpdir(), "table.png") });
+      await page.fill("#rows-search", "zzzz-no-such-text");
+      await until(page, () => document.getElementById("rows-info")?.textContent.startsWith("no rows match"), null, "empty search");
+    });
+  },
+
+  /** Upload a multi-chunk file while chunk calls fail; it resumes and arrives whole. */
+  async resume({ newContext }) {
+    const dir = mkdtempSync(join(tmpdir(), "embedviz-resume-"));
+    const file = join(dir, "big.csv");
+    const lines = ["id,text"];
+    let i = 0;
+    while (lines.join("\n").length < 3.4 * 1024 * 1024 && i < 1e6) {
+      for (let k = 0; k < 1000; k++, i++) lines.push(`${i},"Line ${i}: ${"resumable upload text ".repeat(8)}"`);
+    }
+    writeFileSync(file, lines.join("\n") + "\n");
+    summary.rows = i;
+    const context = await newContext();
+    page = await context.newPage();
+    await step("sign up, create a project", async () => {
+      await signUp(page, newEmail("resume"));
+      await createProject(page, "resume");
+    });
+    // Chunk 2 never reaches the server; chunk 3 reaches it but its answer is lost; then the
+    // network goes away for a moment.
+    let calls = 0;
+    const dropped = [];
+    await page.route("**/embedviz.v1.IngestService/AppendUploadChunk", async (route) => {
+      calls++;
+      if (calls === 2) {
+        dropped.push("before the server");
+        return route.abort("connectionreset");
+      }
+      if (calls === 4) {
+        dropped.push("after the server");
+        await route.fetch().catch(() => {});
+        return route.abort("connectionreset");
+      }
+      if (calls === 5) {
+        dropped.push("offline");
+        await context.setOffline(true);
+        setTimeout(() => context.setOffline(false), 1500);
+        return route.abort("internetdisconnected");
+      }
+      return route.continue();
+    });
+    let getUploads = 0;
+    page.on("request", (r) => r.url().endsWith("/GetUpload") && getUploads++);
+    await step("upload while the network drops", async () => {
+      await page.setInputFiles("#upload-input", file);
+      await until(page, () => document.getElementById("app")?.dataset.screen === "dataset", null, "upload and import", 90_000);
+      summary.retries = await page.evaluate(() => window.__embedvizUpload?.retries ?? 0);
+      check(dropped.length === 3, `only ${dropped.length} drops happened (${calls} chunk calls)`);
+      check(summary.retries >= 3, `the page retried ${summary.retries} times`);
+      // The chunk whose answer was lost had arrived: the client must learn that from
+      // GetUpload and not send it again; the two lost ones are sent again.
+      const chunks = Math.ceil(statSync(file).size / (1024 * 1024));
+      check(calls === chunks + 2, `${calls} chunk calls for ${chunks} chunks with 2 lost on the way (want ${chunks + 2})`);
+      check(getUploads >= 3, `GetUpload was asked ${getUploads} times`);
+    });
+    await step("the dataset has every row", async () => {
+      await until(page, () => document.getElementById("dataset-summary")?.dataset.rows, null, "row count");
+      const got = Number(await page.locator("#dataset-summary").getAttribute("data-rows"));
+      check(got === summary.rows, `the dataset has ${got} rows, the file ${summary.rows}`);
+      await page.fill("#rows-search", `Line ${summary.rows - 1}:`);
+      await until(page, () => Number(document.getElementById("rows-info")?.dataset.total) === 1, null, "the last line is there");
+      summary.chunkCalls = calls;
+      if (screenshotPath) await page.screenshot({ path: screenshotPath });
+      summary.dropped = dropped;
+    });
+  },
+
+  /** Template preview, model hints, and cancelling an embedding. */
+  async template({ newContext }) {
+    check(args.csv, "--csv is required");
+    const rows = parseCsv(readFileSync(fromCaller(args.csv), "utf8"));
+    page = await (await newContext()).newPage();
+    await step("sign up, create a project, upload", async () => {
+      await signUp(page, newEmail("template"));
+      await createProject(page, "template");
+      await uploadAndOpen(page, fromCaller(args.csv));
+    });
+    await step("the schema shows types and statistics", async () => {
+      const stats = await page.$$eval("[data-testid=column-option]", (els) => els.map((e) => e.textContent));
+      check(stats.some((t) => /text\s*string/.test(t) && /distinct/.test(t) && /avg \d+ chars/.test(t)), `column stats: ${stats.join(" | ")}`);
+    });
+    await step("model hint", async () => {
+      summary.modelHint = (await page.locator("#model-hint").textContent()).trim();
+      check(/\d+ dimensions/.test(summary.modelHint), `hint: ${summary.modelHint}`);
+    });
+    await step("preview without a template is the checked column's text", async () => {
+      await until(page, () => document.querySelectorAll("[data-testid=template-preview-item]").length === 3, null, "preview rows");
+      const items = await page.$$eval("[data-testid=template-preview-item]", (els) => els.map((e) => e.textContent));
+      check(items[0] === rows[0].text, `preview "${items[0]}" vs "${rows[0].text}"`);
+    });
+    await step("preview follows the template", async () => {
+      await page.fill("#template-input", "{title} ({topic}): {text} {{id}}");
+      const want = `${rows[0].title} (${rows[0].topic}): ${rows[0].text} {id}`;
+      await until(page, (w) => document.querySelector("[data-testid=template-preview-item]")?.textContent === w, want, `preview "${want}"`);
+      summary.preview = want;
+      await page.locator("#embed-section").screenshot({ path: screenshotPath ?? join(tmpdir(), "template.png") });
+      await page.fill("#template-input", "{title}: {nope}");
+      await until(page, () => !document.getElementById("template-error").hidden && document.getElementById("template-error").textContent.includes("nope"), null, "error for an unknown column");
+      await page.fill("#template-input", "{title}: {text}");
+      await until(page, () => document.getElementById("template-error").hidden, null, "error cleared");
+    });
+    await step("start and cancel the embedding", async () => {
+      await page.click("#start-embedding-button");
+      await page.locator("#cancel-embedding-button:visible").waitFor({ timeout: 10_000 });
+      await page.click("#cancel-embedding-button");
+      const state = await until(page, () => ["succeeded", "failed", "cancelled"].includes(document.getElementById("embedding-progress")?.dataset.state) && document.getElementById("embedding-progress").dataset.state, null, "embedding ends", 60_000);
+      summary.embeddingState = state;
+      summary.embeddingText = (await page.locator("[data-testid=embedding-progress-text]").textContent()).trim();
+      check(state === "cancelled", `the embedding ended ${state}, not cancelled: ${summary.embeddingText}`);
+      await noBanner(page, "after cancelling");
+      check(await page.locator("#cancel-embedding-button").isHidden(), "the cancel button is still shown");
+    });
+  },
+
+  /** The map: colour by a column, search by meaning, a point's neighbours, lasso, export. */
+  async map({ newContext }) {
+    check(args.csv, "--csv is required");
+    const rows = parseCsv(readFileSync(fromCaller(args.csv), "utf8"));
+    page = await (await newContext()).newPage();
+    page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+    await step("sign up, upload, embed, project", async () => {
+      await signUp(page, newEmail("map"));
+      await createProject(page, "map");
+      await uploadAndOpen(page, fromCaller(args.csv));
+      await embedAndProject(page, "PCA");
+    });
+    await step("colour by topic", async () => {
+      await page.selectOption("#color-by", "topic");
+      await until(page, () => document.getElementById("map-legend")?.dataset.column === "topic", null, "legend by topic");
+      const legend = await page.$$eval("[data-testid=legend-item]", (els) => els.map((e) => [e.dataset.value, Number(e.querySelector(".legend-size").textContent.replace(/,/g, ""))]));
+      const want = {};
+      for (const r of rows) want[r.topic] = (want[r.topic] ?? 0) + 1;
+      for (const [v, c] of legend) check(want[v] === c, `legend says ${c} × ${v}, the file has ${want[v]}`);
+      check(legend.length === Object.keys(want).length, `legend has ${legend.length} values, the file ${Object.keys(want).length}`);
+      summary.legend = legend.length;
+    });
+    await step("search by meaning", async () => {
+      await page.fill("#map-search", "volcanic eruption and ash");
+      await page.click("#map-search-button");
+      await until(page, () => document.getElementById("search-results")?.dataset.state === "done", null, "search results");
+      const results = await page.$$eval("[data-testid=search-result]", (els) => els.map((e) => e.querySelector(".match-text").textContent));
+      check(results.length > 0, "no results");
+      check(/volcano/i.test(results[0]), `first result is "${results[0]}"`);
+      summary.search = results.slice(0, 3);
+    });
+    await step("click a point: its nearest neighbours with their text", async () => {
+      await page.locator("#map-canvas").scrollIntoViewIfNeeded();
+      const p = await page.evaluate(() => window.__embedviz.pointOfRow(0));
+      const pos = await page.evaluate((p) => window.__embedviz.screenPositionOf(p), p);
+      check(pos, "row 0 is off screen");
+      await page.mouse.move(pos.x, pos.y, { steps: 3 });
+      await page.mouse.click(pos.x, pos.y);
+      await until(page, () => document.getElementById("neighbors-list")?.dataset.state === "done", null, "neighbour list");
+      const row = Number(await page.locator("#neighbors-list").getAttribute("data-row"));
+      const items = await page.$$eval("[data-testid=neighbor-item]", (els) => els.map((e) => [Number(e.dataset.row), e.querySelector(".match-text").textContent]));
+      check(items.length >= 5, `only ${items.length} neighbours`);
+      check(items.every(([, t]) => t && t !== "(row not found)"), "a neighbour has no text");
+      for (const [r, t] of items) check(t === rows[r].text, `neighbour row ${r} shows "${t}", the file has "${rows[r].text}"`);
+      summary.clickedRow = row;
+      summary.neighbors = items.slice(0, 3);
+      if (row === 0) check(items[0][0] === 1, `row 0's nearest neighbour is row ${items[0][0]}, not its near-duplicate row 1`);
+    });
+    await step("lasso a region into a table", async () => {
+      await page.keyboard.press("Escape");
+      await page.click("#lasso-button");
+      await page.locator("#map-canvas").scrollIntoViewIfNeeded();
+      const box = await page.locator("#map-canvas").boundingBox();
+      // A loop around the middle of the densest cluster: take the first point's position.
+      const c = await page.evaluate(() => window.__embedviz.screenPositionOf(0));
+      const r = 110;
+      await page.mouse.move(c.x + r, c.y);
+      await page.mouse.down();
+      for (let a = 0; a <= 2 * Math.PI + 0.3; a += 0.25) await page.mouse.move(c.x + r * Math.cos(a), c.y + r * Math.sin(a), { steps: 2 });
+      await page.mouse.up();
+      const count = await until(page, () => Number(document.getElementById("selection-count")?.dataset.count) > 1 && document.querySelectorAll("#selection-table tbody tr").length && Number(document.getElementById("selection-count").dataset.count), null, "selection table", 15_000);
+      const tableRows = await page.$$eval("#selection-table tbody tr", (els) => els.map((e) => Number(e.dataset.row)));
+      const selected = await page.evaluate(() => window.__embedviz.selected);
+      check(tableRows.length === Math.min(200, count) && JSON.stringify(tableRows) === JSON.stringify(selected.slice(0, 200)), "the table rows are not the selected rows");
+      summary.lassoSelected = count;
+      summary.canvas = box;
+    });
+    await step("export the selection as CSV", async () => {
+      // With the dataset's columns; a server that cannot add them yet says so, and the
+      // export goes on without them.
+      await page.locator("#map-canvas").scrollIntoViewIfNeeded();
+      let downloading = page.waitForEvent("download", { timeout: 30_000 });
+      await page.click("#export-selection-button");
+      const outcome = await Promise.race([
+        downloading.then(() => "download"),
+        page.waitForFunction(() => document.getElementById("export-status")?.dataset.state === "error", null, { timeout: 30_000 }).then(() => "error"),
+      ]);
+      if (outcome === "error") {
+        summary.exportColumnsRefused = (await bannerOf(page)).trim();
+        check(/column/i.test(summary.exportColumnsRefused), `export failed: ${summary.exportColumnsRefused}`);
+        await page.uncheck("#export-columns");
+        downloading = page.waitForEvent("download", { timeout: 30_000 });
+        await page.click("#export-selection-button");
+      }
+      const download = await downloading;
+      const path = await download.path();
+      const text = readFileSync(path, "utf8");
+      const lines = text.trim().split(/\r?\n/);
+      check(lines.length === summary.lassoSelected + 1, `the export has ${lines.length - 1} rows, ${summary.lassoSelected} were selected`);
+      summary.exportHeader = lines[0];
+      if (!summary.exportColumnsRefused) check(lines[0].replace(/"/g, "").split(",").includes("text"), `the export lacks the dataset's columns: ${lines[0]}`);
+      summary.exportFile = download.suggestedFilename();
+    });
+    await step("export everything", async () => {
+      const [download] = await Promise.all([page.waitForEvent("download", { timeout: 30_000 }), page.click("#export-all-button")]);
+      const text = readFileSync(await download.path(), "utf8");
+      check(text.trim().split(/\r?\n/).length === rows.length + 1, "the full export lacks rows");
+      if (screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true });
+    });
+  },
+};
+
+// ---------- run ----------
+
+const scenario = scenarios[args.scenario];
+if (!scenario) {
+  console.error(`unknown scenario ${args.scenario}; one of ${Object.keys(scenarios).join(", ")}`);
+  process.exit(2);
+}
+const timer = setTimeout(() => {
+  summary.error = `timed out after ${overallMs / 1000} s`;
+  console.log(JSON.stringify(summary));
+  process.exit(1);
+}, overallMs);
+
+let code = 0;
+const b = await launchBrowser();
+try {
+  await scenario(b);
+  summary.ok = true;
+} catch (err) {
+  if (err instanceof Blocked) {
+    code = 3;
+    summary.blocked = err.message;
+  } else {
+    code = 1;
+    summary.error = err?.message ?? String(err);
+  }
+  console.error(`${args.scenario} ${code === 3 ? "BLOCKED" : "FAILED"}: ${summary.blocked ?? summary.error}`);
+  if (page && screenshotPath) await page.screenshot({ path: screenshotPath, fullPage: true }).catch(() => {});
+} finally {
+  clearTimeout(timer);
+  if (consoleErrors.length) summary.consoleErrors = consoleErrors.slice(0, 10);
+  summary.seconds = Math.round((Date.now() - started) / 100) / 10;
+  await b.close();
+}
+console.log(JSON.stringify(summary));
+process.exit(code);
