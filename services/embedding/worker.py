@@ -407,6 +407,11 @@ class EmbeddingWorker:
             if elapsed >= 0.2:
                 instant = max(done - current.done, 0) / elapsed
                 current.rate = instant if not current.rate else 0.7 * current.rate + 0.3 * instant
+            elif not current.rate and current.start_time is not None:
+                # Writes come faster than the window: use the average since the job started.
+                running = (now - current.start_time).total_seconds()
+                if running > 0:
+                    current.rate = max(done - current.extend_from, 0) / running
             current.update_time = now
             # Shown progress never goes back, also when a worker resumes at a checkpoint.
             current.done = max(done, current.done)
