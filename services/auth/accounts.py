@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import re
 import secrets
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.auth.keys import KeyRing
 from services.auth.models import ApiKey, Session, User
 from services.auth.throttle import Limits, LoginThrottle
+from services.common import paging
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from services.common.jobs import utcnow
 
@@ -235,8 +235,8 @@ class Accounts:
         return key, secret
 
     async def list_api_keys(self, user_id: str, page_size: int, page_token: str) -> tuple[list[ApiKey], str]:
-        size = min(page_size or 50, 1000)
-        offset = _decode_offset(page_token)
+        size = paging.page_size(page_size, 50, 1000)
+        offset = _offset(page_token)
         async with self._sessions() as session:
             rows = (
                 await session.scalars(
@@ -247,7 +247,7 @@ class Accounts:
                     .limit(size + 1)
                 )
             ).all()
-        next_token = _encode_offset(offset + size) if len(rows) > size else ""
+        next_token = paging.encode({"o": offset + size}) if len(rows) > size else ""
         return list(rows[:size]), next_token
 
     async def delete_api_key(self, user_id: str, key_id: str) -> None:
@@ -281,17 +281,10 @@ def _uuid(value: str, what: str) -> uuid.UUID:
         raise NotFound(f"{what} '{value}' not found") from None
 
 
-def _encode_offset(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
-
-
-def _decode_offset(token: str) -> int:
-    if not token:
+def _offset(token: str) -> int:
+    value = paging.decode(token)
+    if value is None:
         return 0
-    try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "o" and int(value) >= 0:
-            return int(value)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise InvalidArgument("page_token is not valid; start again without it")
+    if not isinstance(value, dict) or not isinstance(value.get("o"), int) or value["o"] < 0:
+        raise InvalidArgument("page_token is not a token this service gave out; start again without it")
+    return int(value["o"])

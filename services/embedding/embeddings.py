@@ -4,7 +4,6 @@ them, and turning rows into messages. Plain Python; the servicer speaks gRPC."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from services.common.auth import Identity
 from services.common.blobs import BlobStore
 from services.common.clients import ProjectAccess
 from services.common.db import Database
+from services.common import paging
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import EventBus
 from services.common.jobs import CANCELLED, PENDING, SUCCEEDED, TERMINAL, job_to_proto, timestamp, utcnow
@@ -110,13 +110,12 @@ class EmbeddingSpec:
 
 
 def _page_token(row: EmbeddingRow, parent: str) -> str:
-    data = {"p": parent, "t": row.create_time.isoformat(), "id": row.id}
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+    return paging.encode({"p": parent, "t": row.create_time.isoformat(), "id": row.id})
 
 
 def _read_page_token(token: str, parent: str) -> tuple[datetime, str]:
     try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        data = paging.decode(token)
         if data["p"] != parent:
             raise ValueError
         return datetime.fromisoformat(data["t"]), str(data["id"])

@@ -46,7 +46,7 @@ from services.common.jobs import (
     utcnow,
 )
 from services.embedding.embeddings import KIND, Embeddings
-from services.embedding.encoder import Encoder, Stopped
+from services.embedding.encoder import Encoder
 from services.embedding.models import EmbeddingRow, ShardRow
 from services.embedding.settings import EmbeddingSettings
 from services.embedding.texts import build_texts

@@ -27,7 +27,8 @@ from services.common.blobs import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import EventBus
 from services.common.jobs import FAILED, PENDING, SUCCEEDED, TERMINAL, JobCancelled, JobGone, JobReporter, utcnow, watch
-from services.ingest import messages, paging
+from services.common import paging
+from services.ingest import messages
 from services.ingest.checksum import crc32c
 from services.ingest.importer import (
     COMPRESSIONS,

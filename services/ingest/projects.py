@@ -20,7 +20,7 @@ from services.common.errors import (
     PermissionDenied,
 )
 from services.common.jobs import utcnow
-from services.ingest import paging
+from services.common import paging
 from services.ingest.members import KnownUser
 from services.ingest.models import Dataset, Member, Project, Upload
 

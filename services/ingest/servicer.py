@@ -12,7 +12,8 @@ from google.protobuf import empty_pb2
 from embedviz.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
-from services.ingest import messages, paging, rows
+from services.common import paging
+from services.ingest import messages, rows
 from services.ingest.datasets import Datasets, check_options
 from services.ingest.projects import Projects
 

@@ -5,9 +5,7 @@ neighbours). No gRPC here; other services are reached through `Sources`."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -25,6 +23,7 @@ from embedviz.v1 import embedding_pb2, ingest_pb2, job_pb2, projection_pb2
 from services.common import names
 from services.common.app import Deps
 from services.common.auth import Identity
+from services.common import paging
 from services.common.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.jobs import (
     PENDING,
@@ -256,19 +255,16 @@ def params_of(row: ProjectionRow) -> maps.MapParams:
 
 
 def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+    return paging.encode({"o": offset})
 
 
 def _offset(token: str) -> int:
-    if not token:
+    value = paging.decode(token)
+    if value is None:
         return 0
-    try:
-        offset = int(json.loads(base64.urlsafe_b64decode(token.encode()))["o"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token is not a token this service gave out; start again without it") from None
-    if offset < 0:
+    if not isinstance(value, dict) or not isinstance(value.get("o"), int) or value["o"] < 0:
         raise InvalidArgument("page_token is not a token this service gave out; start again without it")
-    return offset
+    return int(value["o"])
 
 
 @dataclass(frozen=True)

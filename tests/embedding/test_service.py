@@ -33,7 +33,6 @@ from embedviz.v1 import (
 )
 from services.common.app import close_deps, open_deps
 from services.common.config import Settings
-from services.common.events import run_work_queue
 from services.embedding.server import build
 from services.embedding.texts import build_texts
 from services.embedding.vectors import vectors_key
