@@ -1,6 +1,8 @@
 """python -m services.auth            serve
-python -m services.auth rotate-key    start signing with a new key (the old one stays
-                                      published until its tokens have expired)"""
+python -m services.auth rotate-key    publish a new key now and sign with it after
+                                      EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS (30); the old one
+                                      signs until then and stays published until its
+                                      tokens have expired"""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from services.auth.server import build
 from services.common.app import run
 from services.common.config import Settings
 from services.common.db import Database, migrate
+from services.common.jobs import utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -23,10 +26,17 @@ async def rotate_key() -> None:
     await migrate(settings.database_url, SCHEMA, MIGRATIONS)
     db = Database(settings.database_url)
     try:
-        kid = await KeyRing(db.sessions, settings.access_token_ttl).rotate()
+        keys = KeyRing(db.sessions, settings.access_token_ttl)
+        kid = await keys.rotate()
+        start = keys.activate_time(kid) or utcnow()
     finally:
         await db.close()
-    print(f"new signing key {kid}; the previous key stays in the JWKS until its tokens expire")
+    wait = round((start - utcnow()).total_seconds())
+    when = f"at {start.isoformat(timespec='seconds')} (in {wait} s)" if wait > 0 else "now"
+    print(
+        f"new signing key {kid}; published in the JWKS now, it starts signing {when}; "
+        "the previous key signs until then and stays in the JWKS until its tokens expire"
+    )
 
 
 if __name__ == "__main__":

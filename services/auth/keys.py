@@ -1,11 +1,16 @@
-"""Signing keys: ES256 key pairs kept in the auth schema. The newest unretired key
-signs; the JWKS publishes it and every key retired less than `retention` seconds ago
-(default: the longest token lifetime plus a minute), so tokens signed before a rotation
-stay valid until they expire, and a retired key leaves the JWKS on its own after that."""
+"""Signing keys: ES256 key pairs kept in the auth schema. A rotation publishes the new
+key at once but signs with it only `publish_ahead` seconds later (default 30: twice the
+edge's 15 s JWKS cache, and Envoy does not refetch on an unknown kid); until then the old
+key signs, and its retire time is that activation time. The newest activated key signs;
+the JWKS publishes keys not yet active, the current key and every key retired less than
+`retention` seconds ago (default: the longest token lifetime plus a minute), so tokens
+signed before a rotation stay valid until they expire, and a retired key leaves the JWKS
+on its own after that. Every choice is made from the table's times, so replicas agree."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import time
@@ -39,10 +44,37 @@ def retention_seconds(access_ttl: int) -> float:
     return float(given) if given else float(max(access_ttl, LONGEST_DELEGATED_TTL) + 60)
 
 
+def publish_ahead_seconds() -> float:
+    """How long a new key is published before it signs: EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS
+    (30, twice the edge's JWKS cache_duration in envoy.yaml)."""
+    given = os.environ.get("EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS", "").strip()
+    if not given:
+        return 30.0
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f"EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS must be a number of seconds, 0 or more (got {given!r}); "
+            "leave it unset for 30"
+        )
+    return seconds
+
+
 @dataclass(frozen=True)
 class Signer:
     kid: str
     private_key: ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class _Key:
+    kid: str
+    private_pem: str
+    jwk: dict[str, object]
+    activate_time: datetime | None
+    retire_time: datetime | None
 
 
 def _new_key() -> SigningKey:
@@ -57,11 +89,18 @@ def _new_key() -> SigningKey:
 
 
 class KeyRing:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], token_ttl: int, retention: float | None = None) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        token_ttl: int,
+        retention: float | None = None,
+        publish_ahead: float | None = None,
+    ) -> None:
         self._sessions = sessions
         self._retention = retention if retention is not None else retention_seconds(token_ttl)
-        self._signer: Signer | None = None
-        self._published: list[tuple[datetime | None, dict[str, object]]] = []
+        self._publish_ahead = publish_ahead if publish_ahead is not None else publish_ahead_seconds()
+        self._keys: list[_Key] = []  # newest first
+        self._signers: dict[str, Signer] = {}
         self._loaded_at = 0.0
         self._reload_every = reload_seconds()
 
@@ -75,31 +114,54 @@ class KeyRing:
         await self.reload()
 
     async def rotate(self) -> str:
-        """Retire the current key and start signing with a new one; returns the new kid."""
+        """Publish a new key now, sign with it `publish_ahead` seconds from now, and retire
+        the keys in use at that time; returns the new kid."""
+        now = utcnow()
+        activate = now + timedelta(seconds=self._publish_ahead)
         async with self._sessions() as session:
+            # Also a key still waiting from an earlier rotation: it signs until this one starts.
             for key in (await session.scalars(select(SigningKey).where(SigningKey.retire_time.is_(None)))).all():
-                key.retire_time = utcnow()
+                key.retire_time = activate
             fresh = _new_key()
+            fresh.create_time = now
+            fresh.activate_time = activate
             session.add(fresh)
             await session.commit()
         await self.reload()
         return fresh.kid
 
+    def activate_time(self, kid: str) -> datetime | None:
+        """When the key signs from (None: since its creation, or an unknown kid)."""
+        return next((k.activate_time for k in self._keys if k.kid == kid), None)
+
     async def reload(self) -> None:
         async with self._sessions() as session:
-            rows = (await session.scalars(select(SigningKey).order_by(SigningKey.create_time.desc()))).all()
-        current = next((r for r in rows if r.retire_time is None), None)
-        if current is not None:
-            private = serialization.load_pem_private_key(current.private_pem.encode(), password=None)
-            assert isinstance(private, ec.EllipticCurvePrivateKey)
-            self._signer = Signer(current.kid, private)
-        self._published = [(r.retire_time, json.loads(r.public_jwk)) for r in rows]
+            rows = (
+                await session.scalars(select(SigningKey).order_by(SigningKey.create_time.desc(), SigningKey.kid))
+            ).all()
+        self._keys = [
+            _Key(r.kid, r.private_pem, json.loads(r.public_jwk), r.activate_time, r.retire_time) for r in rows
+        ]
+        self._signers = {kid: s for kid, s in self._signers.items() if any(k.kid == kid for k in self._keys)}
         self._loaded_at = time.monotonic()
+
+    def _signer(self) -> Signer | None:
+        # Chosen on every signature, so a published key starts signing at its time, not at the next reload.
+        now = utcnow()
+        key = next((k for k in self._keys if k.activate_time is None or k.activate_time <= now), None)
+        if key is None:
+            return None
+        signer = self._signers.get(key.kid)
+        if signer is None:
+            private = serialization.load_pem_private_key(key.private_pem.encode(), password=None)
+            assert isinstance(private, ec.EllipticCurvePrivateKey)
+            signer = self._signers[key.kid] = Signer(key.kid, private)
+        return signer
 
     def _live(self) -> list[dict[str, object]]:
         # Filtered on every read, so a retired key leaves at its time, not at the next reload.
         cutoff = utcnow() - timedelta(seconds=self._retention)
-        return [jwk for retired, jwk in self._published if retired is None or retired > cutoff]
+        return [k.jwk for k in self._keys if k.retire_time is None or k.retire_time > cutoff]
 
     async def jwks(self) -> dict[str, object]:
         # Replicas and the rotate command change keys in the database: look again now and then.
@@ -118,13 +180,14 @@ class KeyRing:
         return None
 
     async def sign(self, claims: dict[str, object]) -> str:
-        if self._signer is None or time.monotonic() - self._loaded_at > self._reload_every:
+        if not self._keys or time.monotonic() - self._loaded_at > self._reload_every:
             await self.reload()
-        if self._signer is None:
+        signer = self._signer()
+        if signer is None:
             raise RuntimeError("no signing key; the auth service did not initialise its keys")
         return jwt.encode(
             {**claims, "jti": uuid.uuid4().hex},
-            self._signer.private_key,
+            signer.private_key,
             algorithm=ALGORITHM,
-            headers={"kid": self._signer.kid},
+            headers={"kid": signer.kid},
         )

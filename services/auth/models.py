@@ -49,6 +49,9 @@ class SigningKey(Base):
     private_pem: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Published from creation, signs from this time on (null: at once), so every edge has
+    # fetched it before the first token it signs exists.
+    activate_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Retired keys stay published until every token they signed has expired.
     retire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
