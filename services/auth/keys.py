@@ -30,6 +30,9 @@ from services.common.jobs import utcnow
 ALGORITHM = "ES256"
 # Delegated (worker) tokens live at most this long; see Accounts.delegated_token.
 LONGEST_DELEGATED_TTL = 3600
+# The published JWKS is at most this old, whatever the reload period: a replica must not
+# serve the edge a JWKS without a key that another replica starts signing with soon.
+JWKS_FRESH_SECONDS = 1.0
 
 
 def reload_seconds() -> float:
@@ -164,13 +167,16 @@ class KeyRing:
         return [k.jwk for k in self._keys if k.retire_time is None or k.retire_time > cutoff]
 
     async def jwks(self) -> dict[str, object]:
-        # Replicas and the rotate command change keys in the database: look again now and then.
-        if time.monotonic() - self._loaded_at > self._reload_every:
+        """The published key set (the edge and the services fetch it over HTTP)."""
+        if time.monotonic() - self._loaded_at > JWKS_FRESH_SECONDS:
             await self.reload()
         return {"keys": self._live()}
 
     async def lookup(self, kid: str) -> jwt.PyJWK | None:
-        for entry in (await self.jwks())["keys"]:  # type: ignore[attr-defined]
+        # Replicas and the rotate command change keys in the database: look again now and then.
+        if time.monotonic() - self._loaded_at > self._reload_every:
+            await self.reload()
+        for entry in self._live():
             if entry.get("kid") == kid:
                 return jwt.PyJWK(entry)
         await self.reload()

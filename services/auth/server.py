@@ -24,7 +24,8 @@ SERVICE_NAMES = [
 
 async def start_jwks_http(keys: KeyRing, addr: str) -> web.AppRunner:
     async def jwks(request: web.Request) -> web.Response:
-        return web.json_response(await keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+        # No longer than the edge's cache_duration (15 s): a new key is published only 30 s ahead of use.
+        return web.json_response(await keys.jwks(), headers={"Cache-Control": "public, max-age=15"})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")

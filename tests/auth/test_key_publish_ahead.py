@@ -20,11 +20,12 @@ import jwt
 import pytest
 from sqlalchemy import delete, select
 
-from services.auth.keys import KeyRing, publish_ahead_seconds
+from services.auth.keys import JWKS_FRESH_SECONDS, KeyRing, publish_ahead_seconds
 from services.auth.models import SCHEMA, SigningKey
 from services.common.db import Database, migrate
 from services.common.jobs import utcnow
 from services.stack import Stack
+from tests.support.world import eventually
 
 AHEAD_S = 2.0
 RETENTION_S = 1.5
@@ -103,6 +104,11 @@ async def test_replicas_agree_from_the_table_s_times(db: Database) -> None:
     old_kid = await signing_kid(running)
 
     new_kid = await command.rotate()  # python -m services.auth rotate-key: another process
+
+    async def published_by_the_running_replica() -> None:  # at once, not after its 30 s reload
+        assert await kids(running) == {old_kid, new_kid}
+
+    await eventually(published_by_the_running_replica, timeout=JWKS_FRESH_SECONDS + 0.5, every=0.1)
     await running.reload()  # what each replica does every EMBEDVIZ_KEY_RELOAD_SECONDS
     started_later = ring(db)
     await started_later.reload()
