@@ -32,11 +32,12 @@ async def rotate_key() -> None:
     finally:
         await db.close()
     wait = round((start - utcnow()).total_seconds())
-    when = f"at {start.isoformat(timespec='seconds')} (in {wait} s)" if wait > 0 else "now"
-    print(
-        f"new signing key {kid}; published in the JWKS now, it starts signing {when}; "
-        "the previous key signs until then and stays in the JWKS until its tokens expire"
-    )
+    if wait > 0:
+        when = (f"published in the JWKS now, it starts signing at {start.isoformat(timespec='seconds')} "
+                f"(in {wait} s); the previous key signs until then and")
+    else:
+        when = "it signs from now on; the previous key"
+    print(f"new signing key {kid}; {when} stays in the JWKS until its tokens expire")
 
 
 if __name__ == "__main__":

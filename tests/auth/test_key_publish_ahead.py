@@ -157,18 +157,23 @@ def test_publish_ahead_defaults_to_twice_the_edge_s_jwks_cache(monkeypatch: pyte
     assert publish_ahead_seconds() == 0
 
 
-async def test_the_rotate_command_says_when_the_new_key_starts_signing(db: Database, infra: Stack) -> None:
+@pytest.mark.parametrize("ahead", ["30", "0"])
+async def test_the_rotate_command_says_when_the_new_key_starts_signing(db: Database, infra: Stack, ahead: str) -> None:
     await ring(db).ensure_key()
-    env = {**os.environ, **infra.env, "EMBEDVIZ_DATABASE_URL": db.url, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": "30"}
+    env = {**os.environ, **infra.env, "EMBEDVIZ_DATABASE_URL": db.url, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": ahead}
     rotated = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "services.auth", "rotate-key"],
         env=env, capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert rotated.returncode == 0, rotated.stderr
     new_kid = rotated.stdout.split()[3].rstrip(";")  # as tests/auth/test_key_rotation.py reads it
-    assert re.search(r"starts signing at \S+ \(in (29|30) s\)", rotated.stdout), rotated.stdout
     assert "stays in the JWKS" in rotated.stdout
     keys = ring(db)
     await keys.reload()
     assert new_kid in await kids(keys)
-    assert await signing_kid(keys) != new_kid
+    if ahead == "0":
+        assert "it signs from now on" in rotated.stdout
+        assert await signing_kid(keys) == new_kid
+    else:
+        assert re.search(r"starts signing at \S+ \(in (29|30) s\)", rotated.stdout), rotated.stdout
+        assert await signing_kid(keys) != new_kid
