@@ -17,7 +17,9 @@ import { uploadFile } from "./upload";
 const app = byId("app");
 let screenAbort = new AbortController();
 let teardownMap: (() => void) | null = null;
-let pendingNotice = "";
+// Why the user was signed out; shown on the login screen until they sign in again, however
+// many times it renders (several calls of one screen can each end the session).
+let signedOutNotice = "";
 
 // ---------- chrome: header and error banner ----------
 
@@ -68,12 +70,14 @@ function go(hash: string): void {
 
 /** Runs an async action, showing its error in the banner and re-enabling the button. */
 async function act(button: HTMLButtonElement | null, work: () => Promise<void>): Promise<void> {
+  const screen = screenAbort.signal;
   clearError();
   if (button) button.disabled = true;
   try {
     await work();
   } catch (err) {
-    if ((err as Error)?.name === "AbortError" || screenAbort.signal.aborted) return;
+    // An error from a screen that is gone (left, or the session ended) is not news.
+    if ((err as Error)?.name === "AbortError" || screen.aborted) return;
     showError(err);
   } finally {
     if (button) button.disabled = false;
@@ -92,19 +96,19 @@ function renderLogin(): void {
   const finish = (user: { email: string; displayName: string } | undefined, session: { accessToken: string; refreshToken: string } | undefined) => {
     if (!session?.accessToken) throw new Error("the server sent no session");
     saveSession({ accessToken: session.accessToken, refreshToken: session.refreshToken, email: user?.email ?? email.value, displayName: user?.displayName ?? "" });
+    signedOutNotice = "";
     go("#/projects");
   };
   const form = h(
     "form",
     { id: "auth-form", "data-testid": "auth-form", class: "card narrow" },
     h("h1", {}, "Sign in to embedviz"),
-    pendingNotice ? h("p", { class: "notice", id: "auth-notice" }, pendingNotice) : null,
+    signedOutNotice ? h("p", { class: "notice", id: "auth-notice" }, signedOutNotice) : null,
     h("label", {}, "Email", email),
     h("label", {}, "Password (at least 10 characters)", password),
     h("label", {}, "Display name", displayName),
     h("div", { class: "row" }, loginButton, signupButton),
   );
-  pendingNotice = "";
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     void act(loginButton, async () => {
@@ -581,7 +585,8 @@ function screenContext(): ScreenContext {
 
 async function route(): Promise<void> {
   screenAbort.abort();
-  screenAbort = new AbortController();
+  const screen = new AbortController();
+  screenAbort = screen;
   teardownMap?.();
   teardownMap = null;
   clearError();
@@ -619,13 +624,16 @@ async function route(): Promise<void> {
       await renderProjects();
     }
   } catch (err) {
-    if (screenAbort.signal.aborted) return;
+    // This screen's own signal: a newer route() may already have replaced screenAbort.
+    if (screen.signal.aborted) return;
     showError(err);
   }
 }
 
 setSignedOutHandler((message) => {
-  pendingNotice = message;
+  // The screen's other calls fail now too; their errors must not reach the banner.
+  screenAbort.abort();
+  signedOutNotice = message;
   go("#/login");
 });
 window.addEventListener("hashchange", () => void route());
