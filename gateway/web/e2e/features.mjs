@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Browser scenarios for the web client's pages, against a running embedviz stack:
 //   node e2e/features.mjs --base-url URL --scenario NAME [--csv FILE] [--screenshot OUT.png]
-// Scenarios: session, members, apikeys, table, resume, template, map.
+// Scenarios: session, expiry, members, apikeys, table, resume, template, map.
 // Each signs up fresh users, does what a person would do, and checks what the page shows.
 // The last stdout line is a JSON summary ({"ok":true,...}); exit 1 on failure with the
 // reason in "error" (and a screenshot of the page as it was); exit 3 when the server
@@ -22,7 +22,7 @@ const { values: args } = parseArgs({
   },
 });
 if (!args["base-url"] || !args.scenario) {
-  console.error("usage: features.mjs --base-url URL --scenario session|members|apikeys|table|resume|template|map [--csv FILE] [--screenshot OUT.png]");
+  console.error("usage: features.mjs --base-url URL --scenario session|expiry|members|apikeys|table|resume|template|map [--csv FILE] [--screenshot OUT.png]");
   process.exit(2);
 }
 const baseUrl = args["base-url"].replace(/\/+$/, "");
@@ -170,6 +170,45 @@ async function tableState(p) {
   }));
 }
 
+/** The stored session (src/session.ts keeps it in localStorage), or null. */
+async function storedSession(p) {
+  return p.evaluate(() => JSON.parse(localStorage.getItem("embedviz.session") ?? "null"));
+}
+
+/** The same JWT with its expiry an hour ago (header and signature kept): a token that timed out. */
+function expiredCopyOf(token) {
+  const [header, payload, signature] = token.split(".");
+  const claims = JSON.parse(Buffer.from(payload, "base64url").toString("utf8"));
+  const exp = Math.floor(Date.now() / 1000) - 3600;
+  const forged = Buffer.from(JSON.stringify({ ...claims, iat: exp - 900, nbf: exp - 900, exp })).toString("base64url");
+  return [header, forged, signature].join(".");
+}
+
+/**
+ * Page init script: every text the error banner shows, in window.__bannersShown, so a
+ * banner that flashes and is cleared again is caught too.
+ */
+function recordBanners() {
+  window.__bannersShown = [];
+  new MutationObserver(() => {
+    const b = document.getElementById("error-banner");
+    const text = b && !b.hidden ? (b.textContent ?? "").trim() : "";
+    if (text && window.__bannersShown.at(-1) !== text) window.__bannersShown.push(text);
+  }).observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+}
+
+/** The calls the edge or a service refused in trailers-only replies: {method, status, message}. */
+function recordRefusals(p) {
+  const refusals = [];
+  p.on("response", (r) => {
+    const status = r.headers()["grpc-status"];
+    if (status && status !== "0") {
+      refusals.push({ method: new URL(r.url()).pathname, status, message: decodeURIComponent(r.headers()["grpc-message"] ?? "") });
+    }
+  });
+  return refusals;
+}
+
 // ---------- scenarios ----------
 
 const scenarios = {
@@ -209,6 +248,69 @@ const scenarios = {
       check(/log in again/i.test(summary.notice ?? ""), `no "log in again" notice (got "${summary.notice}")`);
       if (screenshotPath) await page.screenshot({ path: screenshotPath });
     });
+  },
+
+  /**
+   * An access token that expired while the tab slept is refreshed silently (the projects
+   * stay on screen); once the refresh token is bad too, the login screen says the session
+   * ended — never a blank page, never Envoy's raw "Jwt is expired" in the banner.
+   */
+  async expiry({ newContext }) {
+    page = await (await newContext()).newPage();
+    await page.addInitScript(recordBanners);
+    const refusals = recordRefusals(page);
+    await step("sign up", () => signUp(page, newEmail("expiry")));
+    const project = await step("create a project", () => createProject(page, "expiry check"));
+    await page.evaluate(() => (location.hash = "#/projects"));
+    await until(page, () => document.querySelector("[data-testid=project-item]"), null, "project list");
+    const before = await storedSession(page);
+
+    await step("an expired access token is refreshed without a word to the user", async () => {
+      const expired = expiredCopyOf(before.accessToken);
+      await page.evaluate((s) => localStorage.setItem("embedviz.session", JSON.stringify(s)), { ...before, accessToken: expired });
+      refusals.length = 0;
+      await page.reload();
+      await until(page, (name) => document.querySelector(`[data-testid=project-item][data-name="${name}"]`), project, "the project after the refresh");
+      const after = await storedSession(page);
+      check(after && after.accessToken !== expired && after.accessToken !== before.accessToken, "the stored access token was not replaced");
+      check(after.refreshToken !== before.refreshToken, "the refresh token did not rotate");
+      summary.refusedWith = refusals.find((r) => r.status === "16")?.message ?? "";
+      check(summary.refusedWith, `the edge never refused the expired token (refusals: ${JSON.stringify(refusals)})`);
+      summary.refreshed = true;
+      summary.bannersShown = await page.evaluate(() => window.__bannersShown);
+      check(summary.bannersShown.length === 0, `the page showed an error: ${summary.bannersShown.join(" | ")}`);
+      if (screenshotPath) await page.screenshot({ path: screenshotPath.replace(/\.png$/, "-refreshed.png") });
+    });
+
+    // Two ways in: a reload of the projects page (one call, whose error must not flash in
+    // the banner on the way out), then opening a project (several calls at once, each of
+    // which ends the session).
+    const deadSession = { ...before, accessToken: expiredCopyOf(before.accessToken), refreshToken: "not-a-refresh-token" };
+    const ways = {
+      "reloading the projects page": () => page.reload(),
+      "opening the project": () => page.evaluate((p) => (location.hash = `#/${p}`), project),
+    };
+    summary.notices = {};
+    for (const [way, enter] of Object.entries(ways)) {
+      await step(`with the refresh token broken too, ${way} ends on the login screen with a notice`, async () => {
+        await page.evaluate((s) => localStorage.setItem("embedviz.session", JSON.stringify(s)), deadSession);
+        await page.evaluate(() => (window.__bannersShown = []));
+        refusals.length = 0;
+        await enter();
+        await page.waitForFunction(() => document.getElementById("app")?.dataset.screen === "login", null, { timeout: 20_000 });
+        await page.locator("#auth-form").waitFor({ state: "visible" });
+        const notice = (await page.locator("#auth-notice").textContent({ timeout: 2000 }).catch(() => ""))?.trim() ?? "";
+        summary.notices[way] = notice;
+        check(/session has ended/i.test(notice) && /log in again/i.test(notice), `no "session has ended" notice (got "${notice}")`);
+        check((await storedSession(page)) === null, "the dead session is still stored");
+        check(refusals.some((r) => r.method.endsWith("/RefreshSession")), `the refresh was never tried (refusals: ${JSON.stringify(refusals)})`);
+        const banners = await page.evaluate(() => window.__bannersShown);
+        check(banners.length === 0, `the page showed an error on the way out: ${banners.join(" | ")}`);
+      });
+    }
+    summary.notice = summary.notices["opening the project"];
+    check(await page.evaluate(() => document.body.innerText.includes("Sign in to embedviz")), "the login screen is blank");
+    if (screenshotPath) await page.screenshot({ path: screenshotPath });
   },
 
   /** Owner adds a second user by email, changes their role, removes them; the last owner cannot leave. */
