@@ -1,12 +1,14 @@
 """The web client in headless Chromium against the whole system: sign up, create a
 project, upload a CSV, embed, project, and the map canvas shows every row as a point;
-then one scenario per page (gateway/web/e2e/features.mjs): session refresh and logout,
-members, API keys, the data table, resumable upload, the template preview with cancel,
-and the map's colouring, search, neighbours, lasso and export."""
+then one scenario per page (gateway/web/e2e/features.mjs): session refresh and logout, an
+expired session, members, API keys, the data table, resumable upload, the template preview
+with cancel, and the map's colouring, search, neighbours, lasso and export; and the web
+client's own grpc-web library against the real Envoy's refusals (test/edge-errors.test.ts)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -68,6 +70,35 @@ def test_session_refreshes_without_login_and_logout_ends_it(stack: Stack, tmp_pa
     summary = _scenario(stack, tmp_path, "session")
     assert summary["refreshed"] is True
     assert "log in again" in summary["notice"]
+
+
+def test_expired_session_refreshes_silently_then_ends_on_the_login_screen(stack: Stack, tmp_path: Path) -> None:
+    summary = _scenario(stack, tmp_path, "expiry")
+    assert summary["refusedWith"] == "Jwt is expired"  # Envoy refused it, the page never said so
+    assert summary["refreshed"] is True
+    assert summary["bannersShown"] == []
+    for way, notice in summary["notices"].items():
+        assert "session has ended" in notice, way
+
+
+def test_connect_web_reads_every_edge_refusal_with_its_code_and_message(stack: Stack, tmp_path: Path) -> None:
+    """gateway/web/test/edge-errors.test.ts: createGrpcWebTransport, as the app builds it,
+    against the stack's Envoy: no token, a garbage or expired token -> Unauthenticated;
+    an internal service or unknown method -> Unimplemented."""
+    report = tmp_path / "vitest.json"
+    result = subprocess.run(
+        ["node_modules/.bin/vitest", "run", "test/edge-errors.test.ts", "--reporter=json", f"--outputFile={report}"],
+        cwd=WEB,
+        env={**os.environ, "EMBEDVIZ_EDGE_URL": stack.edge_url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    outcome = json.loads(report.read_text()) if report.exists() else {}
+    tests = [t for f in outcome.get("testResults", []) for t in f["assertionResults"]]
+    failed = [f"{t['title']}: {' '.join(t['failureMessages'])[:600]}" for t in tests if t["status"] != "passed"]
+    assert result.returncode == 0 and not failed, "\n".join(failed) or result.stdout[-4000:] + result.stderr[-4000:]
+    assert len(tests) >= 6 and outcome["numPendingTests"] == 0, "the checks were skipped"
 
 
 def test_members_page_adds_changes_and_removes_a_member(stack: Stack, tmp_path: Path) -> None:
