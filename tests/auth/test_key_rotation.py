@@ -114,7 +114,9 @@ async def test_a_token_from_before_a_rotation_works_until_its_key_leaves_the_jwk
     assert await edge_status(short_stack, before) == 0
 
     rotated = subprocess.run(
-        [sys.executable, "-m", "services.auth", "rotate-key"], env={**os.environ, **short_stack.env},
+        # the command reads the publish-ahead too: the same 0 as the stack's auth
+        [sys.executable, "-m", "services.auth", "rotate-key"],
+        env={**os.environ, **short_stack.env, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": "0"},
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert rotated.returncode == 0, rotated.stderr
@@ -153,6 +155,31 @@ async def test_a_token_from_before_a_rotation_works_until_its_key_leaves_the_jwk
     assert await edge_status(short_stack, after) == 0
     assert await service_status(short_stack, "ingest", after) == grpc.StatusCode.OK
 
+
+
+async def test_with_publish_ahead_the_first_token_of_a_new_key_is_accepted_at_the_edge_at_once(
+    short_stack: Stack, auth: auth_pb2_grpc.AuthServiceStub
+) -> None:
+    """The production arrangement: the new key is in the JWKS for longer than Envoy's 15 s
+    cache before auth signs with it, so no user is ever refused for the rotation."""
+    email = f"ahead-{uuid.uuid4().hex[:8]}@example.org"
+    await auth.SignUp(auth_pb2.SignUpRequest(email=email, password=PASSWORD))
+    rotated = subprocess.run(
+        [sys.executable, "-m", "services.auth", "rotate-key"],
+        env={**os.environ, **short_stack.env, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": str(EDGE_JWKS_CACHE_S + 5)},
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    new_kid = rotated.stdout.split()[3].rstrip(";")
+    assert new_kid in await jwks_kids(short_stack)
+
+    async def signs_with_the_new_key() -> str:
+        token = (await auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD))).session.access_token
+        assert jwt.get_unverified_header(token)["kid"] == new_kid
+        return token
+
+    first = await eventually(signs_with_the_new_key, timeout=EDGE_JWKS_CACHE_S + 15, every=0.5)
+    assert await edge_status(short_stack, first) == 0, "the edge refused the first token of a pre-published key"
 
 async def test_failed_logins_are_throttled_per_client_address(short_stack: Stack, auth: auth_pb2_grpc.AuthServiceStub) -> None:
     """Different accounts, one address: the address runs out. The address is the last
