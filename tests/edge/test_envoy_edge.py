@@ -284,7 +284,7 @@ async def test_a_service_that_is_down_is_unavailable(services: FakeServices, web
     assert reply.grpc_message and reply.headers.get("access-control-allow-origin")
 
 
-async def test_large_grpc_web_replies_and_client_files_are_gzipped(edge: Edge, mint: TokenMint) -> None:
+async def test_grpc_web_replies_and_client_files_are_gzipped_but_points_are_not(edge: Edge, mint: TokenMint) -> None:
     payload = ("points " * 20_000).encode()  # echoed back by the upstream: ~140 KB
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         async with session.post(edge.url + "/embedviz.v1.ProjectionService/ExportProjection",
@@ -293,9 +293,16 @@ async def test_large_grpc_web_replies_and_client_files_are_gzipped(edge: Edge, m
                                          "Authorization": f"Bearer {mint.valid()}"}) as resp:
             wire = await resp.read()
             encoding = resp.headers.get("Content-Encoding")
+        async with session.post(edge.url + "/embedviz.v1.ProjectionService/StreamPoints",
+                                data=b"\0" + len(payload).to_bytes(4, "big") + payload,
+                                headers={"Content-Type": "application/grpc-web+proto", "Accept-Encoding": "gzip",
+                                         "Authorization": f"Bearer {mint.valid()}"}) as resp:
+            await resp.read()
+            points_encoding = resp.headers.get("Content-Encoding")
         async with session.get(edge.url + "/assets/app-3f2a9c.js", headers={"Accept-Encoding": "gzip"}) as resp:
             asset_encoding, asset_cache = resp.headers.get("Content-Encoding"), resp.headers.get("Cache-Control")
     assert encoding == "gzip"
+    assert points_encoding is None, "packed float32 points are not worth gzip (docs/edge.md)"
     body = gzip.decompress(wire)
     assert len(wire) * 10 < len(body), (len(wire), len(body))
     assert json.loads(body[5 : 5 + int.from_bytes(body[1:5], "big")])["request"] == payload.decode()
