@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.auth.keys import KeyRing
+from services.auth.keys import KeyRing, delegated_token_ttl
 from services.auth.models import ApiKey, Session, User
 from services.auth.throttle import Limits, LoginThrottle
 from services.common import paging
@@ -104,8 +104,11 @@ class Accounts:
         access_ttl: int,
         refresh_ttl: int,
         throttle: LoginThrottle | None = None,
+        delegated_ttl: int | None = None,
     ) -> None:
         self.throttle = throttle or LoginThrottle(Limits())
+        # Read (and checked) when auth starts: a bad EMBEDVIZ_DELEGATED_TOKEN_TTL stops the start.
+        self._delegated_ttl = delegated_ttl if delegated_ttl is not None else delegated_token_ttl()
         self._sessions = sessions
         self._keys = keys
         self._issuer = issuer
@@ -270,8 +273,12 @@ class Accounts:
         return await self._access_token(user, self._audience, self._access_ttl)
 
     async def delegated_token(self, user_id: str, ttl: int) -> AccessToken:
+        """A token for a job's owner: the user's account is all it needs, not a session of
+        theirs (a job outlives the session that started it). `ttl` 0: the set lifetime;
+        a longer one is cut to it."""
         user = await self.get_user(user_id)
-        return await self._access_token(user, self._internal_audience, max(60, min(ttl or 600, 3600)))
+        lifetime = self._delegated_ttl if ttl <= 0 else max(min(ttl, self._delegated_ttl), min(60, self._delegated_ttl))
+        return await self._access_token(user, self._internal_audience, lifetime)
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:

@@ -28,8 +28,10 @@ from services.auth.models import SigningKey
 from services.common.jobs import utcnow
 
 ALGORITHM = "ES256"
-# Delegated (worker) tokens live at most this long; see Accounts.delegated_token.
+# Delegated (worker) tokens live EMBEDVIZ_DELEGATED_TOKEN_TTL seconds, at most this long;
+# see Accounts.delegated_token. Retention counts from this bound, so it covers any setting.
 LONGEST_DELEGATED_TTL = 3600
+DEFAULT_DELEGATED_TTL = 600
 # The published JWKS is at most this old, whatever the reload period: a replica must not
 # serve the edge a JWKS without a key that another replica starts signing with soon.
 JWKS_FRESH_SECONDS = 1.0
@@ -45,6 +47,24 @@ def retention_seconds(access_ttl: int) -> float:
     enough for every token it signed to expire."""
     given = os.environ.get("EMBEDVIZ_KEY_RETENTION_SECONDS", "")
     return float(given) if given else float(max(access_ttl, LONGEST_DELEGATED_TTL) + 60)
+
+
+def delegated_token_ttl() -> int:
+    """How long a delegated (worker) token lives: EMBEDVIZ_DELEGATED_TOKEN_TTL (600). A job
+    renews its token at half this lifetime, so a short one costs a call to auth that often."""
+    given = os.environ.get("EMBEDVIZ_DELEGATED_TOKEN_TTL", "").strip()
+    if not given:
+        return DEFAULT_DELEGATED_TTL
+    try:
+        seconds = int(given)
+    except ValueError:
+        seconds = 0
+    if not 2 <= seconds <= LONGEST_DELEGATED_TTL:
+        raise ValueError(
+            f"EMBEDVIZ_DELEGATED_TOKEN_TTL must be a whole number of seconds from 2 to {LONGEST_DELEGATED_TTL} "
+            f"(got {given!r}); leave it unset for {DEFAULT_DELEGATED_TTL}"
+        )
+    return seconds
 
 
 def publish_ahead_seconds() -> float:

@@ -4,13 +4,22 @@ tokens for background workers, and the project-role check every service makes.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
+import jwt
 
 from embedviz.v1 import auth_pb2, auth_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from services.common.auth import Identity, TokenVerifier
-from services.common.errors import NotFound, PermissionDenied
+from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 INTERNAL_SECRET_HEADER = "x-embedviz-internal-secret"
 
@@ -46,31 +55,135 @@ class Channels:
         self._channels.clear()
 
 
+@dataclass(frozen=True)
+class _Minted:
+    identity: Identity
+    renew_at: float  # on the tokens' clock (monotonic): half the token's lifetime after it was asked for
+
+
 class DelegatedTokens:
     """Short-lived tokens that let a background worker act as a job's owner, minted by
-    the auth service for callers that hold the internal secret."""
+    the auth service for callers that hold the internal secret. A token is handed out
+    until half its lifetime (auth's EMBEDVIZ_DELEGATED_TOKEN_TTL) has passed, so every
+    call starts with a token that has at least half its lifetime left. One per process,
+    shared by its workers: jobs of the same owner share a token."""
 
-    def __init__(self, auth_channel: grpc.aio.Channel, secret: str, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        auth_channel: grpc.aio.Channel,
+        secret: str,
+        verifier: TokenVerifier,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._stub = auth_pb2_grpc.AuthInternalServiceStub(auth_channel)
         self._secret = secret
         self._verifier = verifier
-        self._cache: dict[str, tuple[float, Identity]] = {}
-        self._lock = asyncio.Lock()
+        self._clock = clock
+        self._cache: dict[str, _Minted] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def for_job(self, owner: str) -> JobCredentials:
+        """What a worker holds for the whole of one job of `owner` (`users/{id}`)."""
+        return JobCredentials(self, owner)
 
     async def identity_for(self, user: str) -> Identity:
-        async with self._lock:
+        """`user`'s identity with a token that has at least half its lifetime left."""
+        async with self._locks.setdefault(user, asyncio.Lock()):
             cached = self._cache.get(user)
-            if cached and cached[0] - time.time() > 60:
-                return cached[1]
+            if cached is not None and self._clock() < cached.renew_at:
+                return cached.identity
+            return await self._mint(user)
+
+    async def renewed(self, user: str, refused: Identity) -> Identity:
+        """A newly minted identity for `user` after a service refused `refused`; the one
+        already cached if another call replaced the refused token meanwhile."""
+        async with self._locks.setdefault(user, asyncio.Lock()):
+            cached = self._cache.get(user)
+            if cached is not None and cached.identity.token != refused.token and self._clock() < cached.renew_at:
+                return cached.identity
+            return await self._mint(user)
+
+    async def _mint(self, user: str) -> Identity:
+        asked = self._clock()
+        try:
             response = await self._stub.IssueDelegatedToken(
-                auth_pb2.IssueDelegatedTokenRequest(user=user, ttl_seconds=600),
+                # ttl 0: auth's own setting decides the lifetime
+                auth_pb2.IssueDelegatedTokenRequest(user=user),
                 metadata=((INTERNAL_SECRET_HEADER, self._secret),),
                 timeout=10,
             )
-            identity = await self._verifier.verify(response.access_token)
-            expires = response.access_token_expire_time.ToSeconds()
-            self._cache[user] = (float(expires), identity)
-            return identity
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self._cache.pop(user, None)
+                raise FailedPrecondition(
+                    f"the owner of this job, {user}, no longer has an account, so nothing may act for them; "
+                    "the job stopped. Someone with access to the project can start it again"
+                ) from None
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(
+                    "the auth service is not reachable to renew the credentials of this job; it is tried again shortly"
+                ) from None
+            raise
+        identity = await self._verifier.verify(response.access_token)
+        # Both times are auth's, so the lifetime is right even if this host's clock is not.
+        claims = jwt.decode(response.access_token, options={"verify_signature": False})
+        lifetime = max(float(claims["exp"]) - float(claims["iat"]), 0.0)
+        self._cache[user] = _Minted(identity, asked + lifetime / 2)
+        return identity
+
+
+def refused_as_unauthenticated(exc: BaseException) -> bool:
+    """A neighbour's UNAUTHENTICATED, raw or already turned into a domain error."""
+    if isinstance(exc, Unauthenticated):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+class JobCredentials:
+    """A job owner's credentials, held by the worker for as long as the job runs. Each
+    call to another service asks for the identity anew (renewed at half its lifetime, so
+    a job can outlive any token); a call refused as UNAUTHENTICATED is made once more with
+    a newly minted token, and a second refusal fails with a message that says so. Server
+    streams are checked when they start, so a long stream keeps the token it began with."""
+
+    def __init__(self, tokens: DelegatedTokens, owner: str) -> None:
+        self._tokens = tokens
+        self.owner = owner
+
+    async def identity(self) -> Identity:
+        """The owner's identity for one call starting now."""
+        return await self._tokens.identity_for(self.owner)
+
+    async def call(self, make: Callable[[Identity], Awaitable[T]], what: str = "calling another service") -> T:
+        """`make(identity)`, again with a new token if the first was refused as UNAUTHENTICATED.
+        `make` must be safe to repeat (a refused call did nothing). `what` says what the call
+        does, for the log and the error ("reading the rows of projects/p/datasets/d")."""
+        identity = await self.identity()
+        try:
+            return await make(identity)
+        except Exception as exc:
+            if not refused_as_unauthenticated(exc):
+                raise
+            log.warning("the token of %s was refused while %s (%s); trying once with a new one", self.owner, what, _reason(exc))
+        identity = await self._tokens.renewed(self.owner, identity)
+        try:
+            return await make(identity)
+        except Exception as exc:
+            if not refused_as_unauthenticated(exc):
+                raise
+            raise Unauthenticated(
+                f"the credentials of this job's owner ({self.owner}) were refused twice while {what}, the second "
+                f"time with a token minted a moment before: {_reason(exc)}. The services' clocks may disagree, "
+                "or one of them does not trust the auth service's signing keys"
+            ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Unauthenticated):
+        return exc.message
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.details() or exc.code().name
+    return str(exc)
 
 
 class ProjectAccess:

@@ -31,6 +31,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import func, select
 
+from services.common.auth import Identity
 from services.common.clients import DelegatedTokens
 from services.common.errors import DomainError, Unavailable
 from services.common.events import MAX_DELIVER, WORK_STREAM, work_subject
@@ -209,8 +210,10 @@ class EmbeddingWorker:
     # --- planning ---------------------------------------------------------------------------
 
     async def _plan(self, row: EmbeddingRow, owner: str) -> None:
-        identity = await self.delegated.identity_for(owner)
-        dataset = await self.embeddings.datasets.get(identity, row.dataset)
+        credentials = self.delegated.for_job(owner)
+        dataset = await credentials.call(
+            lambda identity: self.embeddings.datasets.get(identity, row.dataset), f"reading {row.dataset}"
+        )
         total = dataset.row_count
         async with self.embeddings.db.sessions() as session:
             current = await session.get(EmbeddingRow, row.id, with_for_update=True)
@@ -305,14 +308,15 @@ class EmbeddingWorker:
             await self._finish_if_complete(row)  # a worker died while joining the parts
             return
         model = await self.embeddings.models.load(row.model)
-        identity = await self.delegated.identity_for(owner)
+        # Held for the whole shard: each window's read gets a token that is fresh enough.
+        credentials = self.delegated.for_job(owner)
         window = self.settings.checkpoint_rows
         position, end = shard.done_row, shard.end_row
         if position > shard.start_row:
             log.info("embedding %s shard %d: resuming at row %d of [%d, %d)", row.id, index, position,
                      shard.start_row, end)
 
-        async def fetch(start: int, stop: int) -> pa.Table:
+        async def read(identity: Identity, start: int, stop: int) -> pa.Table:
             tables = []
             expected = start
             async for first, table in self.embeddings.datasets.stream_rows(
@@ -325,6 +329,11 @@ class EmbeddingWorker:
             if expected != stop:
                 raise RuntimeError(f"ingest sent rows up to {expected}, not {stop}")
             return pa.concat_tables(tables) if tables else pa.table({})
+
+        async def fetch(start: int, stop: int) -> pa.Table:
+            return await credentials.call(
+                lambda identity: read(identity, start, stop), f"reading rows {start} to {stop} of {row.dataset}"
+            )
 
         last = False
         upcoming: asyncio.Task[pa.Table] | None = asyncio.create_task(fetch(position, min(position + window, end)))

@@ -399,9 +399,12 @@ class Projections:
         async with self._sessions() as session:
             if await session.get(ProjectionRow, projection_id) is not None:
                 return None
-        identity = await self._deps.delegated.identity_for(embedding.creator)
+        credentials = self._deps.delegated.for_job(embedding.creator)
         try:
-            return await self.create(identity, embedding.name, follow_up_spec(int(embedding.row_count)), projection_id)
+            return await credentials.call(
+                lambda identity: self.create(identity, embedding.name, follow_up_spec(int(embedding.row_count)), projection_id),
+                f"starting the projection that follows {embedding.name}",
+            )
         except IntegrityError:
             return None  # another replica made it a moment ago
         except (NotFound, PermissionDenied, FailedPrecondition, InvalidArgument) as exc:
@@ -642,16 +645,23 @@ class Projections:
             self._deps.blobs.delete_dir(f"projections/{projection_id}")
 
     async def _make_map(self, row: ProjectionRow, owner: str, reporter: JobReporter[ProjectionRow]) -> None:
-        identity = await self._deps.delegated.identity_for(owner)
+        # Held for the whole job: each call gets a token that is fresh enough (a map can
+        # take longer than any token lives).
+        credentials = self._deps.delegated.for_job(owner)
         params = params_of(row)
         await reporter.start("loading vectors", total=row.total or 0)
-        embedding = await self._sources.get_embedding(identity, embedding_name(row))
+        embedding = await credentials.call(
+            lambda identity: self._sources.get_embedding(identity, embedding_name(row)), f"reading {embedding_name(row)}"
+        )
         if not embedding.succeeded:
             raise FailedPrecondition(f"{embedding.name} is {embedding.state_name}; it must have succeeded")
         rows = int(embedding.row_count)
         await reporter.progress(0, total=rows, force=True)
-        vectors = await self._sources.load_vectors(
-            identity, embedding, on_chunk=lambda done: reporter.progress(done, total=rows)
+        vectors = await credentials.call(
+            lambda identity: self._sources.load_vectors(
+                identity, embedding, on_chunk=lambda done: reporter.progress(done, total=rows)
+            ),
+            f"reading the vectors of {embedding.name}",
         )
         if rows < MIN_ROWS:
             raise FailedPrecondition(f"the embedding has {rows} rows; a map needs at least {MIN_ROWS}")
@@ -677,7 +687,12 @@ class Projections:
         await reporter.progress(0, total=rows, stage="quality")
         label_column = str((row.params or {}).get("label_column", ""))
         truth = (
-            await self._sources.load_texts(identity, dataset_name(row), [label_column], rows) if label_column else None
+            await credentials.call(
+                lambda identity: self._sources.load_texts(identity, dataset_name(row), [label_column], rows),
+                f"reading the labels of {dataset_name(row)}",
+            )
+            if label_column
+            else None
         )
         quality = await self._in_thread(reporter, status, _measure, vectors, points, params, truth)
         quality.update(fitted_rows=fitted_rows, pre_reduction_dimensions=pre_reduced)
@@ -686,7 +701,14 @@ class Projections:
         status.update("labelling", 0, rows)
         await reporter.progress(0, total=rows, stage="labelling")
         columns = embedding.text_columns
-        texts = await self._sources.load_texts(identity, dataset_name(row), columns, rows) if columns else [""] * rows
+        texts = (
+            await credentials.call(
+                lambda identity: self._sources.load_texts(identity, dataset_name(row), columns, rows),
+                f"reading the texts of {dataset_name(row)}",
+            )
+            if columns
+            else [""] * rows
+        )
         terms = await self._in_thread(reporter, status, maps.cluster_terms, texts, labels)
         for summary in summaries:
             summary.terms = terms.get(summary.id, [])
