@@ -20,7 +20,7 @@ from services.auth.keys import KeyRing, delegated_token_ttl
 from services.auth.models import ApiKey, Session, User
 from services.auth.throttle import Limits, LoginThrottle
 from services.common import paging
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated, excerpt
 from services.common.jobs import utcnow
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -42,7 +42,7 @@ def _sha256(value: str) -> str:
 def normalise_email(email: str) -> str:
     value = (email or "").strip().lower()
     if not EMAIL.match(value) or len(value) > 320:
-        raise InvalidArgument(f"'{email}' is not an email address")
+        raise InvalidArgument(f"'{excerpt(email)}' is not an email address")
     return value
 
 
@@ -285,7 +285,7 @@ def _uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise NotFound(f"{what} '{value}' not found") from None
+        raise NotFound(f"{what} '{excerpt(value)}' not found") from None
 
 
 def _offset(token: str) -> int:

@@ -13,7 +13,7 @@ from services.auth import models
 from services.auth.accounts import Accounts, Tokens
 from services.common.auth import current_identity
 from services.common.clients import INTERNAL_SECRET_HEADER
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, excerpt
 from services.common.jobs import timestamp
 from services.common.names import parse
 
@@ -115,7 +115,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         ids = parse(request.name, "users/{user}/apiKeys/{api_key}")
         identity = current_identity()
         if ids["user"] != identity.user_id:
-            raise NotFound(f"{request.name} not found")
+            raise NotFound(f"{excerpt(request.name)} not found")
         await self._accounts.delete_api_key(identity.user_id, ids["api_key"])
         return empty_pb2.Empty()
 

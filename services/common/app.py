@@ -14,6 +14,7 @@ import grpc
 import jwt
 from grpc_health.v1 import health
 
+from services.common import paging
 from services.common.auth import JwksKeys, TokenVerifier
 from services.common.authz import RoleLookup, check_complete
 from services.common.blobs import BlobStore
@@ -72,7 +73,12 @@ def new_server(
     (default: `service_names`)."""
     service_names = list(service_names)
     check_complete(service_names)
-    server = create_server(verifier=deps.verifier, public_methods=public_methods, roles=roles or deps.access.role)
+    server = create_server(
+        verifier=deps.verifier,
+        public_methods=public_methods,
+        roles=roles or deps.access.role,
+        page_key=paging.key_from_secret(deps.settings.internal_secret),
+    )
     health_servicer = add_health_and_reflection(server, service_names, reflected_names)
     return server, health_servicer
 

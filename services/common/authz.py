@@ -29,7 +29,7 @@ import grpc
 from google.protobuf import descriptor_pool
 
 from services.common.auth import Identity, current_identity
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, excerpt
 
 # The ranks of ingest_pb2.Role, repeated here so this module needs no generated code.
 VIEWER, EDITOR, OWNER = 1, 2, 3
@@ -195,7 +195,7 @@ def project_of(name: str, field: str) -> str:
     parts = (name or "").split("/")
     if len(parts) < 2 or parts[0] != "projects" or not parts[1]:
         raise InvalidArgument(
-            f"{field} '{name}' is not a resource name inside a project; expected projects/{{project}}/..."
+            f"{field} '{excerpt(name)}' is not a resource name inside a project; expected projects/{{project}}/..."
         )
     return "/".join(parts[:2])
 
@@ -205,7 +205,7 @@ async def authorise(rule: Rule, request: Any, identity: Identity, roles: RoleLoo
     if rule.kind is Kind.OWN_USER:
         name = field_value(request, rule.field)
         if not name.startswith(f"users/{identity.user_id}/"):
-            raise NotFound(f"{name or rule.field} not found")
+            raise NotFound(f"{excerpt(name) or rule.field} not found")
         return
     if rule.kind is not Kind.PROJECT:
         return

@@ -7,6 +7,27 @@ from __future__ import annotations
 
 import grpc
 
+# How much of a caller's input an error message quotes (characters), and how long a status
+# message may be at all (UTF-8 bytes): gRPC percent-encodes it into a trailer and copies it
+# into grpc-status-details-bin, and a reply whose trailers pass 16 KB reaches the client as
+# RESOURCE_EXHAUSTED instead of its real status.
+EXCERPT_CHARS = 80
+MAX_MESSAGE_BYTES = 1024
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """At most `limit` characters of `value` for an error message, with "…" when cut."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def capped(message: str, max_bytes: int = MAX_MESSAGE_BYTES) -> str:
+    """`message` cut to at most `max_bytes` UTF-8 bytes (on a character boundary), "…" when cut."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= max_bytes:
+        return message
+    return encoded[: max_bytes - 3].decode("utf-8", "ignore") + "…"
+
 
 class DomainError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN

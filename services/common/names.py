@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, excerpt
 
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"
 
@@ -15,7 +15,7 @@ def parse(name: str, pattern: str) -> dict[str, str]:
     regex = "^" + re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m.group(1)}>{_SEGMENT})", pattern) + "$"
     match = re.match(regex, name or "")
     if match is None:
-        raise InvalidArgument(f"'{name}' is not a valid resource name; expected {pattern}")
+        raise InvalidArgument(f"'{excerpt(name)}' is not a valid resource name; expected {pattern}")
     return match.groupdict()
 
 
@@ -27,5 +27,5 @@ def project_of(name: str) -> str:
     """`projects/{p}` of any name inside a project."""
     parts = (name or "").split("/")
     if len(parts) < 2 or parts[0] != "projects" or not parts[1]:
-        raise InvalidArgument(f"'{name}' is not a resource name inside a project")
+        raise InvalidArgument(f"'{excerpt(name)}' is not a resource name inside a project")
     return "/".join(parts[:2])

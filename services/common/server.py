@@ -19,11 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from services.common import request_ids
+from services.common import input_rules, paging, request_ids
 from services.common.auth import TokenVerifier, bearer_token, reset_identity, set_identity
 from services.common.authz import AuthzInterceptor, RoleLookup
 from services.common.authz import public_methods as authz_public_methods
-from services.common.errors import DomainError, Unauthenticated
+from services.common.errors import DomainError, InvalidArgument, Unauthenticated, capped
 
 log = logging.getLogger(__name__)
 # One line per call (method, outcome, time) carrying the request id Envoy logs too.
@@ -47,36 +47,67 @@ def _wrap_handler(
     handler: grpc.RpcMethodHandler,
     unary: Callable[[Behaviour], Behaviour],
     streaming: Callable[[Behaviour], Behaviour],
+    deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """Rebuild a method handler with its behaviour wrapped (for any of the four kinds)."""
+    """Rebuild a method handler with its behaviour wrapped (for any of the four kinds)
+    and, when given, another request deserializer."""
+    request_deserializer = deserializer or handler.request_deserializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
             unary(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
             streaming(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
             unary(handler.stream_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return grpc.stream_stream_rpc_method_handler(
         streaming(handler.stream_stream),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are no valid message (grpc would answer
+    UNKNOWN); the error interceptor turns it into INVALID_ARGUMENT."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, or anything a custom deserializer raises
+            return _Undecodable(str(exc))
+
+    return deserialize
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(f"the request is not a valid message of this method: {request.reason}", "MALFORMED_REQUEST")
+
+
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    # Every message is capped: a reply's trailers must stay far below gRPC's 16 KB default
+    # whatever a message quotes, or the caller sees RESOURCE_EXHAUSTED instead.
     if isinstance(exc, DomainError):
-        status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+        status = status_pb2.Status(code=exc.code.value[0], message=capped(exc.message))
         info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
         detail = any_pb2.Any()
         detail.Pack(info)
@@ -91,9 +122,9 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
         # An answer from another service this call depended on: pass its status on.
         code = exc.code()
         if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-            log.error("%s: downstream call failed: %s", method, exc.details())
+            log.error("%s: downstream call failed: %s", method, capped(exc.details() or "", 4096))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in a service this call needs")
-        await context.abort(code, exc.details() or code.name)
+        await context.abort(code, capped(exc.details() or code.name))
     ref = uuid.uuid4().hex[:12]
     log.error("%s failed (ref %s)", method, ref, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has the details")
@@ -139,6 +170,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     request_ids.set_current(request_id)
                 started, outcome = time.monotonic(), "OK"
                 try:
+                    _refuse_undecodable(request)
                     return await behaviour(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
                     outcome = _outcome(exc)
@@ -157,6 +189,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     request_ids.set_current(request_id)
                 started, outcome = time.monotonic(), "OK"
                 try:
+                    _refuse_undecodable(request)
                     result = behaviour(request, context)
                     if inspect.isasyncgen(result):
                         async for item in result:
@@ -174,7 +207,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapped
 
-        return _wrap_handler(handler, unary, streaming)
+        # Requests of one message only: a client stream's messages are read by the handler.
+        one_request = bool(handler.unary_unary or handler.unary_stream)
+        deserializer = _tolerant(handler.request_deserializer) if one_request else None
+        return _wrap_handler(handler, unary, streaming, deserializer)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -229,16 +265,65 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(handler, unary, streaming)
 
 
+class InputInterceptor(grpc.aio.ServerInterceptor):
+    """Checks every request against the input rules (services/common/input_rules.py:
+    control characters, string and repeated-field limits) before any handler or access
+    check reads it, and binds page tokens to the List call they belong to
+    (services/common/paging.py)."""
+
+    def __init__(self, page_key: bytes) -> None:
+        self._page_key = page_key
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        # Client streams (only reflection has one) are read message by message by their handler.
+        if handler is None or not (handler.unary_unary or handler.unary_stream):
+            return handler
+        method = handler_call_details.method
+        page_key = self._page_key
+
+        def check(request: Any) -> None:
+            input_rules.check_request(request)
+            if paging.has_page_token(request):
+                paging.bind_call(page_key, method, request)
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                check(request)
+                return await behaviour(request, context)
+
+            return wrapped
+
+        def streaming(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                check(request)
+                async for item in behaviour(request, context):
+                    yield item
+
+            return wrapped
+
+        return _wrap_handler(handler, unary, streaming)
+
+
 def create_server(
     *,
     verifier: TokenVerifier,
     public_methods: Iterable[str] = (),
     roles: RoleLookup | None = None,
+    page_key: bytes | None = None,
 ) -> grpc.aio.Server:
-    # Order matters: errors outermost, then who is calling, then may they (services/common/authz.py).
+    """`page_key` signs page tokens (paging.key_from_secret); every replica of a service
+    must get the same one, or a token from one replica is refused by another."""
+    # Order matters: errors outermost, then who is calling, then is the request well formed,
+    # then may they (services/common/authz.py) — which reads the names the request holds.
     public = [*public_methods, *authz_public_methods()]
+    inputs = InputInterceptor(page_key if page_key is not None else paging.key_from_secret(""))
     return grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, public), AuthzInterceptor(roles)],
+        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, public), inputs, AuthzInterceptor(roles)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

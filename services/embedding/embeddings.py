@@ -19,7 +19,7 @@ from services.common.blobs import BlobStore
 from services.common.clients import ProjectAccess
 from services.common.db import Database
 from services.common import paging
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, excerpt
 from services.common.events import EventBus
 from services.common.jobs import CANCELLED, PENDING, SUCCEEDED, TERMINAL, job_to_proto, timestamp, utcnow
 from services.common.names import new_id, parse
@@ -76,7 +76,7 @@ def check_embeddable(dataset: DatasetInfo, columns: Sequence[str]) -> None:
     for column in columns:
         if column not in dataset.columns:
             raise InvalidArgument(
-                f"column '{column}' not found; the dataset has: {', '.join(dataset.columns)}", "COLUMN_NOT_FOUND"
+                f"column '{excerpt(column)}' not found; the dataset has: {', '.join(dataset.columns)}", "COLUMN_NOT_FOUND"
             )
 
 

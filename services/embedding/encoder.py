@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable, excerpt
 from services.embedding.settings import EmbeddingSettings
 
 log = logging.getLogger(__name__)
@@ -542,7 +542,7 @@ class ModelRegistry:
             found = self._specs.get(wanted)
             if found is None:
                 available = ", ".join(self._specs)
-                raise InvalidArgument(f"model '{name}' is not available; the models are: {available}")
+                raise InvalidArgument(f"model '{excerpt(name)}' is not available; the models are: {available}")
             spec = found
         if spec.error:
             raise FailedPrecondition(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, excerpt
 
 # "{{" and "}}" are literal braces; "{name}" is a column's value.
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -21,7 +21,7 @@ def template_columns(template: str) -> list[str]:
         if name is None:
             continue
         if not name.strip():
-            raise InvalidArgument(f"template '{template}' has an empty placeholder {{}}; name a column, e.g. {{title}}")
+            raise InvalidArgument(f"template '{excerpt(template)}' has an empty placeholder {{}}; name a column, e.g. {{title}}")
         if name not in names:
             names.append(name)
     return names
@@ -39,7 +39,8 @@ def columns_to_embed(text_columns: Sequence[str], template: str) -> list[str]:
     missing = [name for name in used if name not in columns]
     if missing:
         raise InvalidArgument(
-            f"the template uses {', '.join(missing)}, which are not among text_columns ({', '.join(columns)})"
+            f"the template uses {', '.join(excerpt(m) for m in missing)}, which are not among text_columns "
+            f"({', '.join(excerpt(c) for c in columns)})"
         )
     return columns
 

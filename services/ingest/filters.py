@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, excerpt
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -131,17 +131,17 @@ def parse(text: str, schema: pa.Schema) -> Filter | None:
             raise InvalidArgument(f"filter: a condition needs a column, an operator and a value, e.g. label = \"neg\" (at character {tokens[i].at if i < len(tokens) else len(text)})")
         column_token, op_token = tokens[i], tokens[i + 1]
         if column_token.kind not in ("word", "backquoted"):
-            raise InvalidArgument(f"filter: expected a column name at character {column_token.at}, got {column_token.text!r}")
+            raise InvalidArgument(f"filter: expected a column name at character {column_token.at}, got {excerpt(column_token.text)!r}")
         column = _unquote(column_token) if column_token.kind == "backquoted" else column_token.text
         if column not in names:
-            raise InvalidArgument(f"filter: column '{column}' not found; the dataset has: {', '.join(names)}")
+            raise InvalidArgument(f"filter: column '{excerpt(column)}' not found; the dataset has: {', '.join(names)}")
         is_contains = op_token.kind == "word" and op_token.text.lower() == "contains"
         if op_token.kind != "op" and not is_contains:
             raise InvalidArgument(
-                f"filter: expected an operator (=, !=, <, <=, >, >=, contains) after '{column}' at character {op_token.at}, got {op_token.text!r}"
+                f"filter: expected an operator (=, !=, <, <=, >, >=, contains) after '{excerpt(column)}' at character {op_token.at}, got {excerpt(op_token.text)!r}"
             )
         if i + 2 >= len(tokens):
-            raise InvalidArgument(f"filter: '{column} {op_token.text}' has no value after '{op_token.text}'")
+            raise InvalidArgument(f"filter: '{excerpt(column)} {op_token.text}' has no value after '{op_token.text}'")
         value_token = tokens[i + 2]
         type_ = schema.field(column).type
         conditions.append(_condition(column, type_, "contains" if is_contains else _OPS[op_token.text], value_token))
@@ -149,7 +149,7 @@ def parse(text: str, schema: pa.Schema) -> Filter | None:
         if i >= len(tokens):
             break
         if tokens[i].kind != "word" or tokens[i].text.upper() != "AND":
-            raise InvalidArgument(f"filter: expected AND or the end at character {tokens[i].at}, got {tokens[i].text!r}")
+            raise InvalidArgument(f"filter: expected AND or the end at character {tokens[i].at}, got {excerpt(tokens[i].text)!r}")
         i += 1
     return Filter(conditions, "")
 
@@ -160,12 +160,12 @@ def _is_textual(type_: pa.DataType) -> bool:
 
 def _condition(column: str, type_: pa.DataType, op: str, token: Token) -> Condition:
     if token.kind == "op":
-        raise InvalidArgument(f"filter: expected a value at character {token.at}, got {token.text!r}")
+        raise InvalidArgument(f"filter: expected a value at character {token.at}, got {excerpt(token.text)!r}")
     raw = _unquote(token) if token.kind in ("string", "backquoted") else token.text
     quoted = token.kind == "string"
     if op == "contains":
         if not _is_textual(type_):
-            raise InvalidArgument(f"filter: 'contains' works on text columns; '{column}' holds {type_}")
+            raise InvalidArgument(f"filter: 'contains' works on text columns; '{excerpt(column)}' holds {type_}")
         return Condition(column, op, raw)
     if not quoted and raw.lower() == "null":
         if op not in ("equal", "not_equal"):
@@ -175,18 +175,18 @@ def _condition(column: str, type_: pa.DataType, op: str, token: Token) -> Condit
         return Condition(column, op, raw)
     if pa.types.is_boolean(type_):
         if raw.lower() not in ("true", "false"):
-            raise InvalidArgument(f"filter: column '{column}' holds true/false; {raw!r} is neither")
+            raise InvalidArgument(f"filter: column '{excerpt(column)}' holds true/false; {excerpt(raw)!r} is neither")
         return Condition(column, op, raw.lower() == "true")
     if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_):
         try:
             number: float | int = int(raw) if re.fullmatch(r"[-+]?\d+", raw) else float(raw)
         except ValueError:
-            raise InvalidArgument(f"filter: column '{column}' holds numbers; {raw!r} is not a number") from None
+            raise InvalidArgument(f"filter: column '{excerpt(column)}' holds numbers; {excerpt(raw)!r} is not a number") from None
         return Condition(column, op, number)
     if pa.types.is_temporal(type_):
         try:
             pa.scalar(raw).cast(type_)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise InvalidArgument(f"filter: column '{column}' holds {type_}; {raw!r} is not one (use ISO 8601)") from None
+            raise InvalidArgument(f"filter: column '{excerpt(column)}' holds {type_}; {excerpt(raw)!r} is not one (use ISO 8601)") from None
         return Condition(column, op, pa.scalar(raw).cast(type_).as_py())
-    raise InvalidArgument(f"filter: column '{column}' holds {type_}, which filters cannot compare")
+    raise InvalidArgument(f"filter: column '{excerpt(column)}' holds {type_}, which filters cannot compare")

@@ -9,7 +9,7 @@ import grpc
 
 from embedviz.v1 import auth_pb2, auth_pb2_grpc
 from services.common.clients import INTERNAL_SECRET_HEADER
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, capped, excerpt
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class UserDirectory:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(exc.details() or f"no embedviz account uses {email}") from None
+                raise NotFound(capped(exc.details() or f"no embedviz account uses {excerpt(email)}", 300)) from None
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(f"member.{exc.details()}") from None
+                raise InvalidArgument(capped(f"member.{exc.details()}", 300)) from None
             raise
         return KnownUser(user.name.removeprefix("users/"), user.email)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, excerpt
 from services.ingest import filters
 from services.ingest.importer import ROW_COLUMN
 
@@ -35,7 +35,7 @@ def check_columns(parquet: pq.ParquetFile, wanted: list[str]) -> list[str]:
     known = set(available)
     for name in wanted:
         if name not in known:
-            raise InvalidArgument(f"column '{name}' not found; the dataset has: {', '.join(available)}")
+            raise InvalidArgument(f"column '{excerpt(name)}' not found; the dataset has: {', '.join(available)}")
     return list(wanted)
 
 

@@ -163,13 +163,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def ListRows(self, request: ingest_pb2.ListRowsRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.ListRowsResponse:
         size = paging.page_size(request.page_size, 100, MAX_ROWS_PAGE)
         columns = _columns(list(request.columns))
-        # The token is the offset plus the query it belongs to, so it cannot be reused for another.
-        query = [request.parent, request.order_by, request.filter]
+        # The token holds the offset; paging signs it for this query (parent, filter, order, columns).
         token = paging.decode(request.page_token)
         offset = 0
         if token is not None:
-            if not isinstance(token, dict) or token.get("q") != query or not isinstance(token.get("o"), int):
-                raise InvalidArgument("page_token belongs to another query; start again without it")
+            if not isinstance(token, dict) or not isinstance(token.get("o"), int) or token["o"] < 0:
+                raise InvalidArgument(paging.INVALID_TOKEN)
             offset = token["o"]
         parquet = await self._datasets.open_rows(current_identity(), request.parent)
         page = await asyncio.to_thread(
@@ -179,7 +178,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.ListRowsResponse(
             columns=page.columns,
             rows=[messages.row(i, v) for i, v in page.rows],
-            next_page_token=paging.encode({"o": following, "q": query}) if following < page.total_size else "",
+            next_page_token=paging.encode({"o": following}) if following < page.total_size else "",
             total_size=page.total_size,
         )
 
