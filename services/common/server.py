@@ -353,6 +353,10 @@ async def set_serving(health_servicer: health.aio.HealthServicer, service_names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
+class BackgroundTaskDied(RuntimeError):
+    """A job worker or event consumer of this process ended with an error."""
+
+
 async def serve_until_signalled(
     server: grpc.aio.Server,
     listen_addr: str,
@@ -375,7 +379,24 @@ async def serve_until_signalled(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(job(stop)) for job in background]
+    died: list[tuple[str, BaseException]] = []
+
+    def supervise(task: asyncio.Task[None]) -> None:
+        # A worker or consumer loop that dies leaves a service that looks healthy but does
+        # no work: stop serving and exit non-zero, so the supervisor restarts the process.
+        if task.cancelled() or stop.is_set() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        log.critical("background task %s died; stopping so this process is restarted", task.get_name(), exc_info=error)
+        died.append((task.get_name(), error))
+        stop.set()
+
+    tasks = []
+    for job in background:
+        task = asyncio.create_task(job(stop), name=getattr(job, "__qualname__", "background task"))
+        task.add_done_callback(supervise)
+        tasks.append(task)
 
     waiter = asyncio.create_task(stop.wait())
     terminated = asyncio.create_task(server.wait_for_termination())
@@ -389,6 +410,11 @@ async def serve_until_signalled(
             task.cancel()
     await server.stop(grace_seconds)
     terminated.cancel()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    if died:
+        name, error = died[0]
+        raise BackgroundTaskDied(f"background task {name} died: {type(error).__name__}: {error}") from error
 
 
 def configure_logging(level: str) -> None:
