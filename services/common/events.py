@@ -109,6 +109,11 @@ class EventBus:
         await self.js.publish(work_subject(kind), json.dumps(payload).encode(), stream=WORK_STREAM)
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception for a log line: some NATS errors have no message of their own."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 WorkHandler = Callable[[dict[str, Any], int], Awaitable[None]]
 
 
@@ -138,10 +143,10 @@ async def run_work_queue(
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(1, timeout=2)
-            except NatsTimeoutError:
+            except (NatsTimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # NATS reconnecting; try again shortly
-                log.warning("fetching %s work failed: %s", kind, exc)
+                log.warning("fetching %s work failed: %s", kind, _describe(exc))
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
@@ -212,10 +217,10 @@ async def run_event_consumer(
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(10, timeout=2)
-            except NatsTimeoutError:
+            except (NatsTimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # NATS reconnecting; try again shortly
-                log.warning("fetching %s events failed: %s", subject, exc)
+                log.warning("fetching %s events failed: %s", subject, _describe(exc))
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
