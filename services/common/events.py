@@ -115,6 +115,18 @@ def _describe(exc: BaseException) -> str:
 
 
 WorkHandler = Callable[[dict[str, Any], int], Awaitable[None]]
+# Called instead of the handler on a job's last delivery: (payload, attempts so far, the
+# last error this process saw for it, if any). It must end the job (FAILED, with a
+# message a person understands); the message is then removed from the queue.
+GiveUp = Callable[[dict[str, Any], int, str | None], Awaitable[None]]
+
+
+def crash_message(what: str, attempts: int, last_error: str | None) -> str:
+    """What a person reads when a job was given up after its worker failed again and again."""
+    if last_error:
+        return f"{what} failed {attempts} times and was given up; the last error: {last_error}"
+    return (f"the worker stopped {attempts} times while working on {what} (a crash or a restart each "
+            "time); it was given up. Try again, perhaps with less data")
 
 
 async def run_work_queue(
@@ -122,23 +134,31 @@ async def run_work_queue(
     kind: str,
     handler: WorkHandler,
     stop: asyncio.Event,
+    give_up: GiveUp | None = None,
+    *,
+    ack_wait: float = ACK_WAIT_SECONDS,
+    max_deliver: int = MAX_DELIVER,
+    retry_delay: float = 5.0,
 ) -> None:
     """Take work from the kind's queue one message at a time until `stop` is set.
 
     The handler gets the payload and the delivery count (above 1 means a worker died
     on it before). While it runs, the message is kept alive with in-progress acks, so a
     long job is not handed to another worker; if this process dies, the ack deadline
-    passes and another worker gets the message."""
+    passes and another worker gets the message. The last delivery (`max_deliver`) is not
+    run: `give_up` ends the job instead, so a job whose worker dies on every attempt
+    ends FAILED rather than RUNNING forever."""
     psub = await bus.js.pull_subscribe(
         work_subject(kind),
         durable=f"{kind}-workers",
         stream=WORK_STREAM,
         config=ConsumerConfig(
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_SECONDS,
-            max_deliver=MAX_DELIVER,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
         ),
     )
+    errors: dict[str, str] = {}
     try:
         while not stop.is_set():
             try:
@@ -150,16 +170,25 @@ async def run_work_queue(
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
-                await _handle(msg, handler, kind)
+                await _handle(msg, handler, kind, give_up, errors, ack_wait, max_deliver, retry_delay)
     finally:
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
 
 
-async def _handle(msg: Msg, handler: WorkHandler, kind: str) -> None:
+async def _handle(
+    msg: Msg,
+    handler: WorkHandler,
+    kind: str,
+    give_up: GiveUp | None,
+    errors: dict[str, str],
+    ack_wait: float,
+    max_deliver: int,
+    retry_delay: float,
+) -> None:
     async def keep_alive() -> None:
         while True:
-            await asyncio.sleep(ACK_WAIT_SECONDS / 3)
+            await asyncio.sleep(ack_wait / 3)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
@@ -169,21 +198,30 @@ async def _handle(msg: Msg, handler: WorkHandler, kind: str) -> None:
         log.error("dropping malformed %s work message", kind)
         await msg.term()
         return
+    job = str(payload.get("id", ""))
+    delivery = msg.metadata.num_delivered
+    if give_up is not None and delivery >= max_deliver:
+        log.error("%s job %s: delivery %d is the last; giving it up", kind, job, delivery)
+        await give_up(payload, delivery - 1, errors.pop(job, None))
+        await msg.ack()
+        return
     alive = asyncio.create_task(keep_alive())
     try:
-        await handler(payload, msg.metadata.num_delivered)
+        await handler(payload, delivery)
     except asyncio.CancelledError:
         # This worker is stopping: hand the job back at once, it resumes elsewhere.
         with contextlib.suppress(Exception):
             await msg.nak()
         raise
-    except Exception:
-        log.exception("%s job %s crashed; it will be retried", kind, payload.get("id"))
+    except Exception as exc:
+        log.exception("%s job %s crashed (delivery %d of %d); it will be retried", kind, job, delivery, max_deliver)
+        errors[job] = _describe(exc)[:300]
         with contextlib.suppress(Exception):
-            await msg.nak(delay=5)
+            await msg.nak(delay=min(retry_delay * delivery, 60))
         return
     finally:
         alive.cancel()
+    errors.pop(job, None)
     await msg.ack()
 
 

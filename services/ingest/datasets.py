@@ -25,7 +25,7 @@ from services.common import names
 from services.common.auth import Identity
 from services.common.blobs import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.events import EventBus
+from services.common.events import EventBus, crash_message
 from services.common.jobs import FAILED, PENDING, SUCCEEDED, TERMINAL, JobCancelled, JobGone, JobReporter, utcnow, watch
 from services.common import paging
 from services.ingest import messages
@@ -659,6 +659,25 @@ class Datasets:
             await reporter.succeed(**fields)
         except (JobGone, JobCancelled):
             await self.remove_blobs([dataset_prefix(dataset_id)])
+
+    async def give_up_import(self, payload: dict[str, Any], attempts: int, last_error: str | None) -> None:
+        """The import's last delivery (services/common/events.py): its worker died or
+        failed on every attempt. The dataset ends FAILED (an append: as it was, saying why)."""
+        dataset_id = str(payload.get("id", ""))
+        append_id = str(payload.get("append", ""))
+        async with self._sessions() as session:
+            dataset = await session.get(Dataset, dataset_id)
+        if dataset is None:
+            return
+        reporter: JobReporter[Dataset] = JobReporter(self._sessions, Dataset, dataset_id, self._publish)
+        if append_id:
+            if dataset.appending_upload_id == append_id:
+                await self._end_append(reporter, crash_message("appending these rows", attempts, last_error))
+            return
+        if dataset.state in TERMINAL:
+            return
+        await self.remove_blobs([dataset_prefix(dataset_id)])
+        await reporter.fail(crash_message("importing this file", attempts, last_error))
 
     async def _end_append(self, reporter: JobReporter[Dataset], message: str) -> None:
         """A failed append leaves the dataset as it was (SUCCEEDED, earlier rows) and says why."""

@@ -26,7 +26,7 @@ async def build(deps: Deps) -> Built:
     ingest_pb2_grpc.add_IngestInternalServiceServicer_to_server(IngestInternalServicer(projects, datasets), server)
 
     async def importer(stop: asyncio.Event) -> None:
-        await run_work_queue(deps.bus, KIND, datasets.run_import, stop)
+        await run_work_queue(deps.bus, KIND, datasets.run_import, stop, give_up=datasets.give_up_import)
 
     background = [importer for _ in range(deps.settings.workers)]
     background.append(datasets.sweep_forever)  # expired uploads lose their bytes

@@ -25,6 +25,7 @@ from services.common.app import Deps
 from services.common.auth import Identity
 from services.common import paging
 from services.common.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.events import crash_message
 from services.common.jobs import (
     PENDING,
     SUCCEEDED,
@@ -639,6 +640,18 @@ class Projections:
             await asyncio.to_thread(self._remove_blobs, projection_id)
             details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
             await reporter.fail(f"the projection failed: {details or type(exc).__name__}")
+
+    async def give_up(self, payload: dict[str, Any], attempts: int, last_error: str | None) -> None:
+        """The map's last delivery (services/common/events.py): its worker died or failed on
+        every attempt, so the projection ends FAILED and leaves nothing behind."""
+        projection_id = str(payload.get("id", ""))
+        async with self._sessions() as session:
+            row = await session.get(ProjectionRow, projection_id)
+        if row is None or row.state in TERMINAL:
+            return
+        await asyncio.to_thread(self._remove_blobs, projection_id)
+        reporter: JobReporter[ProjectionRow] = JobReporter(self._sessions, ProjectionRow, projection_id, self._publish)
+        await reporter.fail(crash_message("making this map", attempts, last_error))
 
     def _remove_blobs(self, projection_id: str) -> None:
         with contextlib.suppress(Exception):

@@ -53,7 +53,7 @@ async def build(deps: Deps) -> Built:
 
         def worker() -> Background:
             async def work(stop: asyncio.Event) -> None:
-                await run_work_queue(deps.bus, KIND, projections.run_job, stop)
+                await run_work_queue(deps.bus, KIND, projections.run_job, stop, give_up=projections.give_up)
 
             return work
 
