@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from embedviz.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.keys import delegated_token_ttl
 from services.common import errors
 from services.common.auth import Identity, TokenVerifier, bearer_token
 from services.common.clients import INTERNAL_SECRET_HEADER, DelegatedTokens, JobCredentials
@@ -201,9 +202,12 @@ async def test_other_errors_are_not_retried(world: World) -> None:
         calls += 1
         raise errors.NotFound("projects/p/datasets/d not found")
 
-    with pytest.raises(errors.NotFound):
+    with pytest.raises(errors.NotFound) as raised:
         await credentials.call(missing)
     assert calls == 1 and len(world.minted) == 1
+    # The owner may have left the project since the job started: the message says whose access it was.
+    assert raised.value.message.startswith("projects/p/datasets/d not found; this job runs as its owner")
+    assert OWNER in raised.value.message and "removed from the project" in raised.value.message
 
 
 async def test_calls_refused_together_share_one_new_token(world: World) -> None:
@@ -230,3 +234,16 @@ async def test_auth_out_of_reach_is_unavailable_so_the_job_is_tried_again() -> N
         credentials = JobCredentials(DelegatedTokens(nowhere, SECRET, TokenVerifier(no_keys, ISSUER, [AUDIENCE])), OWNER)
         with pytest.raises(errors.Unavailable, match="auth service is not reachable"):
             await credentials.identity()
+
+
+@pytest.mark.parametrize("given", ["", "2", "600", "3600"])
+def test_the_delegated_token_lifetime_is_a_setting(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    monkeypatch.setenv("EMBEDVIZ_DELEGATED_TOKEN_TTL", given)
+    assert delegated_token_ttl() == (int(given) if given else 600)
+
+
+@pytest.mark.parametrize("given", ["soon", "1.5", "1", "0", "-5", "3601"])
+def test_a_bad_delegated_token_lifetime_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    monkeypatch.setenv("EMBEDVIZ_DELEGATED_TOKEN_TTL", given)
+    with pytest.raises(ValueError, match=r"EMBEDVIZ_DELEGATED_TOKEN_TTL must be a whole number of seconds from 2 to 3600"):
+        delegated_token_ttl()

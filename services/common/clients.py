@@ -161,6 +161,8 @@ class JobCredentials:
         identity = await self.identity()
         try:
             return await make(identity)
+        except (NotFound, PermissionDenied) as exc:
+            raise self._lost_access(exc) from None
         except Exception as exc:
             if not refused_as_unauthenticated(exc):
                 raise
@@ -168,6 +170,8 @@ class JobCredentials:
         identity = await self._tokens.renewed(self.owner, identity)
         try:
             return await make(identity)
+        except (NotFound, PermissionDenied) as exc:
+            raise self._lost_access(exc) from None
         except Exception as exc:
             if not refused_as_unauthenticated(exc):
                 raise
@@ -176,6 +180,15 @@ class JobCredentials:
                 f"time with a token minted a moment before: {_reason(exc)}. The services' clocks may disagree, "
                 "or one of them does not trust the auth service's signing keys"
             ) from None
+
+    def _lost_access(self, exc: NotFound | PermissionDenied) -> NotFound | PermissionDenied:
+        """The same error, saying whose access it was: the job's owner may have left the
+        project since the job started."""
+        return type(exc)(
+            f"{exc.message}; this job runs as its owner ({self.owner}), who may have been removed from the "
+            "project: someone who still has access can start it again",
+            exc.reason,
+        )
 
 
 def _reason(exc: BaseException) -> str:
