@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -287,6 +288,8 @@ class InputInterceptor(grpc.aio.ServerInterceptor):
         page_key = self._page_key
 
         def check(request: Any) -> None:
+            if not isinstance(request, Message):  # a handler registered without a deserializer
+                return
             input_rules.check_request(request)
             if paging.has_page_token(request):
                 paging.bind_call(page_key, method, request)
