@@ -55,16 +55,16 @@ _CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
-class _StringRule:
+class StringRule:
     max_chars: int
     control: re.Pattern[str]
 
 
-def _string_rule(field: FieldDescriptor) -> _StringRule:
+def _string_rule(field: FieldDescriptor) -> StringRule:
     text_limit = TEXT_FIELDS.get(field.full_name)
     if text_limit is not None:
-        return _StringRule(text_limit, _CONTROL_IN_TEXT)
-    return _StringRule(DEFAULT_STRING_CHARS, _CONTROL_IN_LINE)
+        return StringRule(text_limit, _CONTROL_IN_TEXT)
+    return StringRule(DEFAULT_STRING_CHARS, _CONTROL_IN_LINE)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -79,7 +79,7 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return field.label == FieldDescriptor.LABEL_REPEATED
 
 
-def check_string(value: str, path: str, rule: _StringRule) -> None:
+def check_string(value: str, path: str, rule: StringRule) -> None:
     if len(value) > rule.max_chars:
         raise InvalidArgument(
             f"{path} holds {len(value)} characters; at most {rule.max_chars} are accepted", "FIELD_TOO_LONG"
@@ -129,4 +129,3 @@ def _check_message(message: Message, prefix: str) -> None:
 def check_request(request: Message) -> None:
     """Raise InvalidArgument naming the first field of `request` that breaks a rule."""
     _check_message(request, "")
-
