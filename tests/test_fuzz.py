@@ -597,7 +597,7 @@ def test_hostile_requests_never_reach_internal(
     fuzz()
 
 
-def test_bytes_that_are_no_message_are_invalid_argument(
+def test_bytes_that_are_no_message_never_reach_internal(
     targets: tuple[Targets, dict[str, Any]], channels: dict[str, grpc.Channel]
 ) -> None:
     world, _ = targets
