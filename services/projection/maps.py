@@ -1,6 +1,6 @@
 """The numeric work of a map: reduce vectors to 2-D or 3-D, cluster the points, name the
 clusters from their texts, and pack points for the wire. Plain numpy / scikit-learn /
-umap-learn; every function here is CPU-bound and runs in a worker thread."""
+umap-learn; the CPU-bound functions run in a job's child process (fits.py)."""
 
 from __future__ import annotations
 
@@ -387,6 +387,26 @@ def label_agreement(points: np.ndarray, labels: np.ndarray, seed: int | None, k:
     shuffled = np.random.default_rng(seed if seed is not None else 0).permutation(codes)
     baseline = float((shuffled[neighbours] == shuffled[:, None]).mean())
     return agreement, baseline, int(keep.shape[0])
+
+
+def measure(
+    vectors: np.ndarray, points: np.ndarray, params: MapParams, truth: list[str] | None
+) -> dict[str, object]:
+    """A projection's `quality`: trustworthiness on a sample and, with known labels
+    (`truth`, one per row, empty for none), the label agreement and its chance baseline."""
+    trust, sample_rows = trustworthiness(vectors, points, params.metric, params.seed)
+    quality: dict[str, object] = {
+        "trustworthiness": trust,
+        "sample_rows": sample_rows,
+        "neighbours": QUALITY_NEIGHBOURS,
+        "label_agreement": -1.0,
+        "shuffled_label_agreement": -1.0,
+        "labelled_rows": 0,
+    }
+    if truth is not None:
+        agreement, shuffled, labelled = label_agreement(points, np.asarray(truth, dtype=object), params.seed)
+        quality.update(label_agreement=agreement, shuffled_label_agreement=shuffled, labelled_rows=labelled)
+    return quality
 
 
 def cluster(points: np.ndarray, vectors: np.ndarray, params: MapParams) -> np.ndarray:

@@ -10,9 +10,8 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,10 +22,12 @@ from embedviz.v1 import embedding_pb2, ingest_pb2, job_pb2, projection_pb2
 from services.common import names
 from services.common.app import Deps
 from services.common.auth import Identity
+from services.common.clients import JobCredentials
 from services.common import paging
 from services.common.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.events import crash_message
 from services.common.jobs import (
+    CANCELLED,
     PENDING,
     SUCCEEDED,
     TERMINAL,
@@ -38,9 +39,10 @@ from services.common.jobs import (
     timestamp,
     watch,
 )
-from services.projection import exports, maps
+from services.projection import exports, fits, maps
 from services.projection.models import ClusterRow, ProjectionRow
 from services.projection.sources import EmbeddingInfo, Sources
+from services.projection.vectors import Allocate, VectorFiles
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 HEARTBEAT_SECONDS = 2.0
 STAGE_POLL_SECONDS = 0.25
+CANCEL_POLL_SECONDS = 0.5  # how often a job in a fit reads its state: a cancel kills the fit within this
 # Follow-up projections (Embedding.project_when_done) get a stable id from the embedding's
 # name, so an event delivered twice makes one projection.
 FOLLOW_UP_NAMESPACE = uuid.UUID("6f1b7c1e-43a5-4f0e-9a51-1a2f6b0c9d7e")
@@ -268,40 +271,15 @@ def _offset(token: str) -> int:
     return int(value["o"])
 
 
-@dataclass(frozen=True)
-class VectorSet:
-    unit: np.ndarray  # unit-length rows for cosine by dot product
-
-
-class VectorCache:
-    """The vectors of the last few embeddings searched, in memory (small LRU)."""
-
-    def __init__(self, capacity: int = 4) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[tuple[str, int], VectorSet] = OrderedDict()
-        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
-
-    async def get(self, key: tuple[str, int], load: Callable[[], Awaitable[np.ndarray]]) -> VectorSet:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            if key not in self._items:
-                vectors = await load()
-                self._items[key] = VectorSet(unit=await asyncio.to_thread(maps.normalise, vectors))
-                while len(self._items) > self._capacity:
-                    self._items.popitem(last=False)
-        self._locks.pop(key, None)
-        return self._items[key]
-
-
 class Projections:
-    def __init__(self, deps: Deps, sources: Sources) -> None:
+    def __init__(self, deps: Deps, sources: Sources, fit_pool: fits.Fits, vector_files: VectorFiles) -> None:
+        """`fit_pool`: the child processes that make maps (only used where workers run);
+        `vector_files`: the memory-mapped unit vectors behind search and neighbours."""
         self._deps = deps
         self._sessions = deps.db.sessions
         self._sources = sources
-        self._vectors = VectorCache()
+        self._fits = fit_pool
+        self._vector_files = vector_files
 
     # --- records and rules -----------------------------------------------------------------
 
@@ -465,6 +443,8 @@ class Projections:
             ).all()
         for projection_id in ids:
             await self._remove(projection_id)
+        if event.get("embedding"):
+            await asyncio.to_thread(self._vector_files.forget, str(event["embedding"]))
 
     async def cancel(self, identity: Identity, name: str) -> ProjectionRow:
         row = await self._readable(identity, name, ingest_pb2.ROLE_EDITOR)
@@ -518,14 +498,16 @@ class Projections:
         # by id, noise (-1) last
         return sorted(clusters, key=lambda c: (c.cluster_id == maps.NOISE, c.cluster_id))
 
-    async def _unit_vectors(self, identity: Identity, row: ProjectionRow) -> tuple[EmbeddingInfo, VectorSet]:
+    async def _unit_vectors(self, identity: Identity, row: ProjectionRow) -> tuple[EmbeddingInfo, np.ndarray]:
+        """The embedding and its unit vectors (a read-only memory map; fetched into a local
+        file the first time)."""
         embedding = await self._sources.get_embedding(identity, embedding_name(row))
         rows = int(row.point_count)
 
-        async def load() -> np.ndarray:
-            return await self._sources.load_vectors(identity, embedding, limit=rows)
+        async def load(allocate: Allocate) -> np.ndarray:
+            return await self._sources.load_vectors(identity, embedding, limit=rows, allocate=allocate)
 
-        return embedding, await self._vectors.get((embedding.name, rows), load)
+        return embedding, await self._vector_files.get(embedding.name, rows, load)
 
     async def search(
         self, identity: Identity, name: str, query: str, column: str, limit: int
@@ -543,12 +525,12 @@ class Projections:
             return [(index, 1.0) async for index in found]
         embedding, vectors = await self._unit_vectors(identity, row)
         vector = await self._sources.embed_query(identity, embedding.model, query)
-        if vector.shape[0] != vectors.unit.shape[1]:
+        if vector.shape[0] != vectors.shape[1]:
             raise FailedPrecondition(
                 f"the query vector has {vector.shape[0]} dimensions but {embedding.name} has "
-                f"{vectors.unit.shape[1]}; the embedding's model may be gone"
+                f"{vectors.shape[1]}; the embedding's model may be gone"
             )
-        return await asyncio.to_thread(maps.nearest, vectors.unit, vector, limit)
+        return await asyncio.to_thread(maps.nearest, vectors, vector, limit)
 
     async def neighbors(self, identity: Identity, name: str, row_index: int, limit: int) -> list[tuple[int, float]]:
         if limit < 0:
@@ -560,7 +542,7 @@ class Projections:
                 f"row_index is {row_index} but the map has {row.point_count} points; use 0 to {row.point_count - 1}"
             )
         _, vectors = await self._unit_vectors(identity, row)
-        return await asyncio.to_thread(maps.nearest, vectors.unit, vectors.unit[row_index], limit, row_index)
+        return await asyncio.to_thread(maps.nearest, vectors, vectors[row_index], limit, row_index)
 
     async def export(
         self, identity: Identity, name: str, file_format: str, columns: list[str], row_indexes: list[int]
@@ -628,6 +610,14 @@ class Projections:
         except (JobCancelled, JobGone):
             log.info("projection %s stopped: cancelled or deleted", projection_id)
             await asyncio.to_thread(self._remove_blobs, projection_id)
+        except fits.FitsStopping:
+            # this process is stopping and killed the fit: the queue hands the job out again at once
+            log.info("projection %s handed back: the service is stopping", projection_id)
+            raise asyncio.CancelledError() from None
+        except fits.FitDied as exc:
+            log.error("projection %s failed: %s", projection_id, exc)
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+            await reporter.fail(f"the map could not be made: {exc}; try again, and if it fails the same way, the worker needs more memory for this many rows")
         except DomainError as exc:
             await asyncio.to_thread(self._remove_blobs, projection_id)
             if exc.code.name == "UNAVAILABLE" and delivery < 5:
@@ -670,9 +660,24 @@ class Projections:
             raise FailedPrecondition(f"{embedding.name} is {embedding.state_name}; it must have succeeded")
         rows = int(embedding.row_count)
         await reporter.progress(0, total=rows, force=True)
+        # The CPU-heavy stages run in this worker slot's child process, which a cancel kills.
+        async with self._fits.session(row.id) as fit:
+            await self._fit_map(row, embedding, params, credentials, reporter, fit)
+
+    async def _fit_map(
+        self,
+        row: ProjectionRow,
+        embedding: EmbeddingInfo,
+        params: maps.MapParams,
+        credentials: JobCredentials,
+        reporter: JobReporter[ProjectionRow],
+        fit: fits.FitSession,
+    ) -> None:
+        rows = int(embedding.row_count)
+        # straight into a file of the fit's folder: the child maps it, nobody holds a copy
         vectors = await credentials.call(
             lambda identity: self._sources.load_vectors(
-                identity, embedding, on_chunk=lambda done: reporter.progress(done, total=rows)
+                identity, embedding, on_chunk=lambda done: reporter.progress(done, total=rows), allocate=fit.allocate
             ),
             f"reading the vectors of {embedding.name}",
         )
@@ -686,14 +691,14 @@ class Projections:
         first = maps.STAGE_PRE_REDUCTION if params.method != maps.PCA else "pca"
         status = StageStatus(first, 0, rows)
         await reporter.progress(0, total=rows, stage=first)
-        points = await self._in_thread(reporter, status, maps.reduce, vectors, params, status.update)
+        points = await self._in_child(fit, reporter, status, row.id, maps.reduce, vectors, params, progress=True)
         sample = maps.fit_sample(rows, params)
         fitted_rows = rows if sample is None else int(sample.shape[0])
         pre_reduced = maps.pre_reduce_dims(vectors.shape, params, fitted_rows)
 
         status.update("clustering", 0, rows)
         await reporter.progress(0, total=rows, stage="clustering")
-        labels = await self._in_thread(reporter, status, maps.cluster, points, vectors, params)
+        labels = await self._in_child(fit, reporter, status, row.id, maps.cluster, points, vectors, params)
         summaries = maps.summarise(points, labels)
 
         status.update("quality", 0, rows)
@@ -707,7 +712,7 @@ class Projections:
             if label_column
             else None
         )
-        quality = await self._in_thread(reporter, status, _measure, vectors, points, params, truth)
+        quality = await self._in_child(fit, reporter, status, row.id, maps.measure, vectors, points, params, truth)
         quality.update(fitted_rows=fitted_rows, pre_reduction_dimensions=pre_reduced)
         del vectors
 
@@ -722,7 +727,7 @@ class Projections:
             if columns
             else [""] * rows
         )
-        terms = await self._in_thread(reporter, status, maps.cluster_terms, texts, labels)
+        terms = await self._in_child(fit, reporter, status, row.id, maps.cluster_terms, texts, labels)
         for summary in summaries:
             summary.terms = terms.get(summary.id, [])
             summary.label = maps.label_of(summary.terms, summary.id)
@@ -756,20 +761,31 @@ class Projections:
             maps.write_points(sink, table)
         self._deps.blobs.move(partial, key)
 
-    async def _in_thread(
-        self, reporter: JobReporter[ProjectionRow], status: StageStatus, fn: Callable[..., T], *args: Any
+    async def _in_child(
+        self,
+        fit: fits.FitSession,
+        reporter: JobReporter[ProjectionRow],
+        status: StageStatus,
+        projection_id: str,
+        fn: Callable[..., T],
+        *args: Any,
+        progress: bool = False,
     ) -> T:
-        """Run CPU work in a thread; meanwhile publish the stage it reports and keep the
-        job's record fresh, which is also how a cancellation is noticed (the thread's
-        result is then thrown away)."""
-        task = in_daemon_thread(fn, *args)
+        """Run CPU work in the job's child process (`progress`: `fn` takes `on_stage`);
+        meanwhile publish the stage it reports, keep the job's record fresh, and read the
+        job's state every CANCEL_POLL_SECONDS: a cancelled or deleted job kills the child
+        at once, so its CPU use stops."""
+        task = asyncio.ensure_future(fit.call(fn, *args, on_stage=status.update if progress else None))
         shown = status.stage
-        last = time.monotonic()
+        last = checked = time.monotonic()
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=STAGE_POLL_SECONDS)
                 if done:
-                    return task.result()
+                    try:
+                        return task.result()
+                    except fits.FitDied as exc:
+                        raise fits.FitDied(exc.returncode, status.stage) from None
                 stage, count, total = status.read()
                 now = time.monotonic()
                 if stage != shown:
@@ -778,13 +794,26 @@ class Projections:
                 elif now - last >= HEARTBEAT_SECONDS:
                     last = now
                     await reporter.progress(count, total=total, force=True)
+                if now - checked >= CANCEL_POLL_SECONDS:
+                    checked = now
+                    await self._still_wanted(projection_id)
         finally:
             if not task.done():
-                task.cancel()  # the thread runs on, but nobody waits for it
+                fit.kill()
+                task.cancel()
+
+    async def _still_wanted(self, projection_id: str) -> None:
+        """JobCancelled or JobGone when the projection was cancelled or deleted."""
+        async with self._sessions() as session:
+            state = await session.scalar(select(ProjectionRow.state).where(ProjectionRow.id == projection_id))
+        if state is None:
+            raise JobGone(f"projection {projection_id} no longer exists")
+        if state == CANCELLED:
+            raise JobCancelled()
 
 
 class StageStatus:
-    """The stage a worker thread is in, written by the thread, read by the event loop."""
+    """The stage a fit is in, as the child process last reported it."""
 
     def __init__(self, stage: str, done: int, total: int) -> None:
         self._lock = threading.Lock()
@@ -797,47 +826,3 @@ class StageStatus:
     def read(self) -> tuple[str, int, int]:
         with self._lock:
             return self.stage, self.done, self.total
-
-
-def _measure(
-    vectors: np.ndarray, points: np.ndarray, params: maps.MapParams, truth: list[str] | None
-) -> dict[str, Any]:
-    trust, sample_rows = maps.trustworthiness(vectors, points, params.metric, params.seed)
-    quality: dict[str, Any] = {
-        "trustworthiness": trust,
-        "sample_rows": sample_rows,
-        "neighbours": maps.QUALITY_NEIGHBOURS,
-        "label_agreement": -1.0,
-        "shuffled_label_agreement": -1.0,
-        "labelled_rows": 0,
-    }
-    if truth is not None:
-        agreement, shuffled, labelled = maps.label_agreement(points, np.asarray(truth, dtype=object), params.seed)
-        quality.update(label_agreement=agreement, shuffled_label_agreement=shuffled, labelled_rows=labelled)
-    return quality
-
-
-def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-    """Run `fn` in a daemon thread. Unlike asyncio.to_thread, a long UMAP fit left behind
-    by a cancelled job or a stopping server does not hold up the process's exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(value: Any, failed: bool) -> None:
-        if future.done():
-            return
-        if failed:
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-
-    def target() -> None:
-        try:
-            value, failed = fn(*args), False
-        except BaseException as exc:
-            value, failed = exc, True
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-            loop.call_soon_threadsafe(settle, value, failed)
-
-    threading.Thread(target=target, name=f"projection-{getattr(fn, '__name__', 'work')}", daemon=True).start()
-    return future

@@ -1,18 +1,21 @@
 """Builds the projection service: the gRPC server and, when this process runs workers,
-the projection job workers (with numba warmed up for UMAP in the background)."""
+the projection job workers with one fitting child process each (fits.py; numba warmed up
+for UMAP there, in the background)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from pathlib import Path
 
 from embedviz.v1 import projection_pb2, projection_pb2_grpc
 from services.common.app import Background, Built, Deps, new_server
 from services.common.events import run_event_consumer, run_work_queue
-from services.projection import maps
+from services.common.config import Settings
+from services.projection import fits, maps, vectors
 from services.projection.follow_ups import run_follow_ups
-from services.projection.projection import KIND, Projections, in_daemon_thread
+from services.projection.projection import KIND, Projections
 from services.projection.servicer import ProjectionServicer
 from services.projection.sources import Sources
 
@@ -21,18 +24,34 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = [projection_pb2.DESCRIPTOR.services_by_name["ProjectionService"].full_name]
 
 
-async def _warm_umap() -> None:
+def cache_dir(settings: Settings) -> Path:
+    """EMBEDVIZ_PROJECTION_CACHE_DIR: local files of this service (memory-mapped vectors,
+    the fits' arrays); default `$EMBEDVIZ_DATA_DIR/cache/projection`."""
+    configured = os.environ.get("EMBEDVIZ_PROJECTION_CACHE_DIR", "").strip()
+    return Path(configured) if configured else settings.data_dir / "cache" / "projection"
+
+
+def vector_cache_bytes() -> int:
+    """EMBEDVIZ_PROJECTION_VECTOR_CACHE_MB: disk the memory-mapped search vectors may use."""
+    raw = os.environ.get("EMBEDVIZ_PROJECTION_VECTOR_CACHE_MB", "").strip()
     try:
-        await in_daemon_thread(maps.warm_umap)
-        log.info("umap is compiled and ready")
-    except Exception:  # a slow first job is the worst that can come of it
-        log.warning("warming up umap failed", exc_info=True)
+        megabytes = int(raw) if raw else vectors.DEFAULT_BUDGET_BYTES >> 20
+    except ValueError:
+        raise ValueError(f"EMBEDVIZ_PROJECTION_VECTOR_CACHE_MB is {raw!r}; it must be a whole number of megabytes") from None
+    return max(0, megabytes) << 20
 
 
 async def build(deps: Deps) -> Built:
-    maps.ensure_numba_cache()
+    maps.ensure_numba_cache()  # the fitting children inherit NUMBA_CACHE_DIR
     settings = deps.settings
-    projections = Projections(deps, Sources(deps.channels, settings.embedding_addr, settings.ingest_addr))
+    cache = cache_dir(settings)
+    # EMBEDVIZ_PROJECTION_WARM_UP=0 skips the warm-up (a worker that only makes PCA / t-SNE maps)
+    warm = os.environ.get("EMBEDVIZ_PROJECTION_WARM_UP", "1").strip() not in ("0", "false", "no")
+    fit_pool = fits.Fits(slots=max(1, settings.workers), root=cache / "fits", warm=warm)
+    vector_files = vectors.VectorFiles(cache / "vectors", vector_cache_bytes())
+    projections = Projections(
+        deps, Sources(deps.channels, settings.embedding_addr, settings.ingest_addr), fit_pool, vector_files
+    )
     server, health = new_server(deps, SERVICE_NAMES)
     projection_pb2_grpc.add_ProjectionServiceServicer_to_server(ProjectionServicer(projections), server)
 
@@ -44,12 +63,8 @@ async def build(deps: Deps) -> Built:
     background: list[Background] = [follow_embedding_deletions]
     if settings.workers > 0:
 
-        async def warm(stop: asyncio.Event) -> None:
-            warming = asyncio.ensure_future(_warm_umap())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({warming, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            warming.cancel()  # a stopping process does not wait for the warm-up thread
+        async def fitting_processes(stop: asyncio.Event) -> None:
+            await fit_pool.run(stop)  # starts (and warms) one child per worker; kills them on stop
 
         def worker() -> Background:
             async def work(stop: asyncio.Event) -> None:
@@ -60,9 +75,7 @@ async def build(deps: Deps) -> Built:
         async def follow_ups(stop: asyncio.Event) -> None:
             await run_follow_ups(deps.bus, projections.follow_up, stop)
 
-        # EMBEDVIZ_PROJECTION_WARM_UP=0 skips it (a worker that only makes PCA / t-SNE maps)
-        if os.environ.get("EMBEDVIZ_PROJECTION_WARM_UP", "1").strip() not in ("0", "false", "no"):
-            background.append(warm)
+        background.append(fitting_processes)
         background.append(follow_ups)
         background.extend(worker() for _ in range(settings.workers))
 

@@ -97,9 +97,11 @@ class Sources:
         embedding: EmbeddingInfo,
         limit: int = 0,
         on_chunk: Callable[[int], object] | None = None,
+        allocate: Callable[[int, int], np.ndarray] | None = None,
     ) -> np.ndarray:
         """All vectors of an embedding (or its first `limit` rows) in one float32 array,
-        allocated once from the first chunk's dimension and the embedding's row count."""
+        allocated once from the first chunk's dimension and the embedding's row count
+        (by `allocate(rows, dimension)` when given, e.g. a memory-mapped file)."""
         rows = embedding.row_count if not limit else min(limit, embedding.row_count or limit)
         out: np.ndarray | None = None
         filled = 0
@@ -111,7 +113,7 @@ class Sources:
             async for chunk in stream:
                 dim = chunk.dimension
                 if out is None:
-                    out = np.zeros((rows, dim), dtype=np.float32)
+                    out = allocate(rows, dim) if allocate is not None else np.zeros((rows, dim), dtype=np.float32)
                 start = int(chunk.start_row)
                 if start >= rows:
                     continue
@@ -128,7 +130,8 @@ class Sources:
         finally:
             stream.cancel()
         if out is None:
-            out = np.zeros((rows, embedding.dimension), dtype=np.float32)
+            width = int(embedding.dimension)
+            out = allocate(rows, width) if allocate is not None else np.zeros((rows, width), dtype=np.float32)
         if filled < rows:
             raise errors.FailedPrecondition(
                 f"{embedding.name} sent {filled} vectors but has {rows} rows; the embedding may be incomplete"
