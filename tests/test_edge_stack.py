@@ -63,3 +63,4 @@ async def test_one_request_id_in_the_reply_envoy_s_access_log_and_the_service_s_
     assert access is not None, "no access-log line with the request id"
     assert access["path"] == "/embedviz.v1.IngestService/ListProjects" and access["upstream"] == "ingest"
     assert service is not None and "/embedviz.v1.IngestService/ListProjects OK" in service, service
+

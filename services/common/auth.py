@@ -57,7 +57,12 @@ def set_identity(identity: Identity | None) -> contextvars.Token[Identity | None
 
 
 def reset_identity(token: contextvars.Token[Identity | None]) -> None:
-    _current.reset(token)
+    try:
+        _current.reset(token)
+    except ValueError:
+        # A cancelled stream is closed from another task's context, which never had the
+        # identity; the call's own context ends with its task, so there is nothing to undo.
+        pass
 
 
 KeySource = Callable[[], Awaitable[dict[str, jwt.PyJWK]]]
