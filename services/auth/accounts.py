@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import re
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,9 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.auth.keys import KeyRing, delegated_token_ttl
 from services.auth.models import ApiKey, Session, User
 from services.auth.throttle import Limits, LoginThrottle
-from services.common import paging
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated, excerpt
+from services.common import paging, revocations
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated, Unavailable, excerpt
 from services.common.jobs import utcnow
+
+log = logging.getLogger(__name__)
+
+# (kind, id): announce that a session family or an API key is revoked.
+Revoke = Callable[[str, str], Awaitable[None]]
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 10
@@ -105,8 +113,11 @@ class Accounts:
         refresh_ttl: int,
         throttle: LoginThrottle | None = None,
         delegated_ttl: int | None = None,
+        revoke: Revoke | None = None,
     ) -> None:
         self.throttle = throttle or LoginThrottle(Limits())
+        # Tells every service that a session or API key is revoked (services/common/revocations.py).
+        self._revoke = revoke
         # Read (and checked) when auth starts: a bad EMBEDVIZ_DELEGATED_TOKEN_TTL stops the start.
         self._delegated_ttl = delegated_ttl if delegated_ttl is not None else delegated_token_ttl()
         self._sessions = sessions
@@ -117,7 +128,21 @@ class Accounts:
         self._access_ttl = access_ttl
         self._refresh_ttl = refresh_ttl
 
-    async def _access_token(self, user: User, audience: str, ttl: int, session_id: str = "") -> AccessToken:
+    async def _announce(self, kind: str, ident: str) -> None:
+        """After the database says revoked: tell the services, so its access tokens stop
+        now, not when they expire. If that fails the caller gets UNAVAILABLE and may simply
+        ask again (the revocation in the database stays)."""
+        if self._revoke is None:
+            return
+        try:
+            await self._revoke(kind, ident)
+        except Exception as exc:
+            log.warning("could not announce the revocation of %s %s: %s", kind, ident, exc)
+            raise Unavailable("the revocation is saved but could not reach every service yet; try again") from None
+
+    async def _access_token(
+        self, user: User, audience: str, ttl: int, session_id: str = "", api_key_id: str = ""
+    ) -> AccessToken:
         now = utcnow()
         expire = now + timedelta(seconds=ttl)
         claims: dict[str, object] = {
@@ -131,6 +156,8 @@ class Accounts:
         }
         if session_id:
             claims["sid"] = session_id
+        if api_key_id:
+            claims["akey"] = api_key_id
         return AccessToken(await self._keys.sign(claims), expire)
 
     async def _start_session(self, session: AsyncSession, user: User, family: uuid.UUID | None = None) -> Tokens:
@@ -202,6 +229,8 @@ class Accounts:
             if row.used:
                 await session.execute(update(Session).where(Session.family == row.family).values(revoked=True))
                 await session.commit()
+                with contextlib.suppress(Unavailable):  # the refusal below matters more
+                    await self._announce(revocations.SESSION, str(row.family))
                 raise Unauthenticated("this refresh token was already used; the session is revoked, log in again")
             row.used = True
             user = await session.get(User, row.user_id)
@@ -218,6 +247,7 @@ class Accounts:
                 raise NotFound("no such session")
             await session.execute(update(Session).where(Session.family == row.family).values(revoked=True))
             await session.commit()
+        await self._announce(revocations.SESSION, str(row.family))
 
     async def get_user(self, user_id: str) -> User:
         async with self._sessions() as session:
@@ -260,6 +290,7 @@ class Accounts:
                 raise NotFound(f"users/{user_id}/apiKeys/{key_id} not found")
             await session.delete(key)
             await session.commit()
+        await self._announce(revocations.API_KEY, str(key.id))
 
     async def exchange_api_key(self, secret: str) -> AccessToken:
         async with self._sessions() as session:
@@ -270,7 +301,7 @@ class Accounts:
             user = await session.get(User, key.user_id)
             await session.commit()
         assert user is not None
-        return await self._access_token(user, self._audience, self._access_ttl)
+        return await self._access_token(user, self._audience, self._access_ttl, api_key_id=str(key.id))
 
     async def delegated_token(self, user_id: str, ttl: int) -> AccessToken:
         """A token for a job's owner: the user's account is all it needs, not a session of

@@ -12,6 +12,7 @@ from services.auth.accounts import Accounts
 from services.auth.keys import KeyRing
 from services.auth.servicer import AuthInternalServicer, AuthServicer
 from services.auth.throttle import Limits, LoginThrottle
+from services.common import revocations
 from services.common.app import Built, Deps, new_server
 
 SERVICE_NAMES = [
@@ -62,6 +63,7 @@ async def build(deps: Deps) -> Built:
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
         throttle=LoginThrottle(Limits.from_env()),
+        revoke=lambda kind, ident: revocations.publish(deps.bus, kind, ident),
     )
     # The auth service trusts its own key ring directly, not its HTTP port.
     deps = dataclasses.replace(deps, verifier=deps.verifier.with_keys(keys.lookup))

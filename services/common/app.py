@@ -22,6 +22,7 @@ from services.common.clients import Channels, DelegatedTokens, ProjectAccess
 from services.common.config import Settings
 from services.common.db import Database, migrate
 from services.common.events import EventBus
+from services.common.revocations import Revocations
 from services.common.server import (
     add_health_and_reflection,
     configure_logging,
@@ -48,6 +49,7 @@ class Deps:
     verifier: TokenVerifier
     access: ProjectAccess
     delegated: DelegatedTokens
+    revocations: Revocations
 
 
 @dataclass
@@ -99,7 +101,11 @@ async def open_deps(
     # (an unknown kid refetches sooner); a retired key is refused at most this long after it left.
     max_age = float(os.environ.get("EMBEDVIZ_JWKS_MAX_AGE") or 300)
     lookup = keys if keys is not None else JwksKeys(settings.jwks_url, max_age=max_age, min_refetch=min(5.0, max_age)).get
-    verifier = TokenVerifier(lookup, settings.jwt_issuer, [settings.jwt_audience, settings.internal_audience])
+    # Logged-out sessions and deleted API keys, followed live: their tokens stop at once.
+    revoked = Revocations()
+    await revoked.follow(bus)
+    verifier = TokenVerifier(lookup, settings.jwt_issuer, [settings.jwt_audience, settings.internal_audience],
+                             revocations=revoked)
     return Deps(
         name=name,
         settings=settings,
@@ -110,10 +116,12 @@ async def open_deps(
         verifier=verifier,
         access=ProjectAccess(channels.get(settings.ingest_addr)),
         delegated=DelegatedTokens(channels.get(settings.auth_addr), settings.internal_secret, verifier),
+        revocations=revoked,
     )
 
 
 async def close_deps(deps: Deps) -> None:
+    await deps.revocations.close()
     await deps.channels.close()
     await deps.bus.close()
     await deps.db.close()

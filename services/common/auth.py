@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import aiohttp
 import jwt
 
-from services.common import request_ids
+from services.common import request_ids, revocations
+from services.common.revocations import Revocations
 from services.common.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Identity:
     token: str
     audience: str
     session_id: str = ""
+    api_key_id: str = ""  # the API key this token was exchanged for, if any
 
     @property
     def user(self) -> str:
@@ -120,15 +122,17 @@ class TokenVerifier:
         issuer: str,
         audiences: list[str],
         leeway: float = 5.0,
+        revocations: Revocations | None = None,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audiences = audiences
         self._leeway = leeway
+        self._revocations = revocations
 
     def with_keys(self, keys: Callable[[str], Awaitable[jwt.PyJWK | None]]) -> TokenVerifier:
         """The same rules over another key source."""
-        return TokenVerifier(keys, self._issuer, self._audiences, self._leeway)
+        return TokenVerifier(keys, self._issuer, self._audiences, self._leeway, self._revocations)
 
     async def verify(self, token: str) -> Identity:
         try:
@@ -164,6 +168,12 @@ class TokenVerifier:
             raise Unauthenticated("the access token is from another issuer") from None
         except jwt.PyJWTError:
             raise Unauthenticated("the access token is not valid") from None
+        session_id, api_key_id = str(claims.get("sid", "")), str(claims.get("akey", ""))
+        if self._revocations is not None:
+            if self._revocations.is_revoked(revocations.SESSION, session_id):
+                raise Unauthenticated("this session has ended (logged out or revoked); log in again")
+            if self._revocations.is_revoked(revocations.API_KEY, api_key_id):
+                raise Unauthenticated("the API key this token was made from has been deleted")
         audience = claims["aud"]
         if isinstance(audience, list):
             audience = next((a for a in audience if a in self._audiences), "")
@@ -172,7 +182,8 @@ class TokenVerifier:
             email=str(claims.get("email", "")),
             token=token,
             audience=str(audience),
-            session_id=str(claims.get("sid", "")),
+            session_id=session_id,
+            api_key_id=api_key_id,
         )
 
 
