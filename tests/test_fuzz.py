@@ -47,7 +47,7 @@ pytestmark = pytest.mark.slow
 
 PROTO_MODULES = (auth_pb2, ingest_pb2, embedding_pb2, projection_pb2)
 ADDRESS_OF = {"Auth": "auth", "Ingest": "ingest", "Embedding": "embedding", "Projection": "projection"}
-EXAMPLES = int(os.environ.get("EMBEDVIZ_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("EMBEDVIZ_FUZZ_EXAMPLES", "100"))
 MIN_EXAMPLES = min(EXAMPLES, 8)  # requests every method gets, whatever the budget says
 BUDGET_SECONDS = float(os.environ.get("EMBEDVIZ_FUZZ_SECONDS", "150"))
 CALL_TIMEOUT = 20.0
@@ -218,7 +218,7 @@ async def targets(stack: Stack) -> AsyncIterator[tuple[Targets, dict[str, Any]]]
 
 
 @pytest.fixture(scope="module")
-def channels(stack: Stack, request: pytest.FixtureRequest) -> Iterator[dict[str, grpc.Channel]]:
+def channels(stack: Stack) -> Iterator[dict[str, grpc.Channel]]:
     opened = {
         name: grpc.insecure_channel(stack.addrs[name], options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         for name in ADDRESS_OF.values()
@@ -226,10 +226,11 @@ def channels(stack: Stack, request: pytest.FixtureRequest) -> Iterator[dict[str,
     yield opened
     for channel in opened.values():
         channel.close()
-    _report(request.config)
+    _report()
 
 
-def _report(config: pytest.Config) -> None:
+def _report() -> str:
+    """Write test-artifacts/fuzz.json and return the one-line summary."""
     elapsed = time.monotonic() - (STATS.first_share or time.monotonic())
     summary = {
         "requests": STATS.requests,
@@ -246,10 +247,7 @@ def _report(config: pytest.Config) -> None:
         f"fuzzer: {STATS.requests} requests to {len(STATS.per_method)} methods in {elapsed:.0f} s; "
         f"statuses {dict(STATS.codes.most_common())}"
     )
-    reporter = config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    print(line)
+    return line
 
 
 # --- strategies from the descriptors ---------------------------------------------------
@@ -624,9 +622,12 @@ def test_bytes_that_are_no_message_never_reach_internal(
 
 
 async def test_zz_services_serving_and_the_other_users_data_unchanged(
-    stack: Stack, targets: tuple[Targets, dict[str, Any]], channels: dict[str, grpc.Channel]
+    stack: Stack, targets: tuple[Targets, dict[str, Any]], channels: dict[str, grpc.Channel], capsys: pytest.CaptureFixture[str]
 ) -> None:
     world, before = targets
+    line = _report()
+    with capsys.disabled():  # the request count belongs in every run's output
+        print(f"\n{line}")
     assert STATS.findings == [], "\n".join(STATS.findings)
     for name, channel in channels.items():
         assert _serving(channel), f"{name} is not SERVING after the fuzzer"
