@@ -187,6 +187,12 @@ def tree_cpu(pid: int) -> dict[int, float]:
     return result
 
 
+def job_folders(setup: Setup) -> list[Path]:
+    """Folders of running fits: <cache>/fits/<service process>/<job>."""
+    root = Path(setup.env["EMBEDVIZ_DATA_DIR"]) / "cache" / "projection" / "fits"
+    return [job for process in root.glob("*") if process.is_dir() for job in process.iterdir() if job.is_dir()]
+
+
 def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU used between two samples by the processes alive at the second one."""
     return sum(value - before.get(pid, 0.0) for pid, value in after.items())
@@ -237,7 +243,7 @@ async def finished(service: Service, name: str, timeout: float = 300) -> project
     return last
 
 
-async def cancel_and_measure(service: Service, name: str, child: int, what: str) -> None:
+async def cancel_and_measure(setup: Setup, service: Service, name: str, child: int, what: str) -> None:
     pid = service.process.pid
     before = tree_cpu(pid)
     await asyncio.sleep(1.0)
@@ -272,6 +278,7 @@ async def cancel_and_measure(service: Service, name: str, child: int, what: str)
     assert busy_until <= 2.0, per_interval
     done = await finished(service, name, timeout=30)
     assert done.job.state == job_pb2.JOB_STATE_CANCELLED
+    assert job_folders(setup) == []  # the job's arrays are gone with it
 
 
 async def test_cancel_of_a_running_umap_and_tsne_stops_the_cpu_within_2_s(
@@ -280,11 +287,12 @@ async def test_cancel_of_a_running_umap_and_tsne_stops_the_cpu_within_2_s(
     service = await start_service(setup, services)
     umap = await create(service, projection_pb2.PROJECTION_METHOD_UMAP)
     child = await fitting(service, umap.name, ("neighbours", "optimisation"))
-    await cancel_and_measure(service, umap.name, child, "UMAP")
+    assert len(job_folders(setup)) == 1
+    await cancel_and_measure(setup, service, umap.name, child, "UMAP")
 
     tsne = await create(service, projection_pb2.PROJECTION_METHOD_TSNE)
     child = await fitting(service, tsne.name, ("optimisation",))
-    await cancel_and_measure(service, tsne.name, child, "t-SNE")
+    await cancel_and_measure(setup, service, tsne.name, child, "t-SNE")
 
 
 async def test_a_fitting_process_killed_from_outside_fails_the_job_and_the_next_map_gets_a_new_one(
@@ -299,6 +307,7 @@ async def test_a_fitting_process_killed_from_outside_fails_the_job_and_the_next_
     print(f"\nfitting process killed from outside: the job ended {job_pb2.JobState.Name(done.job.state)} after {time.monotonic() - began:.2f} s: {done.job.error}")
     assert done.job.state == job_pb2.JOB_STATE_FAILED
     assert "killed by SIGKILL" in done.job.error and "optimisation" in done.job.error, done.job.error
+    assert job_folders(setup) == []
 
     pca = await create(service, projection_pb2.PROJECTION_METHOD_PCA, seed=1)
     done = await finished(service, pca.name)
@@ -320,6 +329,7 @@ async def test_sigterm_mid_fit_leaves_no_child_and_hands_the_job_back(setup: Set
     assert code == 0
     left = [pid for pid in family if alive(pid)]
     assert not left, f"processes of the stopped service still run: {left}"
+    assert job_folders(setup) == []
     await first.channel.close()
 
     # the job went back to the queue, not to FAILED: the next service takes it up again
