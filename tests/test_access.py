@@ -8,7 +8,6 @@ import time
 import uuid
 
 import aiohttp
-import asyncpg
 import grpc
 import jwt
 import pytest
@@ -18,6 +17,7 @@ from google.protobuf import empty_pb2
 from embedviz.v1 import auth_pb2, auth_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from services.stack import Stack
 from tests.support.web import EdgeClient, GrpcWebError
+from tests.support.world import signing_keys
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
 NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
@@ -31,14 +31,7 @@ async def sign_up(stack: Stack) -> auth_pb2.SignUpResponse:
 
 
 async def real_signing_key(stack: Stack) -> tuple[str, str]:
-    connection = await asyncpg.connect(stack.pg_dsn)
-    try:
-        row = await connection.fetchrow(
-            "SELECT kid, private_pem FROM auth.signing_keys WHERE retire_time IS NULL ORDER BY create_time DESC LIMIT 1"
-        )
-    finally:
-        await connection.close()
-    return row["kid"], row["private_pem"]
+    return (await signing_keys(stack))[0]
 
 
 def claims(user: str, **override: object) -> dict[str, object]:

@@ -354,7 +354,7 @@ async def test_a_job_whose_owner_has_no_account_any_more_fails_naming_them(world
 
 @pytest.mark.parametrize("given", ["soon", "1", "3601"])
 async def test_auth_does_not_start_with_a_bad_delegated_token_lifetime(short_lived: Stack, given: str) -> None:
-    env = {**os.environ, **short_lived.env, "EMBEDVIZ_DELEGATED_TOKEN_TTL": given}
+    env = {**os.environ, **short_lived.service_env("auth"), "EMBEDVIZ_DELEGATED_TOKEN_TTL": given}
     for name, port in (("EMBEDVIZ_AUTH_ADDR", 1), ("EMBEDVIZ_AUTH_HTTP_ADDR", 2)):  # never listened on: it stops before
         env[name] = f"127.0.0.1:{port}"
     started = await asyncio.create_subprocess_exec(

@@ -10,6 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from services.auth.key_encryption import KeyEncryption, KeyEncryptionError
 from services.auth.keys import KeyRing
 from services.auth.models import SCHEMA
 from services.auth.server import build
@@ -23,10 +24,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def rotate_key() -> None:
     settings = Settings.from_env()
+    sealing = KeyEncryption.from_env()  # the new key is sealed like auth's own
     await migrate(settings.database_url, SCHEMA, MIGRATIONS)
     db = Database(settings.database_url)
     try:
-        keys = KeyRing(db.sessions, settings.access_token_ttl)
+        keys = KeyRing(db.sessions, settings.access_token_ttl, sealing=sealing)
         kid = await keys.rotate()
         start = keys.activate_time(kid) or utcnow()
     finally:
@@ -41,9 +43,13 @@ async def rotate_key() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["rotate-key"]:
-        asyncio.run(rotate_key())
-    elif sys.argv[1:]:
+    if sys.argv[1:] and sys.argv[1:] != ["rotate-key"]:
         sys.exit(__doc__)
-    else:
-        run("auth", SCHEMA, MIGRATIONS, build)
+    try:
+        KeyEncryption.from_env()  # missing or malformed: stop before touching the database
+        if sys.argv[1:] == ["rotate-key"]:
+            asyncio.run(rotate_key())
+        else:
+            run("auth", SCHEMA, MIGRATIONS, build)
+    except KeyEncryptionError as exc:
+        sys.exit(f"auth cannot start: {exc}")

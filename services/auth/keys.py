@@ -5,7 +5,9 @@ key signs, and its retire time is that activation time. The newest activated key
 the JWKS publishes keys not yet active, the current key and every key retired less than
 `retention` seconds ago (default: the longest token lifetime plus a minute), so tokens
 signed before a rotation stay valid until they expire, and a retired key leaves the JWKS
-on its own after that. Every choice is made from the table's times, so replicas agree."""
+on its own after that. Every choice is made from the table's times, so replicas agree.
+Private halves are stored sealed under the key-encryption key (key_encryption.py); keys
+stored in plaintext by an earlier version are sealed when auth starts."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.auth.key_encryption import KeyEncryption, is_plaintext
 from services.auth.models import SigningKey
 from services.common.jobs import utcnow
 
@@ -94,13 +97,13 @@ class Signer:
 @dataclass(frozen=True)
 class _Key:
     kid: str
-    private_pem: str
+    sealed_private_key: str
     jwk: dict[str, object]
     activate_time: datetime | None
     retire_time: datetime | None
 
 
-def _new_key() -> SigningKey:
+def _new_key(sealing: KeyEncryption) -> SigningKey:
     private = ec.generate_private_key(ec.SECP256R1())
     kid = secrets.token_hex(8)
     pem = private.private_bytes(
@@ -108,7 +111,7 @@ def _new_key() -> SigningKey:
     ).decode()
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
     jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
-    return SigningKey(kid=kid, private_pem=pem, public_jwk=json.dumps(jwk))
+    return SigningKey(kid=kid, sealed_private_key=sealing.seal(kid, pem), public_jwk=json.dumps(jwk))
 
 
 class KeyRing:
@@ -118,8 +121,11 @@ class KeyRing:
         token_ttl: int,
         retention: float | None = None,
         publish_ahead: float | None = None,
+        *,
+        sealing: KeyEncryption,
     ) -> None:
         self._sessions = sessions
+        self._sealing = sealing
         self._retention = retention if retention is not None else retention_seconds(token_ttl)
         self._publish_ahead = publish_ahead if publish_ahead is not None else publish_ahead_seconds()
         self._keys: list[_Key] = []  # newest first
@@ -128,12 +134,23 @@ class KeyRing:
         self._reload_every = reload_seconds()
 
     async def ensure_key(self) -> None:
-        """Create the first key on a fresh database."""
+        """At start: seal keys stored in plaintext by an earlier version (and re-seal those
+        under EMBEDVIZ_OLD_KEY_ENCRYPTION_KEY), check that every key opens, so a wrong
+        key-encryption key stops auth here rather than at the first login, and create the
+        first key on a fresh database."""
         async with self._sessions() as session:
-            current = await session.scalar(select(SigningKey).where(SigningKey.retire_time.is_(None)))
-            if current is None:
-                session.add(_new_key())
-                await session.commit()
+            rows = (await session.scalars(select(SigningKey).order_by(SigningKey.kid).with_for_update())).all()
+            for row in rows:
+                stored = row.sealed_private_key
+                if is_plaintext(stored):
+                    row.sealed_private_key = self._sealing.seal(row.kid, stored)
+                elif not self._sealing.is_current(stored):
+                    row.sealed_private_key = self._sealing.seal(row.kid, self._sealing.open(row.kid, stored))
+                else:
+                    self._sealing.open(row.kid, stored)
+            if not any(row.retire_time is None for row in rows):
+                session.add(_new_key(self._sealing))
+            await session.commit()
         await self.reload()
 
     async def rotate(self) -> str:
@@ -144,8 +161,11 @@ class KeyRing:
         async with self._sessions() as session:
             # Also a key still waiting from an earlier rotation: it signs until this one starts.
             for key in (await session.scalars(select(SigningKey).where(SigningKey.retire_time.is_(None)))).all():
+                if not is_plaintext(key.sealed_private_key):
+                    # A rotation with another key-encryption key than auth's would leave a key auth cannot open.
+                    self._sealing.open(key.kid, key.sealed_private_key)
                 key.retire_time = activate
-            fresh = _new_key()
+            fresh = _new_key(self._sealing)
             fresh.create_time = now
             fresh.activate_time = activate
             session.add(fresh)
@@ -163,7 +183,7 @@ class KeyRing:
                 await session.scalars(select(SigningKey).order_by(SigningKey.create_time.desc(), SigningKey.kid))
             ).all()
         self._keys = [
-            _Key(r.kid, r.private_pem, json.loads(r.public_jwk), r.activate_time, r.retire_time) for r in rows
+            _Key(r.kid, r.sealed_private_key, json.loads(r.public_jwk), r.activate_time, r.retire_time) for r in rows
         ]
         self._signers = {kid: s for kid, s in self._signers.items() if any(k.kid == kid for k in self._keys)}
         self._loaded_at = time.monotonic()
@@ -176,7 +196,9 @@ class KeyRing:
             return None
         signer = self._signers.get(key.kid)
         if signer is None:
-            private = serialization.load_pem_private_key(key.private_pem.encode(), password=None)
+            # Plaintext is taken only at start (ensure_key seals it), never from a row written later.
+            pem = self._sealing.open(key.kid, key.sealed_private_key)
+            private = serialization.load_pem_private_key(pem.encode(), password=None)
             assert isinstance(private, ec.EllipticCurvePrivateKey)
             signer = self._signers[key.kid] = Signer(key.kid, private)
         return signer

@@ -46,7 +46,8 @@ class SigningKey(Base):
     __tablename__ = "signing_keys"
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    private_pem: Mapped[str] = mapped_column(Text)
+    # The private half, sealed under the key-encryption key (services/auth/key_encryption.py).
+    sealed_private_key: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Published from creation, signs from this time on (null: at once), so every edge has

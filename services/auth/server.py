@@ -9,6 +9,7 @@ from aiohttp import web
 
 from embedviz.v1 import auth_pb2, auth_pb2_grpc, embedding_pb2, ingest_pb2, projection_pb2
 from services.auth.accounts import Accounts
+from services.auth.key_encryption import KeyEncryption
 from services.auth.keys import KeyRing
 from services.auth.servicer import AuthInternalServicer, AuthServicer
 from services.auth.throttle import Limits, LoginThrottle
@@ -52,7 +53,7 @@ async def start_jwks_http(keys: KeyRing, addr: str) -> web.AppRunner:
 
 async def build(deps: Deps) -> Built:
     settings = deps.settings
-    keys = KeyRing(deps.db.sessions, settings.access_token_ttl)
+    keys = KeyRing(deps.db.sessions, settings.access_token_ttl, sealing=KeyEncryption.from_env())
     await keys.ensure_key()
     accounts = Accounts(
         deps.db.sessions,

@@ -94,7 +94,7 @@ async def open_deps(
 ) -> Deps:
     await migrate(settings.database_url, schema, migrations_dir)
     db = Database(settings.database_url)
-    bus = await EventBus.connect(settings.nats_url, name=f"embedviz-{name}")
+    bus = await EventBus.connect(settings.nats_url, f"embedviz-{name}", settings.nats_user, settings.nats_password)
     blobs = BlobStore(settings.blob_root)
     channels = Channels()
     # EMBEDVIZ_JWKS_MAX_AGE: seconds a fetched JWKS is trusted before it is fetched again

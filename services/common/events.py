@@ -21,7 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,24 @@ def work_subject(kind: str) -> str:
     return f"work.{kind}"
 
 
+def inbox_prefix(user: str | None) -> str:
+    """Where replies to `user` arrive: `_INBOX.<user>`, the only subjects its NATS
+    permissions let it subscribe to (services/common/nats_access.py)."""
+    return f"_INBOX.{user}" if user else "_INBOX"
+
+
 class EventBus:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.js = nc.jetstream()
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> EventBus:
-        nc = await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=1)
+    async def connect(cls, url: str, name: str, user: str | None = None, password: str | None = None) -> EventBus:
+        """Connect as the NATS `user` (EMBEDVIZ_NATS_USER; none: whatever the URL says)."""
+        nc = await nats.connect(
+            url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
+            user=user or None, password=password if user else None, inbox_prefix=inbox_prefix(user),
+        )
         bus = cls(nc)
         await bus.ensure_streams()
         return bus
@@ -72,10 +82,34 @@ class EventBus:
             ),
         ]
         for config in configs:
-            try:
+            await self.ensure_stream(config)
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        """Make the stream as `config` says, or leave it be if it is so already. Only auth's
+        NATS user may create or change streams (services/common/nats_access.py): the other
+        services find them made, since they start after auth."""
+        try:
+            have: StreamConfig | None = (await self.js.stream_info(config.name)).config
+        except NotFoundError:
+            have = None
+        unset = StreamConfig(name=config.name).as_dict()  # the server fills these in its own way
+        wanted = {k: v for k, v in config.as_dict().items() if v != unset.get(k)}
+        found = have.as_dict() if have is not None else {}
+        if have is not None and all(found.get(k) == v for k, v in wanted.items()):
+            return
+        try:
+            if have is None:
                 await self.js.add_stream(config)
-            except BadRequestError:
+            else:
                 await self.js.update_stream(config)
+        except (NatsTimeoutError, asyncio.TimeoutError) as exc:  # a request NATS refused gets no answer
+            if have is None:
+                raise RuntimeError(
+                    f"the NATS stream {config.name} does not exist and could not be created: only the auth "
+                    "service's NATS user may create streams (docs/architecture.md), so start auth first"
+                ) from exc
+            log.warning("the NATS stream %s differs from this version's settings and could not be changed "
+                        "(only auth's NATS user may); auth changes it when it starts", config.name)
 
     async def publish_event(self, kind: str, job_id: str, data: bytes) -> None:
         await self.js.publish(event_subject(kind, job_id), data, stream=EVENTS_STREAM)

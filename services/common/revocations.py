@@ -17,7 +17,6 @@ import time
 
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
 
 from services.common.events import EventBus
 
@@ -40,10 +39,7 @@ async def ensure_stream(bus: EventBus) -> None:
         name=STREAM, subjects=["revocations.>"], max_msgs_per_subject=1, max_age=KEEP_SECONDS,
         storage=StorageType.FILE,
     )
-    try:
-        await bus.js.add_stream(config)
-    except BadRequestError:
-        await bus.js.update_stream(config)
+    await bus.ensure_stream(config)  # only auth's NATS user may create or change it
 
 
 async def publish(bus: EventBus, kind: str, ident: str) -> None:

