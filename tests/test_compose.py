@@ -15,6 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
+from services.auth import key_encryption
+from services.common import nats_access
 from services.stack.envoy import envoy_binary
 from tests.edge.envoy_doc import EnvoyDoc
 
@@ -154,3 +156,31 @@ def test_envoy_and_web_are_health_checked_before_the_edge_opens(compose: dict[st
     assert "/ready" in " ".join(envoy["healthcheck"]["test"])
     assert envoy["depends_on"]["web"] == {"condition": "service_healthy"}
     assert "HEALTHCHECK" in (REPO / "deploy" / "web" / "Dockerfile").read_text()
+
+
+def test_each_service_connects_to_nats_as_its_own_user_with_the_password_nats_server_gets(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    nats = services["nats"]
+    assert any(str(v).startswith("./deploy/nats/nats.conf:") for v in nats["volumes"])
+    nats_env = _env(nats)
+    assert set(nats_env) == {nats_access.password_variable(u) for u in nats_access.USERS}
+    for name in nats_access.ACCESS:
+        env = _env(services[name])
+        assert env["EMBEDVIZ_NATS_USER"] == name
+        assert env["EMBEDVIZ_NATS_PASSWORD"] == nats_env[nats_access.password_variable(name)]
+        assert "@" not in env["EMBEDVIZ_NATS_URL"]
+
+
+def test_only_auth_gets_the_key_encryption_key_from_a_secret_file(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    auth = services["auth"]
+    assert auth["secrets"] == ["key-encryption-key"]
+    assert _env(auth)[key_encryption.ENV_FILE] == "/run/secrets/key-encryption-key"
+    for name, service in services.items():
+        if name != "auth":
+            assert "secrets" not in service, name
+            assert not any(k.startswith("EMBEDVIZ_KEY_ENCRYPTION_KEY") for k in _env(service)), name
+    source = compose["secrets"]["key-encryption-key"]["file"]
+    default = re.fullmatch(r"\$\{KEY_ENCRYPTION_KEY_FILE:-(.+)\}", source)
+    assert default, source
+    assert key_encryption.KeyEncryption.from_env({key_encryption.ENV_FILE: str(REPO / default.group(1))})
