@@ -216,3 +216,13 @@ def _nats_server() -> str:
     found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
     assert found, "nats-server not installed (make venv)"
     return found
+
+
+def test_no_service_was_refused_anything_it_does(stack: Stack) -> None:
+    """nats-server logs every permissions violation with the connection's name
+    (`embedviz-<service>`): none of the services' own. Run after the whole path in the same
+    session, this also covers what it did; a new subject or consumer without a line in
+    services/common/nats_access.py shows up here by name."""
+    log = (stack.logs_dir / "nats.log").read_text(errors="replace")
+    refused = [line for line in log.splitlines() if "Violation" in line and ":embedviz-" in line]
+    assert not refused, "\n".join(refused[:20])

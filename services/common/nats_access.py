@@ -15,6 +15,8 @@ would run a job as anyone).
   its own inbox prefix `_INBOX.<user>`, the only subjects it may subscribe to.
 - `admin` may do everything: the stack's readiness check, the tests, an operator's tools.
 
+A service that publishes a new subject or uses a new durable consumer needs a line here
+(tests/test_nats_auth.py finds any refusal of a service's connection in nats-server's log).
 The stack writes nats-server's config from this table (`server_config`); deploy/nats/nats.conf
 holds the same block with passwords from the environment (a test keeps them equal); an
 operator of another nats-server prints it with `python -m services.common.nats_access`."""
