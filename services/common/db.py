@@ -4,12 +4,58 @@ start. One database, one schema per service."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long a job waits for PostgreSQL to come back before it gives up (a restart, a
+# failover); calls made for a person are not retried: they get UNAVAILABLE at once.
+OUTAGE_TOLERANCE_S = 180.0
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Did this fail because the database could not be reached (not because of the query)?"""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return True
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
+                              asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+async def through_outages(work: Callable[[], Awaitable[T]], what: str, tolerance: float = OUTAGE_TOLERANCE_S) -> T:
+    """Run `work` (one short transaction), again and again while PostgreSQL is unreachable,
+    for up to `tolerance` seconds; then the last error is raised."""
+    started = time.monotonic()
+    delay = 0.5
+    while True:
+        try:
+            return await work()
+        except Exception as exc:
+            if not is_outage(exc) or time.monotonic() - started > tolerance:
+                raise
+            log.warning("%s: PostgreSQL is unreachable (%s); trying again in %.0f s", what, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class Database:

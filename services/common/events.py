@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ class EventBus:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self._last_publish_warning = 0.0
 
     @classmethod
     async def connect(cls, url: str, name: str, user: str | None = None, password: str | None = None) -> EventBus:
@@ -114,6 +116,18 @@ class EventBus:
     async def publish_event(self, kind: str, job_id: str, data: bytes) -> None:
         await self.js.publish(event_subject(kind, job_id), data, stream=EVENTS_STREAM)
 
+    async def publish_job_state(self, kind: str, job_id: str, data: bytes) -> None:
+        """A job's new state for Watch streams, best effort: the job's row in PostgreSQL
+        is the truth, and a Watch reloads it whenever events stop coming, so a job never
+        fails because NATS is down for a while (it goes on, and Watch catches up)."""
+        try:
+            await self.js.publish(event_subject(kind, job_id), data, stream=EVENTS_STREAM, timeout=2)
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._last_publish_warning > 10:
+                self._last_publish_warning = now
+                log.warning("could not publish %s %s's state (%s); Watch streams will reload it", kind, job_id, _describe(exc))
+
     async def follow_events(self, kind: str, job_id: str) -> AsyncIterator[bytes | None]:
         """The job's last event, then every new one. Yields None when `idle` seconds pass
         without an event, so a caller can send a heartbeat."""
@@ -127,9 +141,11 @@ class EventBus:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=15)
-                except NatsTimeoutError:
+                except (NatsTimeoutError, asyncio.TimeoutError):
                     yield None
                     continue
+                except Exception as exc:
+                    raise Unavailable("the live updates of this job were cut (the event bus restarted); watch again") from exc
                 yield msg.data
         finally:
             with contextlib.suppress(Exception):
@@ -155,6 +171,12 @@ WorkHandler = Callable[[dict[str, Any], int], Awaitable[None]]
 GiveUp = Callable[[dict[str, Any], int, str | None], Awaitable[None]]
 
 
+def retry_delay(delivery: int, first: float = 5.0) -> float:
+    """Seconds before a failed job's next try: doubling from `first`, at most a minute, so
+    the nine tries span about six minutes (a restart of a neighbour or of PostgreSQL)."""
+    return float(min(first * 2 ** max(delivery - 1, 0), 60.0))
+
+
 def crash_message(what: str, attempts: int, last_error: str | None) -> str:
     """What a person reads when a job was given up after its worker failed again and again."""
     if last_error:
@@ -172,7 +194,7 @@ async def run_work_queue(
     *,
     ack_wait: float = ACK_WAIT_SECONDS,
     max_deliver: int = MAX_DELIVER,
-    retry_delay: float = 5.0,
+    first_retry: float = 5.0,
 ) -> None:
     """Take work from the kind's queue one message at a time until `stop` is set.
 
@@ -204,7 +226,7 @@ async def run_work_queue(
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
-                await _handle(msg, handler, kind, give_up, errors, ack_wait, max_deliver, retry_delay)
+                await _handle(msg, handler, kind, give_up, errors, ack_wait, max_deliver, first_retry)
     finally:
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
@@ -218,7 +240,7 @@ async def _handle(
     errors: dict[str, str],
     ack_wait: float,
     max_deliver: int,
-    retry_delay: float,
+    first_retry: float,
 ) -> None:
     async def keep_alive() -> None:
         while True:
@@ -251,7 +273,7 @@ async def _handle(
         log.exception("%s job %s crashed (delivery %d of %d); it will be retried", kind, job, delivery, max_deliver)
         errors[job] = _describe(exc)[:300]
         with contextlib.suppress(Exception):
-            await msg.nak(delay=min(retry_delay * delivery, 60))
+            await msg.nak(delay=retry_delay(delivery, first_retry))
         return
     finally:
         alive.cancel()

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from embedviz.v1 import job_pb2
+from services.common.db import through_outages
 from services.common.events import EventBus
 
 PENDING = "PENDING"
@@ -110,16 +111,21 @@ class JobReporter(Generic[Row]):
         self._window: deque[tuple[float, int]] = deque(maxlen=20)
 
     async def _update(self, **fields: Any) -> Row:
-        async with self._sessions() as session:
-            row = await session.get(self._model, self._id, with_for_update=True)
-            if row is None:
-                raise JobGone(f"{self._model.__name__} {self._id} no longer exists")
-            if row.state == CANCELLED:
-                raise JobCancelled()
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.update_time = utcnow()
-            await session.commit()
+        async def write() -> Row:
+            async with self._sessions() as session:
+                row = await session.get(self._model, self._id, with_for_update=True)
+                if row is None:
+                    raise JobGone(f"{self._model.__name__} {self._id} no longer exists")
+                if row.state == CANCELLED:
+                    raise JobCancelled()
+                for key, value in fields.items():
+                    setattr(row, key, value)
+                row.update_time = utcnow()
+                await session.commit()
+                return row
+
+        # A job outlives a PostgreSQL restart: its record waits for the database.
+        row = await through_outages(write, f"recording {self._model.__name__} {self._id}")
         await self._publish(row)
         self._last_write = time.monotonic()
         return row
@@ -128,10 +134,14 @@ class JobReporter(Generic[Row]):
         self._window.clear()
         self._window.append((time.monotonic(), done))
         fields: dict[str, Any] = {"state": RUNNING, "stage": stage, "total": total, "done": done, "error": ""}
-        async with self._sessions() as session:
-            row = await session.get(self._model, self._id)
-            if row is not None and row.start_time is None:
-                fields["start_time"] = utcnow()
+
+        async def first_start() -> bool:
+            async with self._sessions() as session:
+                row = await session.get(self._model, self._id)
+                return row is not None and row.start_time is None
+
+        if await through_outages(first_start, f"starting {self._model.__name__} {self._id}"):
+            fields["start_time"] = utcnow()
         return await self._update(**fields)
 
     async def progress(
@@ -157,9 +167,13 @@ class JobReporter(Generic[Row]):
         fields["rate"] = max(rate, 0.0)
         row_total = total if total is not None else None
         if row_total is None:
-            async with self._sessions() as session:
-                row = await session.get(self._model, self._id)
-                row_total = row.total if row is not None else 0
+
+            async def read_total() -> int:
+                async with self._sessions() as session:
+                    row = await session.get(self._model, self._id)
+                    return row.total if row is not None else 0
+
+            row_total = await through_outages(read_total, f"reading {self._model.__name__} {self._id}")
         if row_total:
             fields["progress"] = min(done / row_total, 1.0)
             fields["eta_seconds"] = (row_total - done) / rate if rate > 0 else 0.0

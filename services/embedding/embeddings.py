@@ -143,7 +143,7 @@ class Embeddings:
         self.datasets = datasets
 
     async def publish(self, row: EmbeddingRow) -> None:
-        await self.bus.publish_event(KIND, row.id, embedding_message(row).SerializeToString())
+        await self.bus.publish_job_state(KIND, row.id, embedding_message(row).SerializeToString())
 
     async def _find(self, name: str) -> EmbeddingRow:
         parts = parse(name, EMBEDDING_PATTERN)

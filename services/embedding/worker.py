@@ -34,7 +34,8 @@ from sqlalchemy import func, select
 from services.common.auth import Identity
 from services.common.clients import DelegatedTokens
 from services.common.errors import DomainError, Unavailable
-from services.common.events import MAX_DELIVER, WORK_STREAM, work_subject
+from services.common.db import through_outages
+from services.common.events import MAX_DELIVER, retry_delay, WORK_STREAM, work_subject
 from services.common.jobs import (
     CANCELLED,
     PENDING,
@@ -149,7 +150,8 @@ class EmbeddingWorker:
         except Exception:
             log.exception("embedding work %s crashed; it will be retried", payload)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=5)
+                # backing off: a neighbour (auth, ingest) that is away for minutes is waited out
+                await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
             return
         finally:
             alive.cancel()
@@ -268,6 +270,9 @@ class EmbeddingWorker:
     # --- one shard --------------------------------------------------------------------------
 
     async def _claim(self, row: EmbeddingRow, index: int) -> ShardRow | None:
+        return await through_outages(lambda: self._claim_once(row, index), f"claiming a shard of embedding {row.id}")
+
+    async def _claim_once(self, row: EmbeddingRow, index: int) -> ShardRow | None:
         """The shard, now leased to this worker; None when another live worker holds it."""
         async with self.embeddings.db.sessions() as session:
             current = await session.get(EmbeddingRow, row.id, with_for_update=True)
@@ -383,7 +388,15 @@ class EmbeddingWorker:
     async def _update(
         self, row: EmbeddingRow, index: int, seen: int, checkpoint: tuple[int, int, int, bool] | None = None
     ) -> tuple[EmbeddingRow, bool]:
-        """Renew the lease, record progress (and a checkpoint), update the job's rate."""
+        """Renew the lease, record progress (and a checkpoint), update the job's rate;
+        waits out a PostgreSQL restart rather than failing the job."""
+        return await through_outages(
+            lambda: self._update_once(row, index, seen, checkpoint), f"recording embedding {row.id}"
+        )
+
+    async def _update_once(
+        self, row: EmbeddingRow, index: int, seen: int, checkpoint: tuple[int, int, int, bool] | None
+    ) -> tuple[EmbeddingRow, bool]:
         complete = False
         async with self.embeddings.db.sessions() as session:
             current = self._check(await session.get(EmbeddingRow, row.id, with_for_update=True), row.generation)
@@ -453,18 +466,25 @@ class EmbeddingWorker:
     # --- the end ----------------------------------------------------------------------------
 
     async def _finish_if_complete(self, row: EmbeddingRow) -> None:
-        async with self.embeddings.db.sessions() as session:
-            pending = await session.scalar(
-                select(func.count()).where(
-                    ShardRow.embedding_id == row.id, ShardRow.generation == row.generation, ShardRow.state != DONE
+        async def pending_shards() -> int:
+            async with self.embeddings.db.sessions() as session:
+                count = await session.scalar(
+                    select(func.count()).where(
+                        ShardRow.embedding_id == row.id, ShardRow.generation == row.generation, ShardRow.state != DONE
+                    )
                 )
-            )
-        if not pending:
+            return int(count or 0)
+
+        if not await through_outages(pending_shards, f"checking embedding {row.id}"):
             await self._assemble(row)
 
     async def _assemble(self, row: EmbeddingRow) -> None:
         """Join the earlier vectors (of an extension) and every part, in row order, into the
-        vector file, and mark the job done."""
+        vector file, and mark the job done; a PostgreSQL restart meanwhile is waited out
+        (joining again writes the same file)."""
+        await through_outages(lambda: self._assemble_once(row), f"assembling embedding {row.id}")
+
+    async def _assemble_once(self, row: EmbeddingRow) -> None:
         blobs = self.embeddings.blobs
         async with self.embeddings.db.sessions() as session:
             current = self._check(await session.get(EmbeddingRow, row.id), row.generation)

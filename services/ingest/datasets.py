@@ -544,7 +544,7 @@ class Datasets:
     # --- the import job --------------------------------------------------------------
 
     async def _publish(self, row: Dataset) -> None:
-        await self._bus.publish_event(KIND, row.id, messages.dataset(row).SerializeToString())
+        await self._bus.publish_job_state(KIND, row.id, messages.dataset(row).SerializeToString())
 
     async def run_import(self, payload: dict[str, Any], delivery: int) -> None:
         """Work-queue handler: import one dataset's upload, or append an upload's rows to

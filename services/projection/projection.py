@@ -284,7 +284,7 @@ class Projections:
     # --- records and rules -----------------------------------------------------------------
 
     async def _publish(self, row: ProjectionRow) -> None:
-        await self._deps.bus.publish_event(KIND, row.id, to_proto(row).SerializeToString())
+        await self._deps.bus.publish_job_state(KIND, row.id, to_proto(row).SerializeToString())
 
     async def _authorise(self, identity: Identity, name: str, pattern: str, minimum: int) -> dict[str, str]:
         parts = names.parse(name, pattern)

@@ -224,6 +224,9 @@ class Stack:
         external_nats = environ.get("EMBEDVIZ_NATS_URL", "")
         self.embedded_postgres = "postgres" in self.components and not external_db
         self.embedded_nats = "nats" in self.components and not external_nats
+        # This stack's nats-server, or one another stack started on the same data folder
+        # (`--components infra` here, `--components services` there): the same users.
+        self.local_nats = not external_nats
         self.database_url = external_db or (
             f"postgresql+asyncpg://{PG_USER}@{self.addrs['postgres']}/{PG_DATABASE}"
         )
@@ -259,7 +262,7 @@ class Stack:
         (embedded NATS) and, for auth alone, the key-encryption key. A service (or its
         command, `python -m services.auth rotate-key`) started from outside takes these."""
         env = dict(self.env)
-        if self.embedded_nats and name in nats_access.ACCESS:
+        if self.local_nats and name in nats_access.ACCESS:
             env.update({
                 "EMBEDVIZ_NATS_URL": self._nats_address,
                 "EMBEDVIZ_NATS_USER": name,
@@ -321,7 +324,7 @@ class Stack:
                 Path(self.blob_root).mkdir(parents=True, exist_ok=True)
             Path(self._build_env("")["NUMBA_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
             self.env = self._build_env(self._internal_secret())
-            if self.embedded_nats:
+            if self.local_nats:
                 self._nats_passwords = self._nats_users()
                 admin = self._nats_passwords[nats_access.ADMIN]
                 self.nats_url = f"nats://{nats_access.ADMIN}:{admin}@{self.addrs['nats']}"
@@ -387,6 +390,35 @@ class Stack:
             if done:
                 return done[0]
             time.sleep(0.5)
+
+    # --- faults (tests) ----------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a running part, as a crash or an OOM kill would (no goodbye)."""
+        proc = self._procs[name]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if name == "postgres":
+            self._pg_running = False
+
+    def restart(self, name: str) -> None:
+        """Start a part that was killed again, on the same address and data, and wait until
+        it is ready."""
+        if self._procs[name].poll() is None:
+            raise StackError(f"{name} is still running; kill it first")
+        if name == "postgres":
+            self._start_postgres()
+        elif name == "nats":
+            self._start_nats()
+            self._wait_nats()
+        elif name in SERVICES:
+            self._spawn_python(name, f"services.{name}")
+            self._wait_grpc(name, self.addrs[name])
+        elif name == "edge":
+            self._start_envoy()
+        else:
+            raise StackError(f"cannot restart {name}")
 
     def stop(self) -> None:
         with self._lock:
@@ -633,8 +665,8 @@ class Stack:
                 nc = await nats.connect(
                     url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False,
                     # external NATS: the user the environment gives (embedded: admin, in the URL)
-                    user=None if self.embedded_nats else self._environ.get("EMBEDVIZ_NATS_USER") or None,
-                    password=None if self.embedded_nats else self._environ.get("EMBEDVIZ_NATS_PASSWORD") or None,
+                    user=None if self.local_nats else self._environ.get("EMBEDVIZ_NATS_USER") or None,
+                    password=None if self.local_nats else self._environ.get("EMBEDVIZ_NATS_PASSWORD") or None,
                 )
             except Exception:  # noqa: BLE001 - not up yet
                 return False

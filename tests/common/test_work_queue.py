@@ -35,7 +35,7 @@ async def test_a_job_that_fails_every_time_is_given_up_with_its_last_error(infra
         stop.set()
 
     try:
-        consumer = asyncio.create_task(run_work_queue(bus, kind, handler, stop, give_up, ack_wait=5, max_deliver=4, retry_delay=0.1))
+        consumer = asyncio.create_task(run_work_queue(bus, kind, handler, stop, give_up, ack_wait=5, max_deliver=4, first_retry=0.1))
         await bus.enqueue(kind, {"id": "job-1"})
         await asyncio.wait_for(stop.wait(), timeout=30)
         await asyncio.wait_for(consumer, timeout=10)
