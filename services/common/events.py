@@ -24,6 +24,8 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from services.common.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 EVENTS_STREAM = "EMBEDVIZ_EVENTS"
@@ -126,17 +128,20 @@ class EventBus:
             now = time.monotonic()
             if now - self._last_publish_warning > 10:
                 self._last_publish_warning = now
-                log.warning("could not publish %s %s's state (%s); Watch streams will reload it", kind, job_id, _describe(exc))
+                log.warning("could not publish %s %s's state (%s); Watch streams will reload it", kind, job_id, describe(exc))
 
     async def follow_events(self, kind: str, job_id: str) -> AsyncIterator[bytes | None]:
         """The job's last event, then every new one. Yields None when `idle` seconds pass
         without an event, so a caller can send a heartbeat."""
-        sub = await self.js.subscribe(
-            event_subject(kind, job_id),
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            stream=EVENTS_STREAM,
-        )
+        try:
+            sub = await self.js.subscribe(
+                event_subject(kind, job_id),
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                stream=EVENTS_STREAM,
+            )
+        except Exception as exc:
+            raise Unavailable("the live updates of this job cannot be followed now (the event bus is away)") from exc
         try:
             while True:
                 try:
@@ -159,7 +164,7 @@ class EventBus:
         await self.js.publish(work_subject(kind), json.dumps(payload).encode(), stream=WORK_STREAM)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """An exception for a log line: some NATS errors have no message of their own."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -222,7 +227,7 @@ async def run_work_queue(
             except (NatsTimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # NATS reconnecting; try again shortly
-                log.warning("fetching %s work failed: %s", kind, _describe(exc))
+                log.warning("fetching %s work failed: %s", kind, describe(exc))
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
@@ -271,7 +276,7 @@ async def _handle(
         raise
     except Exception as exc:
         log.exception("%s job %s crashed (delivery %d of %d); it will be retried", kind, job, delivery, max_deliver)
-        errors[job] = _describe(exc)[:300]
+        errors[job] = describe(exc)[:300]
         with contextlib.suppress(Exception):
             await msg.nak(delay=retry_delay(delivery, first_retry))
         return
@@ -314,7 +319,7 @@ async def run_event_consumer(
             except (NatsTimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # NATS reconnecting; try again shortly
-                log.warning("fetching %s events failed: %s", subject, _describe(exc))
+                log.warning("fetching %s events failed: %s", subject, describe(exc))
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:

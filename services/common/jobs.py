@@ -3,6 +3,8 @@ row + NATS event, throttled), cancellation, and the Watch stream."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +19,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from embedviz.v1 import job_pb2
 from services.common.db import through_outages
+from services.common.errors import Unavailable
 from services.common.events import EventBus
+
+log = logging.getLogger(__name__)
 
 PENDING = "PENDING"
 RUNNING = "RUNNING"
@@ -209,6 +214,7 @@ async def cancel_job(
 
 
 M = TypeVar("M", bound=Message)
+POLL_WITHOUT_EVENTS_S = 2.0
 
 
 async def watch(
@@ -237,5 +243,19 @@ async def watch(
             yield message
             if job.state in TERMINAL_PROTO:
                 return
+    except Unavailable:
+        # NATS is away: the row in PostgreSQL is the truth, so read it now and then instead
+        # of ending the stream; the job goes on either way.
+        log.warning("%s %s: no live events; following its record instead", kind, job_id)
     finally:
         await events.aclose()
+    while True:
+        await asyncio.sleep(POLL_WITHOUT_EVENTS_S)
+        message = await load()
+        job = job_of(message)
+        if job.update_time.ToNanoseconds() == last_update and job.state not in TERMINAL_PROTO:
+            continue
+        last_update = job.update_time.ToNanoseconds()
+        yield message
+        if job.state in TERMINAL_PROTO:
+            return

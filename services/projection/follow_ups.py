@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.errors import DomainError
-from services.common.events import EVENTS_STREAM, EventBus
+from services.common.events import EVENTS_STREAM, EventBus, describe
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ async def run_follow_ups(bus: EventBus, handle: Callable[[bytes], Awaitable[obje
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(32, timeout=2)
-            except NatsTimeoutError:
+            except (NatsTimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # NATS reconnecting; try again shortly
-                log.warning("fetching embedding events failed: %s", exc)
+                log.warning("fetching embedding events failed: %s", describe(exc))
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
