@@ -517,9 +517,14 @@ def import_file(
     options = settle_options(open_source, filename, options or Options(format=fmt, delimiter=delimiter), limits or Limits())
     limits = limits or Limits()
     as_string: set[str] = set()
+    damaged = 0
     for _ in range(64):  # each retry reads one more CSV column as text
         try:
             return _import(open_source, open_sink, options, as_string, size_bytes, limits, on_progress, append_to)
+        except _Damaged as failure:
+            damaged += 1
+            if damaged > 1:
+                raise ImportFailed(str(failure)) from None
         except _NeedBigBlocks:
             options = dataclasses.replace(options, block_bytes=big_block(limits))
         except _Retry as retry:
@@ -585,6 +590,11 @@ def big_block(limits: Limits) -> int:
 
 class _NeedBigBlocks(Exception):
     """A row did not fit in a small block: read the file again with big ones."""
+
+
+class _Damaged(Exception):
+    """The compressed stream failed mid-file. Once it was a read that went wrong, not the
+    file (seen under load), so the file is read again before a person is told it is damaged."""
 
 
 def _open_csv(source: _Source, options: Options, as_string: set[str], types: dict[str, pa.DataType], limits: Limits) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -812,7 +822,7 @@ def _failure(open_source: Opener, options: Options, exc: Exception, rows: int, l
                 f"could not read the file as JSON Lines: a field holds values of different kinds in different lines ({message.split(chr(10))[0]})"
             )
     if isinstance(exc, OSError) and options.compression != NONE:
-        return ImportFailed(f"the {options.compression} data is damaged or cut short ({exc}); upload the complete file")
+        return _Damaged(f"the {options.compression} data is damaged or cut short ({exc}); upload the complete file")
     return _explain(fmt, exc, rows, limits)
 
 
