@@ -890,6 +890,8 @@ def read_column_names(open_source: Opener, filename: str, options: Options, limi
         raise _not_utf8(open_source, options.compression) from None
     except (pa.ArrowInvalid, OSError) as exc:
         failure = _failure(open_source, dataclasses.replace(options, block_bytes=big_block(limits)), exc, 0, limits)
+        if isinstance(failure, _Damaged):
+            failure = ImportFailed(str(failure))
         raise (failure if isinstance(failure, ImportFailed) else ImportFailed(str(exc))) from None
     finally:
         source.close()
