@@ -159,27 +159,23 @@ class JobCredentials:
         `make` must be safe to repeat (a refused call did nothing). `what` says what the call
         does, for the log and the error ("reading the rows of projects/p/datasets/d")."""
         identity = await self.identity()
-        try:
-            return await make(identity)
-        except (NotFound, PermissionDenied) as exc:
-            raise self._lost_access(exc) from None
-        except Exception as exc:
-            if not refused_as_unauthenticated(exc):
-                raise
-            log.warning("the token of %s was refused while %s (%s); trying once with a new one", self.owner, what, _reason(exc))
-        identity = await self._tokens.renewed(self.owner, identity)
-        try:
-            return await make(identity)
-        except (NotFound, PermissionDenied) as exc:
-            raise self._lost_access(exc) from None
-        except Exception as exc:
-            if not refused_as_unauthenticated(exc):
-                raise
-            raise Unauthenticated(
-                f"the credentials of this job's owner ({self.owner}) were refused twice while {what}, the second "
-                f"time with a token minted a moment before: {_reason(exc)}. The services' clocks may disagree, "
-                "or one of them does not trust the auth service's signing keys"
-            ) from None
+        for attempt in (1, 2):
+            try:
+                return await make(identity)
+            except (NotFound, PermissionDenied) as exc:
+                raise self._lost_access(exc) from None
+            except Exception as exc:
+                if not refused_as_unauthenticated(exc):
+                    raise
+                if attempt == 2:
+                    raise Unauthenticated(
+                        f"the credentials of this job's owner ({self.owner}) were refused twice while {what}, the second "
+                        f"time with a token minted a moment before: {_reason(exc)}. The services' clocks may disagree, "
+                        "or one of them does not trust the auth service's signing keys"
+                    ) from None
+                log.warning("the token of %s was refused while %s (%s); trying once with a new one", self.owner, what, _reason(exc))
+            identity = await self._tokens.renewed(self.owner, identity)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _lost_access(self, exc: NotFound | PermissionDenied) -> NotFound | PermissionDenied:
         """The same error, saying whose access it was: the job's owner may have left the
