@@ -4,7 +4,6 @@ them, and turning rows into messages. Plain Python; the servicer speaks gRPC."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from services.common.db import Database
 from services.common import paging
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, excerpt
 from services.common.events import EventBus
+from services.common.outbox import Outbox
 from services.common.jobs import CANCELLED, PENDING, SUCCEEDED, TERMINAL, job_to_proto, timestamp, utcnow
 from services.common.names import new_id, parse
 from services.embedding.encoder import ModelRegistry
@@ -134,9 +134,11 @@ class Embeddings:
         access: ProjectAccess,
         models: ModelRegistry,
         datasets: DatasetSource,
+        outbox: Outbox,
     ) -> None:
         self.db = db
         self.bus = bus
+        self.outbox = outbox  # work and deletion events, sent with the commit that makes them
         self.blobs = blobs
         self.access = access
         self.models = models
@@ -189,9 +191,9 @@ class Embeddings:
         )
         async with self.db.sessions() as session:
             session.add(row)
+            await self.outbox.add_work(session, KIND, {"id": row.id, "owner": identity.user})
             await session.commit()
         await self.publish(row)
-        await self.bus.enqueue(KIND, {"id": row.id, "owner": identity.user})
         return row
 
     async def list(
@@ -223,24 +225,25 @@ class Embeddings:
         await self._remove(await self.get(identity, name, EDITOR))
 
     async def _remove(self, row: EmbeddingRow) -> None:
-        """Remove an embedding with its vectors, then say so on NATS, so the projection
-        service removes the projections made from it."""
+        """Remove an embedding with its vectors; the deletion event (so the projection
+        service removes the projections made from it) is committed with the row's deletion,
+        through the outbox."""
         async with self.db.sessions() as session:
             current = await session.get(EmbeddingRow, row.id, with_for_update=True)
             if current is not None:
                 await session.delete(current)
+                event: dict[str, object] = {
+                    "embedding": embedding_message(row).name,
+                    "project_id": row.project_id,
+                    "dataset_id": row.dataset_id,
+                    "embedding_id": row.id,
+                }
+                await self.outbox.add_event(session, DELETED_KIND, row.id, event)
             await session.execute(delete(ShardRow).where(ShardRow.embedding_id == row.id))
             await session.commit()
         # A worker still on it learns from its next progress write (JobGone) and stops.
         self.blobs.delete_dir(embedding_prefix(row.id))
         await self.bus.delete_events(KIND, row.id)
-        event = {
-            "embedding": embedding_message(row).name,
-            "project_id": row.project_id,
-            "dataset_id": row.dataset_id,
-            "embedding_id": row.id,
-        }
-        await self.bus.publish_event(DELETED_KIND, row.id, json.dumps(event).encode())
 
     async def remove_for_dataset(self, event: dict[str, object]) -> None:
         """Handler of `events.dataset-deleted.*`: the dataset is gone, so are its embeddings.
@@ -335,9 +338,9 @@ class Embeddings:
             current.error = ""
             current.end_time = None
             current.update_time = now
+            await self.outbox.add_work(session, KIND, {"id": current.id, "owner": identity.user})
             await session.commit()
         await self.publish(current)
-        await self.bus.enqueue(KIND, {"id": current.id, "owner": identity.user})
         return current
 
     async def readable_vectors(self, identity: Identity, name: str) -> EmbeddingRow:

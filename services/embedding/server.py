@@ -12,6 +12,7 @@ from embedviz.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.app import Built, Deps, close_deps, new_server, open_deps
 from services.common.config import Settings
 from services.common.events import run_event_consumer
+from services.common.outbox import Outbox
 from services.common.server import configure_logging
 from services.embedding.datasets import IngestDatasets
 from services.embedding.embeddings import Embeddings
@@ -37,6 +38,7 @@ def make_embeddings(deps: Deps, settings: EmbeddingSettings) -> Embeddings:
         access=deps.access,
         models=ModelRegistry(deps.settings.model_path, settings),
         datasets=IngestDatasets(deps.channels.get(deps.settings.ingest_addr)),
+        outbox=Outbox(deps.db.sessions, deps.bus, "embedding"),
     )
 
 
@@ -65,7 +67,8 @@ async def build(deps: Deps) -> Built:
         )
 
     count = settings.workers if settings.workers >= 0 else deps.settings.workers
-    background = [follow_dataset_deletions]
+    # the outbox's relay: work and deletion events, after their commit
+    background = [follow_dataset_deletions, embeddings.outbox.relay]
     if count > 0:
 
         async def warm(stop: asyncio.Event) -> None:
@@ -98,6 +101,7 @@ async def serve_workers() -> None:
             asyncio.create_task(w.run(stop))
             for w in workers(embeddings, deps, embedding_settings, max(1, embedding_settings.workers, settings.workers))
         ]
+        tasks.append(asyncio.create_task(embeddings.outbox.relay(stop)))  # the shards this process queues
         await stop.wait()
         log.info("embedding worker stopping")
         for task in tasks:

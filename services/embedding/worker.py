@@ -255,17 +255,17 @@ class EmbeddingWorker:
             if current.start_time is None:
                 current.start_time = utcnow()
             current.update_time = utcnow()
+            for shard in shards:  # committed with the shards (the outbox), so none is planned but never queued
+                if shard.state != DONE:
+                    await self.embeddings.outbox.add_work(
+                        session, KIND, {"id": row.id, "owner": owner, "shard": shard.index, "generation": shard.generation}
+                    )
             await session.commit()
         await self.embeddings.publish(current)
         if not shards:
             await self._assemble(current)  # nothing to embed (no rows, or no new rows)
             return
         log.info("embedding %s: %d rows in %d shards", row.id, total - current.extend_from, len(shards))
-        for shard in shards:
-            if shard.state != DONE:
-                await self.embeddings.bus.enqueue(
-                    KIND, {"id": row.id, "owner": owner, "shard": shard.index, "generation": shard.generation}
-                )
 
     # --- one shard --------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -26,10 +25,12 @@ from services.common.auth import Identity
 from services.common.blobs import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import EventBus, crash_message
+from services.common.outbox import Outbox
 from services.common.jobs import FAILED, PENDING, SUCCEEDED, TERMINAL, JobCancelled, JobGone, JobReporter, utcnow, watch
 from services.common import paging
 from services.ingest import messages
 from services.ingest.checksum import crc32c
+from services.ingest.deletions import announce_deleted
 from services.ingest.importer import (
     COMPRESSIONS,
     ENCODINGS,
@@ -48,9 +49,6 @@ from services.ingest.projects import EDITOR, VIEWER, require
 log = logging.getLogger(__name__)
 
 KIND = "dataset"
-# Published (JSON) when a dataset is deleted, alone or with its project, so that the
-# services holding things made from it remove them: events.dataset-deleted.{dataset id}
-DELETED_KIND = "dataset-deleted"
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 HASH_BLOCK = 1 << 20
 GIB = 1024**3
@@ -163,10 +161,12 @@ class Datasets:
         blobs: BlobStore,
         bus: EventBus,
         settings: IngestSettings,
+        outbox: Outbox,
     ) -> None:
         self._sessions = sessions
         self._blobs = blobs
         self._bus = bus
+        self._outbox = outbox  # import work and deletion events, sent with the commit that makes them
         self._settings = settings
         self._max_upload_bytes = settings.max_upload_bytes
 
@@ -364,9 +364,9 @@ class Datasets:
             )
             session.add(dataset)
             upload.dataset_id = dataset.id
+            await self._outbox.add_work(session, KIND, {"id": dataset.id, "owner": identity.user})
             await session.commit()
         await self._publish(dataset)
-        await self._bus.enqueue(KIND, {"id": dataset.id, "owner": identity.user})
         return dataset
 
     async def append_rows(self, identity: Identity, dataset_name: str, upload_name: str, options: Options) -> Dataset:
@@ -422,16 +422,17 @@ class Datasets:
             dataset.end_time = None
             dataset.update_time = utcnow()
             upload_row.dataset_id = dataset.id
+            await self._outbox.add_work(
+                session,
+                KIND,
+                {
+                    "id": dataset.id, "owner": identity.user, "append": upload.id,
+                    "options": {"format": settled.format, "delimiter": settled.delimiter, "quote_char": settled.quote_char,
+                                "encoding": settled.encoding, "compression": settled.compression},
+                },
+            )
             await session.commit()
         await self._publish(dataset)
-        await self._bus.enqueue(
-            KIND,
-            {
-                "id": dataset.id, "owner": identity.user, "append": upload.id,
-                "options": {"format": settled.format, "delimiter": settled.delimiter, "quote_char": settled.quote_char,
-                            "encoding": settled.encoding, "compression": settled.compression},
-            },
-        )
         return dataset
 
     # --- datasets --------------------------------------------------------------------
@@ -471,35 +472,21 @@ class Datasets:
         return DatasetPage(found, token)
 
     async def delete(self, identity: Identity, name: str) -> None:
-        """Removes the row and every blob of the dataset, and announces the deletion so the
-        embedding and projection services remove what they made from it."""
+        """Removes the row and every blob of the dataset; the deletion event (so the
+        embedding and projection services remove what they made from it) is committed
+        with the row's deletion, through the outbox."""
         async with self._sessions() as session:
             dataset = await self._load(session, identity, name, EDITOR)
             await session.delete(dataset)
+            await announce_deleted(self._outbox, session, dataset.project_id, [dataset.id])
             await session.commit()
         # An import or append not yet run leaves its upload's bytes: they go too.
         uploads = [f"uploads/{u}" for u in (dataset.upload_id, dataset.appending_upload_id) if u]
         await self.remove_blobs([dataset_prefix(dataset.id), *uploads])
-        await self._announce_deleted(dataset.project_id, [dataset.id])
 
     async def remove_project_data(self, project_name: str, keys: list[str]) -> None:
-        """After a project's rows went: its blobs, and one deletion event per dataset."""
+        """After a project's rows went (with their deletion events, Projects.delete): its blobs."""
         await self.remove_blobs(keys)
-        pid = names.parse(project_name, "projects/{project}")["project"]
-        await self._announce_deleted(pid, [k.split("/", 1)[1] for k in keys if k.startswith("datasets/")])
-
-    async def _announce_deleted(self, project_id: str, dataset_ids: list[str]) -> None:
-        for dataset_id in dataset_ids:
-            payload = {
-                "dataset": f"projects/{project_id}/datasets/{dataset_id}",
-                "project_id": project_id,
-                "dataset_id": dataset_id,
-                "delete_time": utcnow().isoformat(),
-            }
-            try:
-                await self._bus.publish_event(DELETED_KIND, dataset_id, json.dumps(payload).encode())
-            except Exception:  # the rows and blobs are gone already; say so loudly
-                log.exception("could not announce the deletion of dataset %s", dataset_id)
 
     async def remove_blobs(self, keys: list[str]) -> None:
         def remove() -> None:

@@ -21,6 +21,8 @@ from services.common.errors import (
 )
 from services.common.jobs import utcnow
 from services.common import paging
+from services.common.outbox import Outbox
+from services.ingest.deletions import announce_deleted
 from services.ingest.members import KnownUser
 from services.ingest.models import Dataset, Member, Project, Upload
 
@@ -78,8 +80,11 @@ FindUser = Callable[[str], Awaitable[KnownUser]]
 
 
 class Projects:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], find_user: FindUser | None = None) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, find_user: FindUser | None = None
+    ) -> None:
         self._sessions = sessions
+        self._outbox = outbox  # the deletion events of a deleted project's datasets
         self._find_user = find_user
 
     async def create(self, identity: Identity, display_name: str, description: str) -> tuple[Project, str]:
@@ -161,14 +166,15 @@ class Projects:
     async def delete(self, identity: Identity, name: str) -> list[str]:
         """Owner only. Delete the project row (members, uploads and datasets go with it by
         cascade); returns the blob prefixes so the caller removes them and their events.
-        Embeddings and projections made from its datasets are removed by their own
-        services (a later issue), which find them gone here as NOT_FOUND."""
+        Each dataset's deletion event is committed with the rows (the outbox), so the
+        embedding and projection services remove what they made from them."""
         pid = project_id(name)
         async with self._sessions() as session:
             await require(session, identity, pid, OWNER)
             dataset_ids = list((await session.scalars(select(Dataset.id).where(Dataset.project_id == pid))).all())
             upload_ids = list((await session.scalars(select(Upload.id).where(Upload.project_id == pid))).all())
             await session.execute(delete(Project).where(Project.id == pid))
+            await announce_deleted(self._outbox, session, pid, dataset_ids)
             await session.commit()
         return [*(f"datasets/{d}" for d in dataset_ids), *(f"uploads/{u}" for u in upload_ids)]
 

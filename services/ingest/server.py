@@ -7,6 +7,7 @@ import asyncio
 from embedviz.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.app import Built, Deps, new_server
 from services.common.events import run_work_queue
+from services.common.outbox import Outbox
 from services.ingest.datasets import KIND, Datasets, IngestSettings
 from services.ingest.members import UserDirectory
 from services.ingest.projects import Projects
@@ -18,10 +19,11 @@ async def build(deps: Deps) -> Built:
         ingest_pb2.DESCRIPTOR.services_by_name["IngestInternalService"].full_name,
     ]
     directory = UserDirectory(deps.channels.get(deps.settings.auth_addr), deps.settings.internal_secret)
-    projects = Projects(deps.db.sessions, find_user=directory.find)
+    outbox = Outbox(deps.db.sessions, deps.bus, "ingest")
+    projects = Projects(deps.db.sessions, outbox, find_user=directory.find)
     # Ingest owns the members table: it tells roles from its own database, not over gRPC.
     server, health = new_server(deps, service_names, roles=projects.role_rank)
-    datasets = Datasets(deps.db.sessions, deps.blobs, deps.bus, IngestSettings.from_env())
+    datasets = Datasets(deps.db.sessions, deps.blobs, deps.bus, IngestSettings.from_env(), outbox)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(projects, datasets), server)
     ingest_pb2_grpc.add_IngestInternalServiceServicer_to_server(IngestInternalServicer(projects, datasets), server)
 
@@ -30,4 +32,5 @@ async def build(deps: Deps) -> Built:
 
     background = [importer for _ in range(deps.settings.workers)]
     background.append(datasets.sweep_forever)  # expired uploads lose their bytes
+    background.append(outbox.relay)  # import work and deletion events, after their commit
     return Built(server, health, service_names, deps.settings.listen_addr(deps.settings.ingest_addr), background)
