@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import DateTime, Float, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -54,6 +54,13 @@ class JobColumns:
     start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Kept by the job runner (services/common/runner.py): the worker's last sign of life,
+    # the attempts so far, the last retried error, the worker holding it, its message.
+    heartbeat_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    worker: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    work: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

@@ -1,90 +1,243 @@
-"""The shared work-queue consumer on a real nats-server: a job whose worker fails or dies
-on every attempt is given up on its last delivery (the service marks it FAILED), instead
-of being dropped by JetStream with its row RUNNING forever."""
+"""The shared consumer and job runner on a real nats-server and PostgreSQL: whatever a
+worker does on every delivery (fails, dies, hangs and is killed), its job ends FAILED with
+a message a person can read, never RUNNING; a job whose worker was killed is queued
+again by the sweeper and finishes once."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from services.common.events import EventBus, crash_message, run_work_queue
+import pytest
+
+from services.common.consumer import Consumer, ConsumerSettings, Delivery, json_object
+from services.common.db import Database
+from services.common.events import EVENTS_STREAM, EventBus
+from services.common.jobs import FAILED, PENDING, RUNNING, SUCCEEDED
+from services.common.runner import JobSweeper
 from services.stack import Stack
+from tests.common import runner_jobs
+from tests.common.runner_jobs import CountingJob
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def test_a_job_that_fails_every_time_is_given_up_with_its_last_error(infra: Stack) -> None:
-    bus = await EventBus.connect(infra.nats_url, name="test-give-up")
+@pytest.fixture(scope="module")
+async def database_url(infra: Stack) -> str:
+    return await runner_jobs.new_database(infra.pg_dsn, infra.database_url)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    yield database
+    await database.close()
+
+
+async def new_job(db: Database, bus: EventBus, kind: str) -> str:
+    job_id = uuid.uuid4().hex[:12]
+    async with db.sessions() as session:
+        session.add(CountingJob(id=job_id, state=PENDING))
+        await session.commit()
+    await bus.enqueue(kind, {"id": job_id, "owner": "someone"})
+    return job_id
+
+
+async def job_of(db: Database, job_id: str) -> CountingJob:
+    async with db.sessions() as session:
+        row = await session.get(CountingJob, job_id)
+    assert row is not None
+    return row
+
+
+async def start_worker(infra: Stack, database_url: str, behaviour: str, kind: str, marker: Path,
+                       max_deliver: int = 3, seconds: float = 8) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "build/gen/python")]),
+           "RUNNER_TEST_MARKER": str(marker), "RUNNER_TEST_SECONDS": str(seconds)}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.common.runner_jobs", infra.nats_url, database_url, behaviour, kind,
+        str(max_deliver), env=env, cwd=str(REPO),
+    )
+
+
+def attempts_noted(marker: Path) -> list[str]:
+    return marker.read_text().split() if marker.exists() else []
+
+
+async def until(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_job_that_fails_every_time_ends_failed_with_its_last_error(
+    infra: Stack, database_url: str, db: Database, tmp_path: Path
+) -> None:
+    bus = await EventBus.connect(infra.nats_url, name="test-runner")
     kind = f"test-fails-{uuid.uuid4().hex[:6]}"
-    attempts: list[int] = []
-    given_up: list[tuple[dict[str, Any], int, str | None]] = []
-    stop = asyncio.Event()
-
-    async def handler(payload: dict[str, Any], delivery: int) -> None:
-        attempts.append(delivery)
-        raise ValueError(f"column 'body' not found (attempt {delivery})")
-
-    async def give_up(payload: dict[str, Any], count: int, last_error: str | None) -> None:
-        given_up.append((payload, count, last_error))
-        stop.set()
-
+    marker = tmp_path / "attempts"
     try:
-        consumer = asyncio.create_task(run_work_queue(bus, kind, handler, stop, give_up, ack_wait=5, max_deliver=4, first_retry=0.1))
-        await bus.enqueue(kind, {"id": "job-1"})
-        await asyncio.wait_for(stop.wait(), timeout=30)
-        await asyncio.wait_for(consumer, timeout=10)
+        job_id = await new_job(db, bus, kind)
+        worker = await start_worker(infra, database_url, "unavailable", kind, marker, max_deliver=3, seconds=10)
+        await until(lambda: _ended(db, job_id), 30, "the job to end")
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(worker.wait(), timeout=20)
     finally:
         await bus.close()
-    assert attempts == [1, 2, 3], "the last delivery is given up, not run"
-    assert given_up == [({"id": "job-1"}, 3, "ValueError: column 'body' not found (attempt 3)")]
-    assert "failed 3 times" in crash_message("importing this file", 3, given_up[0][2])
+    row = await job_of(db, job_id)
+    assert attempts_noted(marker) == ["1", "2"], "the last delivery is given up, not run"
+    assert row.state == FAILED
+    assert row.error == ("counting the rows failed 2 times and was given up; "
+                         "the last error: the dataset service is away")
 
 
-WORKER = """
-import asyncio, os, sys
-from pathlib import Path
-from services.common.events import EventBus, run_work_queue
-
-async def main(url, kind, marker):
-    bus = await EventBus.connect(url, name="test-dying-worker")
-    stop = asyncio.Event()
-
-    async def handler(payload, delivery):
-        Path(marker + ".attempts").open("a").write(f"{delivery}\\n")
-        os._exit(17)  # the worker process dies in the middle of the job
-
-    async def give_up(payload, count, last_error):
-        Path(marker).write_text(f"{payload['id']} {count} {last_error}")
-        stop.set()
-
-    await run_work_queue(bus, kind, handler, stop, give_up, ack_wait=1, max_deliver=3)
-    await bus.close()
-
-asyncio.run(main(*sys.argv[1:]))
-"""
+async def test_a_job_with_a_bad_request_fails_at_once_with_its_message(
+    infra: Stack, database_url: str, db: Database, tmp_path: Path
+) -> None:
+    bus = await EventBus.connect(infra.nats_url, name="test-runner")
+    kind = f"test-invalid-{uuid.uuid4().hex[:6]}"
+    marker = tmp_path / "attempts"
+    try:
+        job_id = await new_job(db, bus, kind)
+        worker = await start_worker(infra, database_url, "invalid", kind, marker, seconds=10)
+        await until(lambda: _ended(db, job_id), 30, "the job to end")
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(worker.wait(), timeout=20)
+    finally:
+        await bus.close()
+    row = await job_of(db, job_id)
+    assert attempts_noted(marker) == ["1"], "a verdict on the request is not retried"
+    assert (row.state, row.error) == (FAILED, "column 'body' not found; the dataset has: title, text")
 
 
-async def test_a_job_whose_worker_dies_every_time_is_given_up(infra: Stack, tmp_path: Path) -> None:
+async def test_a_worker_that_crashes_on_every_delivery_leaves_its_job_failed_not_running(
+    infra: Stack, database_url: str, db: Database, tmp_path: Path
+) -> None:
+    bus = await EventBus.connect(infra.nats_url, name="test-runner")
     kind = f"test-dies-{uuid.uuid4().hex[:6]}"
-    marker = tmp_path / "given-up"
-    bus = await EventBus.connect(infra.nats_url, name="test-enqueue")
+    marker = tmp_path / "attempts"
     try:
-        await bus.enqueue(kind, {"id": "job-2"})
+        job_id = await new_job(db, bus, kind)
     finally:
         await bus.close()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "build/gen/python")])}
     exits = []
-    deadline = time.monotonic() + 60
-    while not marker.exists():  # a supervisor that restarts the worker each time it dies
-        assert time.monotonic() < deadline, f"never given up; worker exits: {exits}"
-        worker = await asyncio.create_subprocess_exec(sys.executable, "-c", WORKER, infra.nats_url, kind, str(marker), env=env)
+    deadline = time.monotonic() + 90
+    while not await _ended(db, job_id):  # a supervisor that restarts the worker each time it dies
+        assert time.monotonic() < deadline, f"never ended; worker exits: {exits}"
+        worker = await start_worker(infra, database_url, "dies", kind, marker, max_deliver=3, seconds=6)
         exits.append(await asyncio.wait_for(worker.wait(), timeout=30))
-    assert exits == [17, 17, 0]
-    assert (tmp_path / "given-up.attempts").read_text().split() == ["1", "2"]
-    assert marker.read_text() == "job-2 2 None"  # no error to quote: the process died each time
-    assert "stopped 2 times" in crash_message("making this map", 2, None)
+    row = await job_of(db, job_id)
+    assert exits[:2] == [17, 17]
+    assert attempts_noted(marker) == ["1", "2"]
+    assert row.state == FAILED
+    assert row.error.startswith("the worker stopped 2 times while counting the rows (a crash or a restart each time)")
+
+
+async def test_a_killed_worker_job_is_queued_again_by_the_sweeper_and_done_once(
+    infra: Stack, database_url: str, db: Database, tmp_path: Path
+) -> None:
+    """The worker is SIGKILLed mid-job and the job's message is gone for good (here: the
+    durable consumer is deleted with it, as when NATS lost its data): only the sweeper can
+    bring the job back."""
+    bus = await EventBus.connect(infra.nats_url, name="test-runner")
+    kind = f"test-hangs-{uuid.uuid4().hex[:6]}"
+    hung, done = tmp_path / "hung", tmp_path / "done"
+    try:
+        job_id = await new_job(db, bus, kind)
+        worker = await start_worker(infra, database_url, "hangs", kind, hung, max_deliver=5, seconds=60)
+        await until(lambda: _state_is(db, job_id, RUNNING), 30, "the job to run")
+        worker.kill()
+        await worker.wait()
+        await bus.js.delete_consumer("EMBEDVIZ_WORK", f"{kind}-workers")  # its message is lost with it
+        await bus.js.purge_stream("EMBEDVIZ_WORK", subject=f"work.{kind}")
+        before = await job_of(db, job_id)
+        assert before.state == RUNNING and before.heartbeat_time is not None
+
+        runner = _runner(db, bus, kind, max_deliver=5)
+        sweeper = JobSweeper([runner], every=0.5)
+        assert await sweeper.sweep() == [], "a fresh heartbeat is left alone"
+        await asyncio.sleep(runner.settings.stale_after + 0.5)
+        assert await sweeper.sweep() == [(job_id, "requeued")]
+
+        finisher = await start_worker(infra, database_url, "succeeds", kind, done, max_deliver=5, seconds=60)
+        await until(lambda: _ended(db, job_id), 30, "the job to end")
+        finisher.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(finisher.wait(), timeout=20)
+    finally:
+        await bus.close()
+    row = await job_of(db, job_id)
+    assert (row.state, row.done, row.error) == (SUCCEEDED, 10, "")
+    assert attempts_noted(hung) == ["1"] and attempts_noted(done) == ["2"], "run once more, not twice"
+
+
+async def test_a_stalled_job_without_attempts_left_is_failed_by_the_sweeper(
+    infra: Stack, database_url: str, db: Database, tmp_path: Path
+) -> None:
+    bus = await EventBus.connect(infra.nats_url, name="test-runner")
+    kind = f"test-stalls-{uuid.uuid4().hex[:6]}"
+    marker = tmp_path / "attempts"
+    try:
+        job_id = await new_job(db, bus, kind)
+        worker = await start_worker(infra, database_url, "hangs", kind, marker, max_deliver=2, seconds=60)
+        await until(lambda: _state_is(db, job_id, RUNNING), 30, "the job to run")
+        worker.kill()  # and no worker comes back for it
+        await worker.wait()
+        sweeper = JobSweeper([_runner(db, bus, kind, max_deliver=2)], every=0.5)
+        stop = asyncio.Event()
+        sweeping = asyncio.create_task(sweeper.run(stop))
+        await until(lambda: _ended(db, job_id), 20, "the sweeper to end the job")
+        stop.set()
+        await asyncio.wait_for(sweeping, timeout=5)
+    finally:
+        await bus.close()
+    row = await job_of(db, job_id)
+    assert row.state == FAILED
+    assert row.error.startswith("the worker stopped responding while counting the rows (no sign of life for 3 s")
+
+
+async def test_an_event_consumer_retries_a_failed_event_until_it_is_handled(infra: Stack) -> None:
+    bus = await EventBus.connect(infra.nats_url, name="test-consumer")
+    job = uuid.uuid4().hex[:8]
+    seen: list[tuple[dict[str, Any], int]] = []
+    stop = asyncio.Event()
+
+    async def handler(payload: dict[str, Any], delivery: Delivery) -> None:
+        seen.append((payload, delivery.number))
+        if delivery.number < 3:
+            raise ConnectionError("the blob store is away")
+        stop.set()
+
+    consumer: Consumer[dict[str, Any]] = Consumer(
+        bus, stream=EVENTS_STREAM, subject=f"events.test-deleted-{job}.*", durable=f"test-{job}",
+        handler=handler, decode=json_object, settings=ConsumerSettings(ack_wait=2, batch=8, first_retry=0.1),
+    )
+    try:
+        await bus.publish_event(f"test-deleted-{job}", "a", b"not json")  # dropped; the next one still comes
+        await bus.publish_event(f"test-deleted-{job}", "b", b'{"id": "x"}')
+        await asyncio.wait_for(consumer.run(stop), timeout=30)
+    finally:
+        await bus.close()
+    assert seen == [({"id": "x"}, 1), ({"id": "x"}, 2), ({"id": "x"}, 3)]
+
+
+def _runner(db: Database, bus: EventBus, kind: str, max_deliver: int) -> Any:
+    from services.common.runner import JobRunner
+
+    return JobRunner(db.sessions, bus, runner_jobs.kind(kind, runner_jobs.behaviour("succeeds", Path(os.devnull))),
+                     runner_jobs.settings(max_deliver))
+
+
+async def _ended(db: Database, job_id: str) -> bool:
+    return (await job_of(db, job_id)).state in (SUCCEEDED, FAILED)
+
+
+async def _state_is(db: Database, job_id: str, state: str) -> bool:
+    return (await job_of(db, job_id)).state == state
