@@ -45,7 +45,7 @@ help:
 	@echo "make web         build the web client into $(WEB)/dist"
 	@echo "make chromium    install Debian's chromium if /usr/bin/chromium is missing"
 	@echo "make bench       run tests/bench/*.py (BENCH=name runs one)"
-	@echo "make lint        ruff, if installed"
+	@echo "make lint        ruff and mypy (settings in pyproject.toml; make test runs it first)"
 	@echo "make clean       remove build outputs (keeps the venvs and node_modules)"
 
 # --- Python ---------------------------------------------------------------------------
@@ -78,10 +78,13 @@ endif
 
 proto: $(STAMPS)/proto-py $(STAMPS)/proto-ts
 
+# mypy-protobuf's plugins (requirements.txt) write the .pyi stubs that mypy (make lint) reads.
 $(STAMPS)/proto-py: $(PROTOS) $(STAMPS)/venv
 	rm -rf $(GEN_PY) && mkdir -p $(GEN_PY)
-	$(VPY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_PY) --pyi_out=$(GEN_PY) \
-		--grpc_python_out=$(GEN_PY) $(PROTOS)
+	$(VPY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_PY) --grpc_python_out=$(GEN_PY) \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=quiet:$(GEN_PY) \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=quiet:$(GEN_PY) \
+		$(PROTOS)
 	touch $(GEN_PY)/embedviz/__init__.py $(GEN_PY)/embedviz/v1/__init__.py
 	touch $@
 
@@ -137,10 +140,10 @@ bench: venv $(STAMPS)/proto-py
 		echo "== $$s"; $(RUN_ENV) $(VPY) "$$s"; \
 	done
 
-lint:
-	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check services gateway tests; \
-	elif command -v ruff >/dev/null; then ruff check services gateway tests; \
-	else echo "lint: ruff is not installed (pip install ruff)"; fi
+# Settings in pyproject.toml; mypy reads the generated code's stubs, so it needs proto-py.
+lint: venv $(STAMPS)/proto-py
+	$(VENV)/bin/ruff check services gateway tests
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf build $(WEB)/dist $(WEB)/src/gen test-artifacts .pytest_cache
