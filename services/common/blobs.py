@@ -3,6 +3,8 @@ filesystem URI) in production. Large arrays live here, never in SQL rows."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -51,6 +53,22 @@ class BlobStore:
         path = self.path(prefix)
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
             self.fs.delete_dir(path)
+
+    def children(self, prefix: str) -> dict[str, datetime | None]:
+        """What lies directly under `prefix` (a file, or a folder of files) by name, with the
+        newest change time of anything in it (None where the store tells none); for the
+        reconciler, which removes what has no row once it is old enough."""
+        base = self.path(prefix).rstrip("/")
+        found: dict[str, datetime | None] = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+            name = info.path[len(base):].lstrip("/").split("/", 1)[0]
+            if not name:
+                continue
+            mtime: datetime | None = info.mtime
+            have = found.get(name)
+            if name not in found or (mtime is not None and (have is None or mtime > have)):
+                found[name] = mtime
+        return found
 
     def move(self, src: str, dst: str) -> None:
         self._parent(dst)

@@ -13,6 +13,8 @@ from services.common.app import Built, Deps, close_deps, new_server, open_deps
 from services.common.config import Settings
 from services.common.events import run_event_consumer
 from services.common.outbox import Outbox
+from services.common.reconcile import ReconcileSettings
+from services.embedding import orphans
 from services.common.server import configure_logging
 from services.embedding.datasets import IngestDatasets
 from services.embedding.embeddings import Embeddings
@@ -69,6 +71,7 @@ async def build(deps: Deps) -> Built:
     count = settings.workers if settings.workers >= 0 else deps.settings.workers
     # the outbox's relay: work and deletion events, after their commit
     background = [follow_dataset_deletions, embeddings.outbox.relay]
+    background.append(orphans.reconciler(embeddings, ReconcileSettings.from_env()).run)  # a deleted dataset's leftovers
     if count > 0:
 
         async def warm(stop: asyncio.Event) -> None:

@@ -8,6 +8,8 @@ from embedviz.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.app import Built, Deps, new_server
 from services.common.events import run_work_queue
 from services.common.outbox import Outbox
+from services.common.reconcile import ReconcileSettings
+from services.ingest import orphans
 from services.ingest.datasets import KIND, Datasets, IngestSettings
 from services.ingest.members import UserDirectory
 from services.ingest.projects import Projects
@@ -33,4 +35,5 @@ async def build(deps: Deps) -> Built:
     background = [importer for _ in range(deps.settings.workers)]
     background.append(datasets.sweep_forever)  # expired uploads lose their bytes
     background.append(outbox.relay)  # import work and deletion events, after their commit
+    background.append(orphans.reconciler(deps.db.sessions, deps.blobs, ReconcileSettings.from_env()).run)
     return Built(server, health, service_names, deps.settings.listen_addr(deps.settings.ingest_addr), background)
