@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from services.common.errors import InvalidArgument, excerpt
 from services.ingest import filters
-from services.ingest.importer import ROW_COLUMN
+from services.ingest.reading import ROW_COLUMN
 
 
 @dataclass

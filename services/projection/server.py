@@ -15,7 +15,10 @@ from services.common.events import run_event_consumer, run_work_queue
 from services.common.config import Settings
 from services.projection import fits, maps, vectors
 from services.projection.follow_ups import run_follow_ups
-from services.projection.projection import KIND, Projections
+from services.projection.job import MapJobs
+from services.projection.reads import MapReads
+from services.projection.records import ProjectionRecords
+from services.projection.rules import KIND
 from services.projection.servicer import ProjectionServicer
 from services.projection.sources import Sources
 
@@ -49,15 +52,17 @@ async def build(deps: Deps) -> Built:
     warm = os.environ.get("EMBEDVIZ_PROJECTION_WARM_UP", "1").strip() not in ("0", "false", "no")
     fit_pool = fits.Fits(slots=max(1, settings.workers), root=cache / "fits", warm=warm)
     vector_files = vectors.VectorFiles(cache / "vectors", vector_cache_bytes())
-    projections = Projections(
-        deps, Sources(deps.channels, settings.embedding_addr, settings.ingest_addr), fit_pool, vector_files
-    )
+    sources = Sources(deps.channels, settings.embedding_addr, settings.ingest_addr)
+    sessions = deps.db.sessions
+    records = ProjectionRecords(sessions, deps.bus, deps.access, deps.delegated, deps.blobs, sources, vector_files)
+    reads = MapReads(records, sessions, deps.blobs, sources, vector_files)
+    jobs = MapJobs(sessions, deps.blobs, deps.delegated, sources, fit_pool, records.publish)
     server, health = new_server(deps, SERVICE_NAMES)
-    projection_pb2_grpc.add_ProjectionServiceServicer_to_server(ProjectionServicer(projections), server)
+    projection_pb2_grpc.add_ProjectionServiceServicer_to_server(ProjectionServicer(records, reads), server)
 
     async def follow_embedding_deletions(stop: asyncio.Event) -> None:
         await run_event_consumer(
-            deps.bus, "events.embedding-deleted.>", "projection-embedding-deleted", projections.remove_for_embedding, stop
+            deps.bus, "events.embedding-deleted.>", "projection-embedding-deleted", records.remove_for_embedding, stop
         )
 
     background: list[Background] = [follow_embedding_deletions]
@@ -68,12 +73,12 @@ async def build(deps: Deps) -> Built:
 
         def worker() -> Background:
             async def work(stop: asyncio.Event) -> None:
-                await run_work_queue(deps.bus, KIND, projections.run_job, stop, give_up=projections.give_up)
+                await run_work_queue(deps.bus, KIND, jobs.run_job, stop, give_up=jobs.give_up)
 
             return work
 
         async def follow_ups(stop: asyncio.Event) -> None:
-            await run_follow_ups(deps.bus, projections.follow_up, stop)
+            await run_follow_ups(deps.bus, records.follow_up, stop)
 
         background.append(fitting_processes)
         background.append(follow_ups)

@@ -10,7 +10,9 @@ from embedviz.v1 import projection_pb2, projection_pb2_grpc
 from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
 from services.projection import exports, maps
-from services.projection.projection import Projections, cluster_to_proto, to_proto
+from services.projection.messages import cluster_to_proto, to_proto
+from services.projection.reads import MapReads
+from services.projection.records import ProjectionRecords
 
 _EXPORT_FORMATS = {
     projection_pb2.EXPORT_FORMAT_UNSPECIFIED: exports.CSV,
@@ -29,30 +31,31 @@ def _required(value: str, field: str) -> str:
 
 
 class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
-    def __init__(self, projections: Projections) -> None:
-        self._projections = projections
+    def __init__(self, records: ProjectionRecords, reads: MapReads) -> None:
+        self._records = records
+        self._reads = reads
 
     async def CreateProjection(self, request, context):  # type: ignore[no-untyped-def]
-        row = await self._projections.create(
+        row = await self._records.create(
             current_identity(), _required(request.parent, "parent"), request.projection
         )
         return to_proto(row)
 
     async def GetProjection(self, request, context):  # type: ignore[no-untyped-def]
-        return to_proto(await self._projections.get(current_identity(), _required(request.name, "name")))
+        return to_proto(await self._records.get(current_identity(), _required(request.name, "name")))
 
     async def ListProjections(self, request, context):  # type: ignore[no-untyped-def]
-        rows, token = await self._projections.list(
+        rows, token = await self._records.list(
             current_identity(), _required(request.parent, "parent"), request.page_size, request.page_token
         )
         return projection_pb2.ListProjectionsResponse(projections=[to_proto(r) for r in rows], next_page_token=token)
 
     async def DeleteProjection(self, request, context):  # type: ignore[no-untyped-def]
-        await self._projections.delete(current_identity(), _required(request.name, "name"))
+        await self._records.delete(current_identity(), _required(request.name, "name"))
         return empty_pb2.Empty()
 
     async def WatchProjection(self, request, context) -> AsyncIterator[projection_pb2.WatchProjectionResponse]:  # type: ignore[no-untyped-def]
-        updates = self._projections.watch(current_identity(), _required(request.name, "name"))
+        updates = self._records.watch(current_identity(), _required(request.name, "name"))
         try:
             async for projection in updates:
                 yield projection_pb2.WatchProjectionResponse(projection=projection)
@@ -60,13 +63,13 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
             await updates.aclose()
 
     async def CancelProjection(self, request, context):  # type: ignore[no-untyped-def]
-        return to_proto(await self._projections.cancel(current_identity(), _required(request.name, "name")))
+        return to_proto(await self._records.cancel(current_identity(), _required(request.name, "name")))
 
     async def StreamPoints(self, request, context) -> AsyncIterator[projection_pb2.StreamPointsResponse]:  # type: ignore[no-untyped-def]
         if request.chunk_points < 0:
             raise InvalidArgument(f"chunk_points is {request.chunk_points}; use 0 (the default) or more")
         size = min(request.chunk_points or DEFAULT_CHUNK_POINTS, MAX_CHUNK_POINTS)
-        points = await self._projections.points(current_identity(), _required(request.name, "name"))
+        points = await self._reads.points(current_identity(), _required(request.name, "name"))
         total = len(points)
         for start, stop in maps.chunk_bounds(points, size):
             chunk = maps.pack(points, start, stop)
@@ -80,11 +83,11 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
             )
 
     async def ListClusters(self, request, context):  # type: ignore[no-untyped-def]
-        clusters = await self._projections.clusters(current_identity(), _required(request.parent, "parent"))
+        clusters = await self._reads.clusters(current_identity(), _required(request.parent, "parent"))
         return projection_pb2.ListClustersResponse(clusters=[cluster_to_proto(c) for c in clusters])
 
     async def SearchPoints(self, request, context):  # type: ignore[no-untyped-def]
-        matches = await self._projections.search(
+        matches = await self._reads.search(
             current_identity(), _required(request.name, "name"), request.query, request.column, request.limit
         )
         return projection_pb2.SearchPointsResponse(
@@ -92,7 +95,7 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
         )
 
     async def FindNeighbors(self, request, context):  # type: ignore[no-untyped-def]
-        neighbors = await self._projections.neighbors(
+        neighbors = await self._reads.neighbors(
             current_identity(), _required(request.name, "name"), request.row_index, request.limit
         )
         return projection_pb2.FindNeighborsResponse(
@@ -103,7 +106,7 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
         file_format = _EXPORT_FORMATS.get(request.format)
         if file_format is None:
             raise InvalidArgument(f"unknown export format {request.format}; use CSV, JSONL or PARQUET")
-        chunks = self._projections.export(
+        chunks = self._reads.export(
             current_identity(),
             _required(request.name, "name"),
             file_format,

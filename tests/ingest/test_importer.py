@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from services.common.errors import InvalidArgument
 from services.ingest import rows
 from services.ingest.checksum import crc32c
-from services.ingest.importer import ImportFailed, Limits, Options, import_file, unique_names
+from services.ingest.importer import import_file, unique_names
+from services.ingest.reading import ImportFailed, Limits, Options
 
 TEXTS = [
     "The battery lasts two full days, which surprised me.",

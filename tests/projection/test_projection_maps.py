@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 from embedviz.v1 import projection_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.projection import maps
-from services.projection.projection import map_params
+from services.projection.rules import map_params
 
 BLOB_WORDS = [
     ["apple", "banana", "fruit", "orchard", "juice"],

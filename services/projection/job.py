@@ -1,0 +1,288 @@
+"""The job that makes a map: load the vectors, reduce, cluster, measure, label, save the
+points and clusters. The CPU-heavy stages run in the worker slot's child process
+(fits.py), which a cancel or delete kills."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.blobs import BlobStore
+from services.common.clients import DelegatedTokens, JobCredentials
+from services.common.errors import DomainError, FailedPrecondition
+from services.common.events import crash_message
+from services.common.jobs import CANCELLED, TERMINAL, JobCancelled, JobGone, JobReporter
+from services.projection import fits, maps
+from services.projection.models import ClusterRow, ProjectionRow
+from services.projection.rules import MIN_ROWS, dataset_name, embedding_name, params_of, points_key
+from services.projection.sources import EmbeddingInfo, Sources
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+STAGE_POLL_SECONDS = 0.25
+CANCEL_POLL_SECONDS = 0.5  # how often a job in a fit reads its state: a cancel kills the fit within this
+
+T = TypeVar("T")
+
+
+class MapJobs:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        blobs: BlobStore,
+        delegated: DelegatedTokens,
+        sources: Sources,
+        fit_pool: fits.Fits,
+        publish: Callable[[ProjectionRow], Awaitable[None]],
+    ) -> None:
+        """`fit_pool`: the child processes that make maps; `publish`: announces a record's
+        new state (ProjectionRecords.publish)."""
+        self._sessions = sessions
+        self._blobs = blobs
+        self._delegated = delegated
+        self._sources = sources
+        self._fits = fit_pool
+        self._publish = publish
+
+    async def run_job(self, payload: dict[str, Any], delivery: int) -> None:
+        projection_id = str(payload.get("id", ""))
+        owner = str(payload.get("owner", ""))
+        async with self._sessions() as session:
+            row = await session.get(ProjectionRow, projection_id)
+        if row is None or row.state in TERMINAL:
+            return  # deleted or already finished (a redelivery after the ack was lost)
+        reporter: JobReporter[ProjectionRow] = JobReporter(
+            self._sessions, ProjectionRow, projection_id, self._publish
+        )
+        try:
+            await self._make_map(row, owner or row.owner, reporter)
+        except (JobCancelled, JobGone):
+            log.info("projection %s stopped: cancelled or deleted", projection_id)
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+        except fits.FitsStopping:
+            # this process is stopping and killed the fit: the queue hands the job out again at once
+            log.info("projection %s handed back: the service is stopping", projection_id)
+            raise asyncio.CancelledError() from None
+        except fits.FitDied as exc:
+            log.error("projection %s failed: %s", projection_id, exc)
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+            await reporter.fail(f"the map could not be made: {exc}; try again, and if it fails the same way, the worker needs more memory for this many rows")
+        except DomainError as exc:
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+            if exc.code.name == "UNAVAILABLE" and delivery < 5:
+                raise  # a service this job needs is down: let the queue hand it out again
+            await reporter.fail(exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("projection %s failed", projection_id)
+            await asyncio.to_thread(self._remove_blobs, projection_id)
+            details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+            await reporter.fail(f"the projection failed: {details or type(exc).__name__}")
+
+    async def give_up(self, payload: dict[str, Any], attempts: int, last_error: str | None) -> None:
+        """The map's last delivery (services/common/events.py): its worker died or failed on
+        every attempt, so the projection ends FAILED and leaves nothing behind."""
+        projection_id = str(payload.get("id", ""))
+        async with self._sessions() as session:
+            row = await session.get(ProjectionRow, projection_id)
+        if row is None or row.state in TERMINAL:
+            return
+        await asyncio.to_thread(self._remove_blobs, projection_id)
+        reporter: JobReporter[ProjectionRow] = JobReporter(self._sessions, ProjectionRow, projection_id, self._publish)
+        await reporter.fail(crash_message("making this map", attempts, last_error))
+
+    def _remove_blobs(self, projection_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self._blobs.delete_dir(f"projections/{projection_id}")
+
+    async def _make_map(self, row: ProjectionRow, owner: str, reporter: JobReporter[ProjectionRow]) -> None:
+        # Held for the whole job: each call gets a token that is fresh enough (a map can
+        # take longer than any token lives).
+        credentials = self._delegated.for_job(owner)
+        params = params_of(row)
+        await reporter.start("loading vectors", total=row.total or 0)
+        embedding = await credentials.call(
+            lambda identity: self._sources.get_embedding(identity, embedding_name(row)), f"reading {embedding_name(row)}"
+        )
+        if not embedding.succeeded:
+            raise FailedPrecondition(f"{embedding.name} is {embedding.state_name}; it must have succeeded")
+        rows = int(embedding.row_count)
+        await reporter.progress(0, total=rows, force=True)
+        # The CPU-heavy stages run in this worker slot's child process, which a cancel kills.
+        async with self._fits.session(row.id) as fit:
+            await self._fit_map(row, embedding, params, credentials, reporter, fit)
+
+    async def _fit_map(
+        self,
+        row: ProjectionRow,
+        embedding: EmbeddingInfo,
+        params: maps.MapParams,
+        credentials: JobCredentials,
+        reporter: JobReporter[ProjectionRow],
+        fit: fits.FitSession,
+    ) -> None:
+        rows = int(embedding.row_count)
+        # straight into a file of the fit's folder: the child maps it, nobody holds a copy
+        vectors = await credentials.call(
+            lambda identity: self._sources.load_vectors(
+                identity, embedding, on_chunk=lambda done: reporter.progress(done, total=rows), allocate=fit.allocate
+            ),
+            f"reading the vectors of {embedding.name}",
+        )
+        if rows < MIN_ROWS:
+            raise FailedPrecondition(f"the embedding has {rows} rows; a map needs at least {MIN_ROWS}")
+        if params.method == maps.UMAP:
+            params = replace(params, n_neighbors=max(2, min(params.n_neighbors, rows - 1)))
+        if params.algorithm == maps.KMEANS:
+            params = replace(params, k=min(params.k or maps.default_k(rows), rows))
+
+        first = maps.STAGE_PRE_REDUCTION if params.method != maps.PCA else "pca"
+        status = StageStatus(first, 0, rows)
+        await reporter.progress(0, total=rows, stage=first)
+        points = await self._in_child(fit, reporter, status, row.id, maps.reduce, vectors, params, progress=True)
+        sample = maps.fit_sample(rows, params)
+        fitted_rows = rows if sample is None else int(sample.shape[0])
+        pre_reduced = maps.pre_reduce_dims(vectors.shape, params, fitted_rows)
+
+        status.update("clustering", 0, rows)
+        await reporter.progress(0, total=rows, stage="clustering")
+        labels = await self._in_child(fit, reporter, status, row.id, maps.cluster, points, vectors, params)
+        summaries = maps.summarise(points, labels)
+
+        status.update("quality", 0, rows)
+        await reporter.progress(0, total=rows, stage="quality")
+        label_column = str((row.params or {}).get("label_column", ""))
+        truth = (
+            await credentials.call(
+                lambda identity: self._sources.load_texts(identity, dataset_name(row), [label_column], rows),
+                f"reading the labels of {dataset_name(row)}",
+            )
+            if label_column
+            else None
+        )
+        quality = await self._in_child(fit, reporter, status, row.id, maps.measure, vectors, points, params, truth)
+        quality.update(fitted_rows=fitted_rows, pre_reduction_dimensions=pre_reduced)
+        del vectors
+
+        status.update("labelling", 0, rows)
+        await reporter.progress(0, total=rows, stage="labelling")
+        columns = embedding.text_columns
+        texts = (
+            await credentials.call(
+                lambda identity: self._sources.load_texts(identity, dataset_name(row), columns, rows),
+                f"reading the texts of {dataset_name(row)}",
+            )
+            if columns
+            else [""] * rows
+        )
+        terms = await self._in_child(fit, reporter, status, row.id, maps.cluster_terms, texts, labels)
+        for summary in summaries:
+            summary.terms = terms.get(summary.id, [])
+            summary.label = maps.label_of(summary.terms, summary.id)
+
+        await reporter.progress(rows, total=rows, stage="saving", force=True)
+        await asyncio.to_thread(self._write_points, row.id, points, labels)
+        async with self._sessions() as session:
+            await session.execute(delete(ClusterRow).where(ClusterRow.projection_id == row.id))
+            session.add_all(
+                ClusterRow(
+                    projection_id=row.id,
+                    cluster_id=s.id,
+                    label=s.label,
+                    size=s.size,
+                    centroid=s.centroid,
+                    terms=s.terms,
+                )
+                for s in summaries
+            )
+            await session.commit()
+        cluster_count = sum(1 for s in summaries if s.id != maps.NOISE)
+        await reporter.succeed(
+            point_count=rows, cluster_count=cluster_count, done=rows, total=rows, quality=quality
+        )
+
+    def _write_points(self, projection_id: str, points: np.ndarray, labels: np.ndarray) -> None:
+        key = points_key(projection_id)
+        partial = key + ".part"
+        table = maps.points_table(points, labels)
+        with self._blobs.open_output(partial) as sink:
+            maps.write_points(sink, table)
+        self._blobs.move(partial, key)
+
+    async def _in_child(
+        self,
+        fit: fits.FitSession,
+        reporter: JobReporter[ProjectionRow],
+        status: StageStatus,
+        projection_id: str,
+        fn: Callable[..., T],
+        *args: Any,
+        progress: bool = False,
+    ) -> T:
+        """Run CPU work in the job's child process (`progress`: `fn` takes `on_stage`);
+        meanwhile publish the stage it reports, keep the job's record fresh, and read the
+        job's state every CANCEL_POLL_SECONDS: a cancelled or deleted job kills the child
+        at once, so its CPU use stops."""
+        task = asyncio.ensure_future(fit.call(fn, *args, on_stage=status.update if progress else None))
+        shown = status.stage
+        last = checked = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=STAGE_POLL_SECONDS)
+                if done:
+                    try:
+                        return task.result()
+                    except fits.FitDied as exc:
+                        raise fits.FitDied(exc.returncode, status.stage) from None
+                stage, count, total = status.read()
+                now = time.monotonic()
+                if stage != shown:
+                    shown, last = stage, now
+                    await reporter.progress(count, total=total, stage=stage)
+                elif now - last >= HEARTBEAT_SECONDS:
+                    last = now
+                    await reporter.progress(count, total=total, force=True)
+                if now - checked >= CANCEL_POLL_SECONDS:
+                    checked = now
+                    await self._still_wanted(projection_id)
+        finally:
+            if not task.done():
+                fit.kill()
+                task.cancel()
+
+    async def _still_wanted(self, projection_id: str) -> None:
+        """JobCancelled or JobGone when the projection was cancelled or deleted."""
+        async with self._sessions() as session:
+            state = await session.scalar(select(ProjectionRow.state).where(ProjectionRow.id == projection_id))
+        if state is None:
+            raise JobGone(f"projection {projection_id} no longer exists")
+        if state == CANCELLED:
+            raise JobCancelled()
+
+
+class StageStatus:
+    """The stage a fit is in, as the child process last reported it."""
+
+    def __init__(self, stage: str, done: int, total: int) -> None:
+        self._lock = threading.Lock()
+        self.stage, self.done, self.total = stage, done, total
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        with self._lock:
+            self.stage, self.done, self.total = stage, done, total
+
+    def read(self) -> tuple[str, int, int]:
+        with self._lock:
+            return self.stage, self.done, self.total
