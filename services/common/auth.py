@@ -15,8 +15,8 @@ import aiohttp
 import jwt
 
 from services.common import request_ids, revocations
-from services.common.revocations import Revocations
 from services.common.errors import Unauthenticated
+from services.common.revocations import Revocations
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,10 @@ class JwksKeys:
 
 def parse_jwks(document: dict[str, object]) -> dict[str, jwt.PyJWK]:
     keys: dict[str, jwt.PyJWK] = {}
-    for entry in document.get("keys", []):  # type: ignore[union-attr]
+    entries = document.get("keys", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"the JWKS document's keys are a {type(entries).__name__}, not a list")
+    for entry in entries:
         if isinstance(entry, dict) and entry.get("kid"):
             keys[str(entry["kid"])] = jwt.PyJWK(entry)
     return keys

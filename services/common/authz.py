@@ -30,6 +30,7 @@ from google.protobuf import descriptor_pool
 
 from services.common.auth import Identity, current_identity
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, excerpt
+from services.common.rpc_types import Context, MethodHandler
 
 # The ranks of ingest_pb2.Role, repeated here so this module needs no generated code.
 VIEWER, EDITOR, OWNER = 1, 2, 3
@@ -161,7 +162,7 @@ def rule_for(method: str) -> Rule | None:
 def methods_of(service_names: Iterable[str]) -> list[str]:
     """Full method names (`/pkg.Service/Method`) of services known to the descriptor pool."""
     pool = descriptor_pool.Default()
-    found = []
+    found: list[str] = []
     for name in service_names:
         if name.startswith(("grpc.health.", "grpc.reflection.")):
             continue
@@ -238,9 +239,9 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler | None:
         from services.common.server import _wrap_handler  # the bootstrap imports this module
 
         handler = await continuation(handler_call_details)
@@ -260,14 +261,14 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
             return handler
 
         def unary(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def wrapped(request: Any, context: Context) -> Any:
                 await check(request)
                 return await behaviour(request, context)
 
             return wrapped
 
         def streaming(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
                 await check(request)
                 async for item in behaviour(request, context):
                     yield item

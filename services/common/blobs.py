@@ -30,7 +30,8 @@ class BlobStore:
 
     def open_append(self, key: str) -> pa.NativeFile:
         self._parent(key)
-        return self.fs.open_append_stream(self.path(key))
+        stream: pa.NativeFile = self.fs.open_append_stream(self.path(key))  # pyarrow-stubs leave it unannotated
+        return stream
 
     def open_input_file(self, key: str) -> pa.NativeFile:
         return self.fs.open_input_file(self.path(key))

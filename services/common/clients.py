@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 INTERNAL_SECRET_HEADER = "x-embedviz-internal-secret"
 
-ROLE_NAMES = {
+ROLE_NAMES: dict[int, str] = {
     ingest_pb2.ROLE_VIEWER: "viewer",
     ingest_pb2.ROLE_EDITOR: "editor",
     ingest_pb2.ROLE_OWNER: "owner",

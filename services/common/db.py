@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
-
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -67,18 +67,6 @@ def _string_rule(field: FieldDescriptor) -> StringRule:
     return StringRule(DEFAULT_STRING_CHARS, _CONTROL_IN_LINE)
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
-
-
-def _is_repeated(field: FieldDescriptor) -> bool:
-    # `is_repeated` is the newer spelling; `label` the older one.
-    repeated = getattr(field, "is_repeated", None)
-    if repeated is not None:
-        return bool(repeated)
-    return field.label == FieldDescriptor.LABEL_REPEATED
-
-
 def check_string(value: str, path: str, rule: StringRule) -> None:
     if len(value) > rule.max_chars:
         raise InvalidArgument(
@@ -109,15 +97,16 @@ def _check_value(field: FieldDescriptor, value: object, path: str) -> None:
 def _check_message(message: Message, prefix: str) -> None:
     for field, value in message.ListFields():  # only fields that are set
         path = prefix + field.name
-        if _is_map(field):
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:  # a map field
             _check_count(field, len(value), path)
-            key_field = field.message_type.fields_by_name["key"]
-            value_field = field.message_type.fields_by_name["value"]
+            key_field = entry.fields_by_name["key"]
+            value_field = entry.fields_by_name["value"]
             for key, item in value.items():
                 key_path = f"{path}[{excerpt(key, 40)!r}]" if isinstance(key, str) else f"{path}[{key}]"
                 _check_value(key_field, key, f"{path} key")
                 _check_value(value_field, item, key_path)
-        elif _is_repeated(field):
+        elif field.is_repeated:  # protobuf >= 7 has no `label` any more
             _check_count(field, len(value), path)
             if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
                 for index, item in enumerate(value):

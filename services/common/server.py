@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -25,6 +25,7 @@ from services.common.auth import TokenVerifier, bearer_token, reset_identity, se
 from services.common.authz import AuthzInterceptor, RoleLookup
 from services.common.authz import public_methods as authz_public_methods
 from services.common.errors import DomainError, InvalidArgument, Unauthenticated, capped
+from services.common.rpc_types import Context, MethodHandler
 
 log = logging.getLogger(__name__)
 # One line per call (method, outcome, time) carrying the request id Envoy logs too.
@@ -45,11 +46,11 @@ Behaviour = Callable[..., Any]
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler,
+    handler: MethodHandler,
     unary: Callable[[Behaviour], Behaviour],
     streaming: Callable[[Behaviour], Behaviour],
     deserializer: Callable[[bytes], Any] | None = None,
-) -> grpc.RpcMethodHandler:
+) -> MethodHandler:
     """Rebuild a method handler with its behaviour wrapped (for any of the four kinds)
     and, when given, another request deserializer."""
     request_deserializer = deserializer or handler.request_deserializer
@@ -71,6 +72,7 @@ def _wrap_handler(
             request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
+    assert handler.stream_stream is not None, "a method handler has one of the four behaviours"
     return grpc.stream_stream_rpc_method_handler(
         streaming(handler.stream_stream),
         request_deserializer=request_deserializer,
@@ -104,7 +106,7 @@ def _refuse_undecodable(request: Any) -> None:
         raise InvalidArgument(f"the request is not a valid message of this method: {request.reason}", "MALFORMED_REQUEST")
 
 
-async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _abort_for(exc: BaseException, context: Context, method: str) -> None:
     # Every message is capped: a reply's trailers must stay far below gRPC's 16 KB default
     # whatever a message quotes, or the caller sees RESOURCE_EXHAUSTED instead.
     if isinstance(exc, DomainError):
@@ -150,9 +152,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -166,7 +168,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 calls_log.info("%s %s %.0f ms", method, outcome, (time.monotonic() - started) * 1000)
 
         def unary(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def wrapped(request: Any, context: Context) -> Any:
                 if request_id:
                     request_ids.set_current(request_id)
                 started, outcome = time.monotonic(), "OK"
@@ -185,7 +187,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return wrapped
 
         def streaming(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
                 if request_id:
                     request_ids.set_current(request_id)
                 started, outcome = time.monotonic(), "OK"
@@ -227,9 +229,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or self._is_public(handler_call_details.method):
             return handler
@@ -243,7 +245,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return set_identity(await verifier.verify(token))
 
         def unary(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def wrapped(request: Any, context: Context) -> Any:
                 marker = await identify()
                 try:
                     return await behaviour(request, context)
@@ -253,7 +255,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return wrapped
 
         def streaming(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
                 marker = await identify()
                 try:
                     async for item in behaviour(request, context):
@@ -277,9 +279,9 @@ class InputInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler | None:
         handler = await continuation(handler_call_details)
         # Client streams (only reflection has one) are read message by message by their handler.
         if handler is None or not (handler.unary_unary or handler.unary_stream):
@@ -295,14 +297,14 @@ class InputInterceptor(grpc.aio.ServerInterceptor):
                 paging.bind_call(page_key, method, request)
 
         def unary(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def wrapped(request: Any, context: Context) -> Any:
                 check(request)
                 return await behaviour(request, context)
 
             return wrapped
 
         def streaming(behaviour: Behaviour) -> Behaviour:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
                 check(request)
                 async for item in behaviour(request, context):
                     yield item
@@ -365,7 +367,7 @@ async def serve_until_signalled(
     listen_addr: str,
     health_servicer: health.aio.HealthServicer,
     service_names: Iterable[str],
-    background: Iterable[Callable[[asyncio.Event], Awaitable[None]]] = (),
+    background: Iterable[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
     grace_seconds: float = 10.0,
 ) -> None:
     """Start the server, mark it SERVING, run background tasks (job workers), and stop

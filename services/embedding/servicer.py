@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 import numpy as np
 from google.protobuf import empty_pb2
 
@@ -13,10 +12,11 @@ from embedviz.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
 from services.common.jobs import watch
+from services.common.rpc_types import Context
 from services.embedding.embeddings import (
     KIND,
-    EmbeddingSpec,
     Embeddings,
+    EmbeddingSpec,
     embedding_message,
 )
 from services.embedding.vectors import VectorFile, vectors_key
@@ -37,7 +37,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self.embeddings = embeddings
 
     async def ListModels(
-        self, request: embedding_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.ListModelsRequest, context: Context
     ) -> embedding_pb2.ListModelsResponse:
         current_identity()
         registry = self.embeddings.models
@@ -63,7 +63,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         return embedding_pb2.ListModelsResponse(models=models)
 
     async def CreateEmbedding(
-        self, request: embedding_pb2.CreateEmbeddingRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.CreateEmbeddingRequest, context: Context
     ) -> embedding_pb2.Embedding:
         spec = request.embedding
         row = await self.embeddings.create(
@@ -80,12 +80,12 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         return embedding_message(row)
 
     async def GetEmbedding(
-        self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.GetEmbeddingRequest, context: Context
     ) -> embedding_pb2.Embedding:
         return embedding_message(await self.embeddings.get(current_identity(), request.name))
 
     async def ListEmbeddings(
-        self, request: embedding_pb2.ListEmbeddingsRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.ListEmbeddingsRequest, context: Context
     ) -> embedding_pb2.ListEmbeddingsResponse:
         rows, next_token = await self.embeddings.list(
             current_identity(), request.parent, request.page_size, request.page_token
@@ -95,13 +95,13 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         )
 
     async def DeleteEmbedding(
-        self, request: embedding_pb2.DeleteEmbeddingRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.DeleteEmbeddingRequest, context: Context
     ) -> empty_pb2.Empty:
         await self.embeddings.delete(current_identity(), request.name)
         return empty_pb2.Empty()
 
     async def WatchEmbedding(
-        self, request: embedding_pb2.WatchEmbeddingRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.WatchEmbeddingRequest, context: Context
     ) -> AsyncIterator[embedding_pb2.WatchEmbeddingResponse]:
         row = await self.embeddings.get(current_identity(), request.name)
 
@@ -123,17 +123,17 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             await stream.aclose()
 
     async def CancelEmbedding(
-        self, request: embedding_pb2.CancelEmbeddingRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.CancelEmbeddingRequest, context: Context
     ) -> embedding_pb2.Embedding:
         return embedding_message(await self.embeddings.cancel(current_identity(), request.name))
 
     async def ExtendEmbedding(
-        self, request: embedding_pb2.ExtendEmbeddingRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.ExtendEmbeddingRequest, context: Context
     ) -> embedding_pb2.Embedding:
         return embedding_message(await self.embeddings.extend(current_identity(), request.name))
 
     async def EmbedTexts(
-        self, request: embedding_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.EmbedTextsRequest, context: Context
     ) -> embedding_pb2.EmbedTextsResponse:
         current_identity()
         texts = list(request.texts)
@@ -156,7 +156,7 @@ class EmbeddingInternalServicer(embedding_pb2_grpc.EmbeddingInternalServiceServi
         self.embeddings = embeddings
 
     async def StreamVectors(
-        self, request: embedding_pb2.StreamVectorsRequest, context: grpc.aio.ServicerContext
+        self, request: embedding_pb2.StreamVectorsRequest, context: Context
     ) -> AsyncIterator[embedding_pb2.StreamVectorsResponse]:
         if request.chunk_rows < 0:
             raise InvalidArgument("chunk_rows must not be negative")

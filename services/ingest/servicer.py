@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 import pyarrow as pa
 from google.protobuf import empty_pb2
 
 from embedviz.v1 import ingest_pb2, ingest_pb2_grpc
+from services.common import paging
 from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
-from services.common import paging
+from services.common.rpc_types import Context
 from services.ingest import messages, rows
 from services.ingest.datasets import Datasets, check_options
 from services.ingest.projects import Projects
@@ -50,23 +50,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     # --- projects --------------------------------------------------------------------
 
-    async def CreateProject(self, request: ingest_pb2.CreateProjectRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Project:
+    async def CreateProject(self, request: ingest_pb2.CreateProjectRequest, context: Context) -> ingest_pb2.Project:
         project, role = await self._projects.create(
             current_identity(), request.project.display_name, request.project.description
         )
         return messages.project(project, role)
 
-    async def GetProject(self, request: ingest_pb2.GetProjectRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Project:
+    async def GetProject(self, request: ingest_pb2.GetProjectRequest, context: Context) -> ingest_pb2.Project:
         project, role = await self._projects.get(current_identity(), request.name)
         return messages.project(project, role)
 
-    async def ListProjects(self, request: ingest_pb2.ListProjectsRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.ListProjectsResponse:
+    async def ListProjects(self, request: ingest_pb2.ListProjectsRequest, context: Context) -> ingest_pb2.ListProjectsResponse:
         page = await self._projects.list(current_identity(), request.page_size, request.page_token)
         return ingest_pb2.ListProjectsResponse(
             projects=[messages.project(p, r) for p, r in page.projects], next_page_token=page.next_page_token
         )
 
-    async def UpdateProject(self, request: ingest_pb2.UpdateProjectRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Project:
+    async def UpdateProject(self, request: ingest_pb2.UpdateProjectRequest, context: Context) -> ingest_pb2.Project:
         paths = set(request.update_mask.paths) or {"display_name", "description"}
         unknown = paths - {"display_name", "description"}
         if unknown:
@@ -81,58 +81,58 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
         return messages.project(project, role)
 
-    async def DeleteProject(self, request: ingest_pb2.DeleteProjectRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def DeleteProject(self, request: ingest_pb2.DeleteProjectRequest, context: Context) -> empty_pb2.Empty:
         blobs = await self._projects.delete(current_identity(), request.name)
         await self._datasets.remove_project_data(request.name, blobs)
         return empty_pb2.Empty()
 
     # --- members ---------------------------------------------------------------------
 
-    async def ListMembers(self, request: ingest_pb2.ListMembersRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.ListMembersResponse:
+    async def ListMembers(self, request: ingest_pb2.ListMembersRequest, context: Context) -> ingest_pb2.ListMembersResponse:
         page = await self._projects.list_members(current_identity(), request.parent, request.page_size, request.page_token)
         return ingest_pb2.ListMembersResponse(
             members=[messages.member(m) for m in page.members], next_page_token=page.next_page_token
         )
 
-    async def CreateMember(self, request: ingest_pb2.CreateMemberRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Member:
+    async def CreateMember(self, request: ingest_pb2.CreateMemberRequest, context: Context) -> ingest_pb2.Member:
         member = await self._projects.create_member(
             current_identity(), request.parent, request.member.email, _role(request.member.role)
         )
         return messages.member(member)
 
-    async def UpdateMember(self, request: ingest_pb2.UpdateMemberRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Member:
+    async def UpdateMember(self, request: ingest_pb2.UpdateMemberRequest, context: Context) -> ingest_pb2.Member:
         member = await self._projects.update_member(current_identity(), request.member.name, _role(request.member.role))
         return messages.member(member)
 
-    async def DeleteMember(self, request: ingest_pb2.DeleteMemberRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def DeleteMember(self, request: ingest_pb2.DeleteMemberRequest, context: Context) -> empty_pb2.Empty:
         await self._projects.delete_member(current_identity(), request.name)
         return empty_pb2.Empty()
 
     # --- uploads ---------------------------------------------------------------------
 
-    async def CreateUpload(self, request: ingest_pb2.CreateUploadRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Upload:
+    async def CreateUpload(self, request: ingest_pb2.CreateUploadRequest, context: Context) -> ingest_pb2.Upload:
         upload = await self._datasets.create_upload(
             current_identity(), request.parent, request.upload.filename, request.upload.size_bytes, request.upload.sha256
         )
         return messages.upload(upload)
 
-    async def GetUpload(self, request: ingest_pb2.GetUploadRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Upload:
+    async def GetUpload(self, request: ingest_pb2.GetUploadRequest, context: Context) -> ingest_pb2.Upload:
         return messages.upload(await self._datasets.get_upload(current_identity(), request.name))
 
-    async def AppendUploadChunk(self, request: ingest_pb2.AppendUploadChunkRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.AppendUploadChunkResponse:
+    async def AppendUploadChunk(self, request: ingest_pb2.AppendUploadChunkRequest, context: Context) -> ingest_pb2.AppendUploadChunkResponse:
         received = await self._datasets.append_chunk(
             current_identity(), request.name, request.offset, request.data, request.crc32c
         )
         return ingest_pb2.AppendUploadChunkResponse(received_bytes=received)
 
-    async def FinishUpload(self, request: ingest_pb2.FinishUploadRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Dataset:
+    async def FinishUpload(self, request: ingest_pb2.FinishUploadRequest, context: Context) -> ingest_pb2.Dataset:
         options = check_options(
             _format(request.format), request.delimiter, request.quote_char, request.encoding, request.compression
         )
         dataset = await self._datasets.finish_upload(current_identity(), request.name, request.display_name, options)
         return messages.dataset(dataset)
 
-    async def AppendRows(self, request: ingest_pb2.AppendRowsRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Dataset:
+    async def AppendRows(self, request: ingest_pb2.AppendRowsRequest, context: Context) -> ingest_pb2.Dataset:
         if not request.upload:
             raise InvalidArgument("upload is required: the finished upload whose rows to append")
         options = check_options(
@@ -143,24 +143,24 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     # --- datasets --------------------------------------------------------------------
 
-    async def GetDataset(self, request: ingest_pb2.GetDatasetRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.Dataset:
+    async def GetDataset(self, request: ingest_pb2.GetDatasetRequest, context: Context) -> ingest_pb2.Dataset:
         return messages.dataset(await self._datasets.get(current_identity(), request.name))
 
-    async def ListDatasets(self, request: ingest_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.ListDatasetsResponse:
+    async def ListDatasets(self, request: ingest_pb2.ListDatasetsRequest, context: Context) -> ingest_pb2.ListDatasetsResponse:
         page = await self._datasets.list(current_identity(), request.parent, request.page_size, request.page_token)
         return ingest_pb2.ListDatasetsResponse(
             datasets=[messages.dataset(d) for d in page.datasets], next_page_token=page.next_page_token
         )
 
-    async def DeleteDataset(self, request: ingest_pb2.DeleteDatasetRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def DeleteDataset(self, request: ingest_pb2.DeleteDatasetRequest, context: Context) -> empty_pb2.Empty:
         await self._datasets.delete(current_identity(), request.name)
         return empty_pb2.Empty()
 
-    async def WatchDataset(self, request: ingest_pb2.WatchDatasetRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.WatchDatasetResponse]:
+    async def WatchDataset(self, request: ingest_pb2.WatchDatasetRequest, context: Context) -> AsyncIterator[ingest_pb2.WatchDatasetResponse]:
         async for dataset in self._datasets.watch(current_identity(), request.name):
             yield ingest_pb2.WatchDatasetResponse(dataset=dataset)
 
-    async def ListRows(self, request: ingest_pb2.ListRowsRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.ListRowsResponse:
+    async def ListRows(self, request: ingest_pb2.ListRowsRequest, context: Context) -> ingest_pb2.ListRowsResponse:
         size = paging.page_size(request.page_size, 100, MAX_ROWS_PAGE)
         columns = _columns(list(request.columns))
         # The token holds the offset; paging signs it for this query (parent, filter, order, columns).
@@ -182,7 +182,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             total_size=page.total_size,
         )
 
-    async def BatchGetRows(self, request: ingest_pb2.BatchGetRowsRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.BatchGetRowsResponse:
+    async def BatchGetRows(self, request: ingest_pb2.BatchGetRowsRequest, context: Context) -> ingest_pb2.BatchGetRowsResponse:
         if not request.indexes:
             raise InvalidArgument("indexes is required: the row indexes to get")
         if len(request.indexes) > MAX_BATCH_GET:
@@ -203,12 +203,12 @@ class IngestInternalServicer(ingest_pb2_grpc.IngestInternalServiceServicer):
         self._projects = projects
         self._datasets = datasets
 
-    async def GetProjectRole(self, request: ingest_pb2.GetProjectRoleRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.GetProjectRoleResponse:
+    async def GetProjectRole(self, request: ingest_pb2.GetProjectRoleRequest, context: Context) -> ingest_pb2.GetProjectRoleResponse:
         identity = current_identity()
         role = await self._projects.role(identity, request.project)
         return ingest_pb2.GetProjectRoleResponse(role=messages.ROLE_BY_NAME[role], user=identity.user)
 
-    async def StreamRows(self, request: ingest_pb2.StreamRowsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.StreamRowsResponse]:
+    async def StreamRows(self, request: ingest_pb2.StreamRowsRequest, context: Context) -> AsyncIterator[ingest_pb2.StreamRowsResponse]:
         if request.start_row < 0:
             raise InvalidArgument(f"start_row must not be negative (got {request.start_row})")
         if request.row_count < 0:

@@ -567,14 +567,19 @@ class Stack:
 
     def _wait_grpc(self, name: str, addr: str) -> None:
         import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health_pb2
 
         channel = grpc.insecure_channel(addr)
-        stub = health_pb2_grpc.HealthStub(channel)
+        # What HealthStub(channel).Check is; typeshed's HealthStub declares no methods.
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
 
         def serving() -> bool:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                reply = check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
             except grpc.RpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
