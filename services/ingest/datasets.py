@@ -24,8 +24,9 @@ from services.common import names
 from services.common.auth import Identity
 from services.common.blobs import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.events import EventBus, crash_message
+from services.common.events import EventBus
 from services.common.outbox import Outbox
+from services.common.runner import Job, JobKind
 from services.common.jobs import FAILED, PENDING, SUCCEEDED, TERMINAL, JobCancelled, JobGone, JobReporter, utcnow, watch
 from services.common import paging
 from services.ingest import messages
@@ -131,6 +132,14 @@ def check_options(fmt: str, delimiter: str, quote_char: str, encoding: str, comp
     if compression and compression not in COMPRESSIONS:
         raise InvalidArgument(f"compression '{compression}' is not supported; use one of {', '.join(COMPRESSIONS)}")
     return Options(format=fmt, delimiter=delimiter, quote_char=quote_char, encoding=encoding, compression=compression)
+
+
+def _import_open(dataset: Dataset, payload: dict[str, Any]) -> bool:
+    """Is there still work for this message: the dataset's import, or this append?"""
+    append_id = str(payload.get("append", ""))
+    if append_id:
+        return dataset.appending_upload_id == append_id
+    return dataset.state not in TERMINAL
 
 
 def _merge(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
@@ -532,25 +541,26 @@ class Datasets:
     async def _publish(self, row: Dataset) -> None:
         await self._bus.publish_job_state(KIND, row.id, messages.dataset(row).SerializeToString())
 
-    async def run_import(self, payload: dict[str, Any], delivery: int) -> None:
-        """Work-queue handler: import one dataset's upload, or append an upload's rows to
-        it. The Parquet file is written beside the live one and moved into place only when
-        every row was read; a redelivered message (the worker died) starts over."""
-        dataset_id = str(payload.get("id", ""))
+    def import_job(self) -> JobKind[Dataset]:
+        """The import as a kind of job of the shared runner (services/common/runner.py)."""
+        return JobKind(
+            kind=KIND, model=Dataset, publish=self._publish, run=self.run_import, what="importing this file",
+            clean_up=self._clean_up_import, give_up=self._give_up_import, is_open=_import_open,
+            progress_interval=self._settings.progress_interval,
+        )
+
+    async def run_import(self, job: Job, reporter: JobReporter[Dataset]) -> None:
+        """Import one dataset's upload, or append an upload's rows to it. The Parquet file
+        is written beside the live one and moved into place only when every row was read; a
+        redelivered message (the worker died) starts over."""
+        payload = job.payload
+        dataset_id = job.id
         append_id = str(payload.get("append", ""))
         async with self._sessions() as session:
             dataset = await session.get(Dataset, dataset_id)
-        if dataset is None:
-            return
-        if append_id:
-            if dataset.appending_upload_id != append_id:
-                return  # that append ended already
-        elif dataset.state in TERMINAL:
+        if dataset is None or not _import_open(dataset, payload):
             return
         interval = self._settings.progress_interval
-        reporter: JobReporter[Dataset] = JobReporter(
-            self._sessions, Dataset, dataset_id, self._publish, min_interval=interval
-        )
         stop = threading.Event()
         latest = [0, 0, 0]
 
@@ -646,24 +656,21 @@ class Datasets:
         except (JobGone, JobCancelled):
             await self.remove_blobs([dataset_prefix(dataset_id)])
 
-    async def give_up_import(self, payload: dict[str, Any], attempts: int, last_error: str | None) -> None:
-        """The import's last delivery (services/common/events.py): its worker died or
-        failed on every attempt. The dataset ends FAILED (an append: as it was, saying why)."""
-        dataset_id = str(payload.get("id", ""))
+    async def _give_up_import(self, reporter: JobReporter[Dataset], payload: dict[str, Any], message: str) -> None:
+        """An import that failed or was given up ends FAILED; an append leaves the dataset as
+        it was (SUCCEEDED, its earlier rows) and says why."""
         append_id = str(payload.get("append", ""))
+        if not append_id:
+            await reporter.fail(message)
+            return
         async with self._sessions() as session:
-            dataset = await session.get(Dataset, dataset_id)
-        if dataset is None:
-            return
-        reporter: JobReporter[Dataset] = JobReporter(self._sessions, Dataset, dataset_id, self._publish)
-        if append_id:
-            if dataset.appending_upload_id == append_id:
-                await self._end_append(reporter, crash_message("appending these rows", attempts, last_error))
-            return
-        if dataset.state in TERMINAL:
-            return
-        await self.remove_blobs([dataset_prefix(dataset_id)])
-        await reporter.fail(crash_message("importing this file", attempts, last_error))
+            dataset = await session.get(Dataset, str(payload.get("id", "")))
+        if dataset is not None and dataset.appending_upload_id == append_id:
+            await self._end_append(reporter, message)
+
+    async def _clean_up_import(self, dataset_id: str, payload: dict[str, Any]) -> None:
+        if not payload.get("append"):
+            await self.remove_blobs([dataset_prefix(dataset_id)])
 
     async def _end_append(self, reporter: JobReporter[Dataset], message: str) -> None:
         """A failed append leaves the dataset as it was (SUCCEEDED, earlier rows) and says why."""

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedviz.v1 import ingest_pb2, ingest_pb2_grpc, job_pb2
-from services.common.events import EventBus, run_event_consumer
+from services.common.consumer import event_consumer, json_object
+from services.common.events import EventBus
 from services.ingest.checksum import crc32c
 from services.stack import Stack
 from tests.ingest.test_ingest_service import REPO_ROOT, Tokens, User, _free_port, new_project, wait_done
@@ -322,7 +323,7 @@ async def test_append_rows_continues_the_index(stub, alice: User, service) -> No
 
 async def test_delete_removes_blobs_and_announces_it(stub, alice: User, service) -> None:  # type: ignore[no-untyped-def]
     """What the embedding and projection services listen to, through the same durable
-    consumer helper they use (services.common.events.run_event_consumer)."""
+    consumer they use (services.common.consumer.event_consumer)."""
     infra: Stack = service["infra"]  # type: ignore[assignment]
     bus = await EventBus.connect(infra.env["EMBEDVIZ_NATS_URL"], "ingest-depth-test")
     seen: asyncio.Queue[dict[str, str]] = asyncio.Queue()
@@ -333,7 +334,8 @@ async def test_delete_removes_blobs_and_announces_it(stub, alice: User, service)
 
     mine: set[str] = set()
     consumer = asyncio.create_task(
-        run_event_consumer(bus, "events.dataset-deleted.>", f"test-{uuid.uuid4().hex[:8]}", on_deleted, stop)
+        event_consumer(bus, "events.dataset-deleted.>", f"test-{uuid.uuid4().hex[:8]}", on_deleted,
+                       decode=json_object).run(stop)
     )
 
     async def next_event() -> dict[str, str]:
