@@ -36,6 +36,7 @@ from services.projection.rules import (
     map_params,
     params_json,
 )
+from services.common.outbox import Outbox
 from services.projection.sources import Sources
 from services.projection.vectors import VectorFiles
 
@@ -56,6 +57,7 @@ class ProjectionRecords:
         """`vector_files`: the memory-mapped vectors behind search, forgotten with their embedding."""
         self._sessions = sessions
         self._bus = bus
+        self.outbox = Outbox(sessions, bus, "projection")  # map work, sent with the commit that makes it
         self._access = access
         self._delegated = delegated
         self._blobs = blobs
@@ -138,9 +140,9 @@ class ProjectionRecords:
         )
         async with self._sessions() as session:
             session.add(row)
+            await self.outbox.add_work(session, KIND, {"id": row.id, "owner": identity.user})
             await session.commit()
         await self.publish(row)
-        await self._bus.enqueue(KIND, {"id": row.id, "owner": identity.user})
         return row
 
     async def follow_up(self, data: bytes) -> ProjectionRow | None:

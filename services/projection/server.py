@@ -13,7 +13,8 @@ from embedviz.v1 import projection_pb2, projection_pb2_grpc
 from services.common.app import Background, Built, Deps, new_server
 from services.common.events import run_event_consumer, run_work_queue
 from services.common.config import Settings
-from services.projection import fits, maps, vectors
+from services.common.reconcile import ReconcileSettings
+from services.projection import fits, maps, orphans, vectors
 from services.projection.follow_ups import run_follow_ups
 from services.projection.job import MapJobs
 from services.projection.reads import MapReads
@@ -65,7 +66,11 @@ async def build(deps: Deps) -> Built:
             deps.bus, "events.embedding-deleted.>", "projection-embedding-deleted", records.remove_for_embedding, stop
         )
 
-    background: list[Background] = [follow_embedding_deletions]
+    background: list[Background] = [follow_embedding_deletions, records.outbox.relay]
+    reconciler = orphans.reconciler(
+        sessions, deps.bus, deps.blobs, records.remove_for_embedding, ReconcileSettings.from_env()
+    )
+    background.append(reconciler.run)  # projections of deleted embeddings, map files with no row
     if settings.workers > 0:
 
         async def fitting_processes(stop: asyncio.Event) -> None:
