@@ -382,7 +382,7 @@ class OpenAIModel:
             raise FailedPrecondition(f"the embeddings endpoint {url} returned {vectors.shape[0]} vectors for {len(texts)} texts")
         if self.spec.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms == 0, 1, norms)
+            vectors = (vectors / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
         return vectors
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:

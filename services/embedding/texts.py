@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -45,7 +46,7 @@ def columns_to_embed(text_columns: Sequence[str], template: str) -> list[str]:
     return columns
 
 
-def _as_strings(column: pa.Array | pa.ChunkedArray) -> list[str]:
+def _as_strings(column: pa.Array[Any] | pa.ChunkedArray[Any]) -> list[str]:
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         return [value if value is not None else "" for value in column.to_pylist()]
     return ["" if value is None else str(value) for value in column.to_pylist()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,7 @@ def vector_schema(dimension: int, float16: bool = False) -> pa.Schema:
     return pa.schema([pa.field(VECTOR_COLUMN, pa.list_(value, dimension), nullable=False)])
 
 
-def vector_array(vectors: np.ndarray, float16: bool = False) -> pa.FixedSizeListArray:
+def vector_array(vectors: np.ndarray, float16: bool = False) -> pa.FixedSizeListArray[Any, Any]:
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be 2-D (rows x dimension), got shape {vectors.shape}")
     flat = np.ascontiguousarray(vectors, dtype="<f2" if float16 else "<f4").reshape(-1)
@@ -133,9 +134,11 @@ class VectorFile:
         column = self._table.column(VECTOR_COLUMN).slice(start, count)
         if column.num_chunks == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        flat = column.combine_chunks().flatten()
+        # The vector column is a fixed-size list column (vector_schema).
+        flat = cast("pa.FixedSizeListArray[Any, Any]", column.combine_chunks()).flatten()
         values = flat.to_numpy(zero_copy_only=not self.float16)
-        return values.astype(np.float32, copy=False).reshape(-1, self.dimension)
+        rows: np.ndarray = values.astype(np.float32, copy=False).reshape(-1, self.dimension)
+        return rows
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         yield from self._table.to_batches()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +36,10 @@ _TOKEN = re.compile(
     re.X,
 )
 _OPS = {"=": "equal", "==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
+
+
+# Which rows of a table a filter keeps. (A string: pyarrow's classes are not generic at run time.)
+Mask: TypeAlias = "pa.Array[Any] | pa.ChunkedArray[Any]"
 
 
 @dataclass
@@ -62,26 +66,30 @@ class Filter:
             return list(dict.fromkeys(c.column for c in self.conditions))
         return text_columns
 
-    def mask(self, table: pa.Table, text_columns: list[str]) -> pa.Array | pa.ChunkedArray:
+    def mask(self, table: pa.Table, text_columns: list[str]) -> Mask:
+        # pyarrow-stubs give these kernels no result type for chunked columns (or `object`):
+        # call them untyped and type what they return, a boolean mask of the table's rows.
+        compute: Any = pc
         if not self.conditions:
-            mask = None
+            mask: Mask | None = None
             for name in text_columns:
-                hit = pc.fill_null(pc.match_substring(table[name], self.text, ignore_case=True), False)
-                mask = hit if mask is None else pc.or_(mask, hit)
+                hit: Mask = compute.fill_null(compute.match_substring(table[name], self.text, ignore_case=True), False)
+                mask = hit if mask is None else compute.or_(mask, hit)
             return mask if mask is not None else pa.array([False] * table.num_rows)
-        result = None
+        result: Mask | None = None
         for c in self.conditions:
             column = table[c.column]
             if c.op == "contains":
-                hit = pc.match_substring(column, c.value, ignore_case=True)
+                hit = compute.match_substring(column, c.value, ignore_case=True)
             elif c.value is None:
-                hit = pc.is_null(column) if c.op == "equal" else pc.is_valid(column)
+                hit = compute.is_null(column) if c.op == "equal" else compute.is_valid(column)
             else:
                 if isinstance(c.value, float) and pa.types.is_integer(column.type):
                     column = pc.cast(column, pa.float64())  # a fractional bound on whole numbers
-                hit = getattr(pc, c.op)(column, pa.scalar(c.value, type=column.type))
-            hit = pc.fill_null(hit, False)
-            result = hit if result is None else pc.and_(result, hit)
+                hit = getattr(compute, c.op)(column, pa.scalar(c.value, type=column.type))
+            hit = compute.fill_null(hit, False)
+            result = hit if result is None else compute.and_(result, hit)
+        assert result is not None  # there is at least one condition
         return result
 
 

@@ -15,14 +15,14 @@ from services.common.jobs import job_to_proto, timestamp
 from services.ingest import models
 
 ROLE_BY_NAME = {"viewer": ingest_pb2.ROLE_VIEWER, "editor": ingest_pb2.ROLE_EDITOR, "owner": ingest_pb2.ROLE_OWNER}
-ROLE_NAME = {v: k for k, v in ROLE_BY_NAME.items()}
+ROLE_NAME: dict[int, str] = {v: k for k, v in ROLE_BY_NAME.items()}
 FORMAT_BY_NAME = {
     "csv": ingest_pb2.DATA_FORMAT_CSV,
     "parquet": ingest_pb2.DATA_FORMAT_PARQUET,
     "jsonl": ingest_pb2.DATA_FORMAT_JSONL,
     "arrow": ingest_pb2.DATA_FORMAT_ARROW,
 }
-FORMAT_NAME = {v: k for k, v in FORMAT_BY_NAME.items()}
+FORMAT_NAME: dict[int, str] = {v: k for k, v in FORMAT_BY_NAME.items()}
 
 
 def project(row: models.Project, role: str) -> ingest_pb2.Project:

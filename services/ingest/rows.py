@@ -3,9 +3,9 @@ index, and bounded Arrow batches for other services. Plain synchronous pyarrow."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 from services.common.errors import InvalidArgument, excerpt
 from services.ingest import filters
 from services.ingest.reading import ROW_COLUMN
+
+
+SortOrder = Literal["ascending", "descending"]
 
 
 @dataclass
@@ -39,7 +42,7 @@ def check_columns(parquet: pq.ParquetFile, wanted: list[str]) -> list[str]:
     return list(wanted)
 
 
-def parse_order_by(parquet: pq.ParquetFile, order_by: str) -> tuple[str, str] | None:
+def parse_order_by(parquet: pq.ParquetFile, order_by: str) -> tuple[str, SortOrder] | None:
     text = order_by.strip()
     if not text:
         return None
@@ -90,11 +93,11 @@ def list_rows(
     keys = pa.concat_tables(pieces) if pieces else pa.table({ROW_COLUMN: pa.array([], pa.int64())})
     total = keys.num_rows
     if order is not None:
-        sort_keys = [(order[0], order[1], "at_end")]
+        sort_keys: list[tuple[str, SortOrder]] = [(order[0], order[1])]
         if order[0] != ROW_COLUMN:
-            sort_keys.append((ROW_COLUMN, "ascending", "at_end"))
-        keys = keys.take(pc.sort_indices(keys, sort_keys=sort_keys))
-    indexes = keys.column(ROW_COLUMN).slice(offset, limit).to_pylist()
+            sort_keys.append((ROW_COLUMN, "ascending"))
+        keys = keys.take(pc.sort_indices(keys, sort_keys=sort_keys, null_placement="at_end"))
+    indexes = _row_numbers(keys.column(ROW_COLUMN).slice(offset, limit))
     return Page(names, get_rows(parquet, indexes, names), total)
 
 
@@ -138,15 +141,20 @@ def get_rows(parquet: pq.ParquetFile, indexes: list[int], names: list[str]) -> l
     return _to_rows(table.take(positions), names)
 
 
+def _row_numbers(column: pa.ChunkedArray[Any]) -> list[int]:
+    # `__row` is the int64 column the importer writes for every row: it holds no nulls.
+    return cast("list[int]", column.to_pylist())
+
+
 def _to_rows(table: pa.Table, names: list[str]) -> list[tuple[int, list[Any]]]:
-    index = table.column(ROW_COLUMN).to_pylist()
+    index = _row_numbers(table.column(ROW_COLUMN))
     values = [table.column(name).to_pylist() for name in names]
     return [(index[r], [column[r] for column in values]) for r in range(table.num_rows)]
 
 
 def stream_batches(
     parquet: pq.ParquetFile, columns: list[str], start_row: int, row_count: int, batch_rows: int
-) -> Iterator[tuple[int, pa.RecordBatch]]:
+) -> Generator[tuple[int, pa.RecordBatch], None, None]:
     """Batches of at most `batch_rows` rows (with `__row`) from start_row, reading one
     row group at a time so memory stays bounded."""
     names = [ROW_COLUMN, *check_columns(parquet, columns)]

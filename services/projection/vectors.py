@@ -79,7 +79,7 @@ class VectorFiles:
 
     def _open_file(self, path: Path) -> np.ndarray | None:
         try:
-            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+            vectors: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError):
             return None  # not there (or half removed): written again
         self._touch(path, force=True)
