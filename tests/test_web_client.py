@@ -44,7 +44,7 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
 
 
-def _scenario(stack: Stack, tmp_path: Path, name: str) -> dict:
+def _scenario(stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240) -> dict:
     """Runs one scenario of e2e/features.mjs; its screenshot lands in test-artifacts/."""
     csv_file = tmp_path / "notes.csv"
     csv_file.write_bytes(csv_bytes(rows(ROWS)))
@@ -53,11 +53,12 @@ def _scenario(stack: Stack, tmp_path: Path, name: str) -> dict:
         [
             "node", "e2e/features.mjs", "--base-url", stack.edge_url, "--scenario", name,
             "--csv", str(csv_file), "--screenshot", str(ARTIFACTS / f"web-{name}.png"),
+            "--timeout-s", str(timeout_s - 20),
         ],
         cwd=WEB,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout_s,
     )
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1]) if lines else {}
@@ -140,3 +141,15 @@ def test_map_colour_search_neighbours_lasso_and_export(stack: Stack, tmp_path: P
     assert header[:5] == ["row", "x", "y", "cluster", "label"]
     if "exportColumnsRefused" not in summary:  # the server can add the dataset's columns
         assert "text" in header
+
+
+def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, tmp_path: Path) -> None:
+    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,reloaded}.png."""
+    summary = _scenario(stack, tmp_path, "workspace", timeout_s=600)
+    assert summary["mapFraction"] >= 0.7
+    before, after = summary["labels"]
+    assert 0 < before < after
+    assert summary["legendPixels"][1] < summary["legendPixels"][0] * 0.1
+    assert summary["lassoSelected"] > 1
+    assert summary["filtered"]["visible"] < ROWS
+    assert summary["afterReload"] in ("running", "pending", "succeeded")

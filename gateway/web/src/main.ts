@@ -1,22 +1,20 @@
 // embedviz web client: screens and routing (location.hash holds the resource name).
 
 import "./style.css";
-import { auth, embedding, errorMessage, ingest, projection, setSignedOutHandler } from "./api";
+import { auth, errorMessage, ingest, setSignedOutHandler } from "./api";
 import { byId, formatBytes, formatCount, formatDuration, h } from "./dom";
-import type { Embedding, Model } from "./gen/embedviz/v1/embedding_pb";
-import type { Column, Dataset } from "./gen/embedviz/v1/ingest_pb";
-import { ClusterAlgorithm, ProjectionMethod, type Projection } from "./gen/embedviz/v1/projection_pb";
 import { followJob, JobState, ProgressBar } from "./jobs";
-import { showMap } from "./map";
 import { clearSession, loadSession, saveSession } from "./session";
 import { renderApiKeys, renderMembers, type ScreenContext } from "./account";
-import { dataTable, valueOf } from "./table";
-import { cellText, columnsForTemplate, renderText } from "./template";
 import { uploadFile } from "./upload";
+import { hashPath, hashToView } from "./viewstate";
+import { renderWorkspace } from "./workspace";
 
 const app = byId("app");
 let screenAbort = new AbortController();
-let teardownMap: (() => void) | null = null;
+const teardowns: (() => void)[] = [];
+// The link a signed-out user opened; after login they land there, not on the project list.
+const RETURN_KEY = "embedviz.returnTo";
 // Why the user was signed out; shown on the login screen until they sign in again, however
 // many times it renders (several calls of one screen can each end the session).
 let signedOutNotice = "";
@@ -97,7 +95,9 @@ function renderLogin(): void {
     if (!session?.accessToken) throw new Error("the server sent no session");
     saveSession({ accessToken: session.accessToken, refreshToken: session.refreshToken, email: user?.email ?? email.value, displayName: user?.displayName ?? "" });
     signedOutNotice = "";
-    go("#/projects");
+    const back = sessionStorage.getItem(RETURN_KEY);
+    sessionStorage.removeItem(RETURN_KEY);
+    go(back && back !== "#/login" ? back : "#/projects");
   };
   const form = h(
     "form",
@@ -240,343 +240,6 @@ async function renderProject(projectName: string): Promise<void> {
   );
 }
 
-// ---------- dataset: columns, embedding, projection, map ----------
-
-function sortColumns(columns: Column[]): Column[] {
-  const isText = (c: Column) => /string|utf8|large_string/i.test(c.type);
-  return [...columns].sort((a, b) => Number(b.suggested) - Number(a.suggested) || Number(isText(b)) - Number(isText(a)));
-}
-
-/** "12 nulls · avg 84 chars · 97% distinct" for the schema view. */
-function columnStats(c: Column, rows: number): string {
-  const parts: string[] = [];
-  const nulls = Number(c.nullCount);
-  parts.push(nulls ? `${formatCount(nulls)} null${nulls === 1 ? "" : "s"}${rows ? ` (${Math.round((100 * nulls) / rows)}%)` : ""}` : "no nulls");
-  if (c.meanLength) parts.push(`avg ${Math.round(c.meanLength)} chars`);
-  if (c.distinctRatio) parts.push(`${Math.round(c.distinctRatio * 100)}% distinct`);
-  return parts.join(" · ");
-}
-
-/** Size and a rough speed hint for a model. */
-function modelHintText(m: Model): string {
-  const parts = [`${m.dimension || "?"} dimensions`];
-  if (m.maxTokens) parts.push(`texts cut at ${m.maxTokens} tokens`);
-  if (m.provider) parts.push(m.provider);
-  const remote = /openai|http/i.test(m.provider);
-  if (remote) parts.push("remote API: speed depends on the endpoint");
-  else if (m.dimension && m.dimension <= 384) parts.push("fast: fine on a CPU");
-  else if (m.dimension && m.dimension <= 768) parts.push("medium: a GPU helps for large datasets");
-  else if (m.dimension) parts.push("slow on a CPU: use a GPU for large datasets");
-  if (!remote) parts.push(m.loaded ? "loaded" : "loads on first use");
-  return parts.join(" · ");
-}
-
-async function renderDataset(datasetName: string, embeddingName?: string, projectionName?: string): Promise<void> {
-  const signal = screenAbort.signal;
-  const projectName = datasetName.split("/datasets/")[0];
-  const title = h("h1", { id: "dataset-title" }, "Dataset");
-  const summary = h("p", { class: "muted", id: "dataset-summary" });
-  const importBar = new ProgressBar("import-progress", "Import");
-  const columnsBox = h("div", { id: "column-list", "data-testid": "column-list", class: "columns" });
-  const modelSelect = h("select", { id: "model-select", "data-testid": "model-select" });
-  const embedButton = h("button", { id: "start-embedding-button", "data-testid": "start-embedding-button", type: "button", disabled: true }, "Start embedding");
-  const embedBar = new ProgressBar("embedding-progress", "Embedding");
-  const cancelEmbedButton = h("button", { id: "cancel-embedding-button", "data-testid": "cancel-embedding-button", type: "button", class: "secondary", hidden: true }, "Cancel embedding");
-  const cancelProjectionButton = h("button", { id: "cancel-projection-button", "data-testid": "cancel-projection-button", type: "button", class: "secondary", hidden: true }, "Cancel map");
-  const modelHint = h("div", { id: "model-hint", "data-testid": "model-hint", class: "muted hint" });
-  const templateInput = h("input", { id: "template-input", "data-testid": "template-input", type: "text", placeholder: "optional, e.g. {title}: {body} — {{ and }} are literal braces" });
-  const templateError = h("div", { id: "template-error", "data-testid": "template-error", class: "inline-error", hidden: true });
-  const preview = h("ol", { id: "template-preview", "data-testid": "template-preview", class: "preview" });
-  const tableHost = h("div", { id: "data-table-host", "data-testid": "data-table-host" });
-  const methodSelect = h(
-    "select",
-    { id: "projection-method", "data-testid": "projection-method" },
-    h("option", { value: String(ProjectionMethod.UMAP) }, "UMAP"),
-    h("option", { value: String(ProjectionMethod.PCA) }, "PCA"),
-    h("option", { value: String(ProjectionMethod.TSNE) }, "t-SNE"),
-  );
-  const kInput = h("input", { id: "cluster-k", "data-testid": "cluster-k", type: "number", min: 1, max: 200, placeholder: "auto" });
-  const projectButton = h("button", { id: "start-projection-button", "data-testid": "start-projection-button", type: "button", disabled: true }, "Create map");
-  const projectionBar = new ProgressBar("projection-progress", "Projection");
-  const previous = h("ul", { id: "previous-maps", "data-testid": "previous-maps", class: "list" });
-  const mapHost = h("div", { id: "map-host", "data-testid": "map-host" });
-  embedBar.el.hidden = true;
-  projectionBar.el.hidden = true;
-  importBar.el.hidden = true;
-
-  const embedSection = h(
-    "section",
-    { class: "card", id: "embed-section" },
-    h("h2", {}, "1. Text to embed"),
-    columnsBox,
-    h("label", {}, "Template ", templateInput),
-    h("div", { class: "muted hint" }, "Without a template the checked columns are joined with a new line; with one, its {column} placeholders say what is embedded; empty values stay empty."),
-    templateError,
-    h("div", { class: "preview-box" }, h("div", { class: "progress-label" }, "Preview of the first rows' texts"), preview),
-    h("label", {}, "Model ", modelSelect),
-    modelHint,
-    h("div", { class: "row" }, embedButton, cancelEmbedButton),
-    embedBar.el,
-  );
-  const projectSection = h(
-    "section",
-    { class: "card", id: "projection-section", hidden: true },
-    h("h2", {}, "2. Map"),
-    h("div", { class: "row" }, h("label", {}, "Method ", methodSelect), h("label", {}, "Clusters (k-means) ", kInput), projectButton, cancelProjectionButton),
-    projectionBar.el,
-  );
-  app.replaceChildren(
-    h("nav", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ", h("a", { href: `#/${projectName}`, id: "project-link" }, "Project")),
-    h("section", { class: "card" }, title, summary, importBar.el),
-    h("section", { class: "card", id: "rows-section" }, h("h2", {}, "Rows"), tableHost),
-    embedSection,
-    projectSection,
-    h("section", { class: "card map-card", id: "map-section", hidden: true }, mapHost),
-    h("section", { class: "card" }, h("h2", {}, "Earlier maps"), previous),
-  );
-
-  ingest
-    .getProject({ name: projectName }, { signal })
-    .then((p) => (byId("project-link").textContent = p.displayName || p.name))
-    .catch(() => {
-      /* the crumb keeps its generic name */
-    });
-  let dataset: Dataset = await ingest.getDataset({ name: datasetName }, { signal });
-  const describe = (d: Dataset) => {
-    title.textContent = d.displayName || d.sourceFilename || d.name;
-    summary.textContent = `${formatCount(d.rowCount)} rows · ${d.columns.length} columns · ${formatBytes(d.sizeBytes)}`;
-    summary.dataset.rows = String(d.rowCount);
-  };
-  describe(dataset);
-  importBar.setJob(dataset.job);
-  if (dataset.job?.state !== JobState.SUCCEEDED) {
-    importBar.el.hidden = false;
-    importBar.setJob(dataset.job);
-    const last = await followJob(
-      () => ingest.watchDataset({ name: datasetName }, { signal }),
-      (m) => m.dataset?.job,
-      (m) => {
-        importBar.setJob(m.dataset?.job);
-        if (m.dataset) describe(m.dataset);
-      },
-    );
-    if (last.dataset) dataset = last.dataset;
-    if (dataset.job?.state !== JobState.SUCCEEDED) throw new Error(`this dataset's import ${dataset.job?.state === JobState.CANCELLED ? "was cancelled" : `failed: ${dataset.job?.error || "no reason given"}`}`);
-  }
-
-  // Columns: suggested text columns first and preselected.
-  const columns = sortColumns(dataset.columns);
-  const anySuggested = columns.some((c) => c.suggested);
-  const firstText = columns.find((c) => /string|utf8/i.test(c.type));
-  columnsBox.replaceChildren(
-    ...columns.map((c) =>
-      h(
-        "label",
-        { class: `column${c.suggested ? " suggested" : ""}`, "data-testid": "column-option", "data-column": c.name },
-        h("input", { type: "checkbox", name: "text-column", value: c.name, "data-testid": "text-column", checked: anySuggested ? c.suggested : c === firstText }),
-        h("span", { class: "column-name" }, c.name),
-        h("span", { class: "column-type" }, c.type),
-        c.suggested ? h("span", { class: "badge" }, "suggested") : null,
-        h("span", { class: "column-stats muted", "data-testid": "column-stats" }, columnStats(c, Number(dataset.rowCount))),
-      ),
-    ),
-  );
-  const chosenColumns = () => [...columnsBox.querySelectorAll<HTMLInputElement>("input[name=text-column]:checked")].map((i) => i.value);
-  const columnTypes = new Map(dataset.columns.map((c) => [c.name, c.type]));
-  dataTable(tableHost, datasetName, signal, showError);
-
-  // Template preview: the first rows' texts, rendered here by the backend's rules.
-  let previewRows: Record<string, string>[] = [];
-  const updatePreview = () => {
-    const template = templateInput.value;
-    templateError.hidden = true;
-    templateInput.removeAttribute("aria-invalid");
-    let texts: string[] = [];
-    try {
-      const cols = columnsForTemplate(template, chosenColumns());
-      if (!cols.length) throw new Error("choose at least one text column, or write a template such as {title}: {body}");
-      texts = previewRows.map((r) => renderText(template, cols, r));
-    } catch (err) {
-      templateError.textContent = (err as Error).message;
-      templateError.hidden = false;
-      templateInput.setAttribute("aria-invalid", "true");
-    }
-    preview.replaceChildren(
-      ...texts.map((t) => h("li", { "data-testid": "template-preview-item" }, t === "" ? h("span", { class: "muted" }, "(empty text)") : t)),
-    );
-    preview.dataset.count = String(texts.length);
-  };
-  templateInput.addEventListener("input", updatePreview);
-  columnsBox.addEventListener("change", updatePreview);
-  ingest
-    .listRows({ parent: datasetName, pageSize: 3 }, { signal })
-    .then((res) => {
-      previewRows = res.rows.map((r) => Object.fromEntries(res.columns.map((c, i) => [c, cellText(valueOf(r.values[i]), columnTypes.get(c))])));
-      updatePreview();
-    })
-    .catch((err) => {
-      if (!signal.aborted) preview.replaceChildren(h("li", { class: "muted" }, `no preview: ${errorMessage(err)}`));
-    });
-
-  // Models, with their size and a speed hint.
-  let models: Model[] = [];
-  const describeModel = () => {
-    const m = models.find((x) => x.name === modelSelect.value);
-    modelHint.textContent = m ? modelHintText(m) : "the server's default model";
-  };
-  modelSelect.addEventListener("change", describeModel);
-  try {
-    models = (await embedding.listModels({}, { signal })).models;
-    modelSelect.replaceChildren(
-      ...models.map((m) => h("option", { value: m.name, selected: m.default }, `${m.displayName || m.name}${m.dimension ? ` · ${m.dimension}-d` : ""}${m.default ? " · default" : ""}`)),
-    );
-    if (!models.length) modelSelect.append(h("option", { value: "" }, "server default"));
-  } catch (err) {
-    modelSelect.replaceChildren(h("option", { value: "" }, "server default"));
-    showError(err);
-  }
-  describeModel();
-  embedButton.disabled = false;
-
-  let currentEmbedding: Embedding | undefined;
-
-  const openMap = async (emb: Embedding, proj: Projection) => {
-    teardownMap?.();
-    teardownMap = null;
-    history.replaceState(null, "", `#/${proj.name}`);
-    byId("map-section").hidden = false;
-    mapHost.scrollIntoView({ block: "start" });
-    teardownMap = await showMap(mapHost, { projectionName: proj.name, datasetName, textColumns: emb.textColumns, columns: dataset.columns, onError: showError, onClearError: clearError });
-  };
-
-  const jobEnded = (what: string, state: JobState | undefined, error: string | undefined): boolean => {
-    if (state === JobState.SUCCEEDED) return true;
-    if (state === JobState.CANCELLED) return false;
-    throw new Error(`${what} failed: ${error || "no reason given"}`);
-  };
-
-  const runProjection = async (emb: Embedding, proj: Projection) => {
-    projectionBar.el.hidden = false;
-    projectionBar.setJob(proj.job);
-    cancelProjectionButton.hidden = false;
-    cancelProjectionButton.onclick = () =>
-      void act(cancelProjectionButton, async () => {
-        projectionBar.setJob((await projection.cancelProjection({ name: proj.name })).job);
-      });
-    try {
-      const last = await followJob(
-        () => projection.watchProjection({ name: proj.name }, { signal }),
-        (m) => m.projection?.job,
-        (m) => projectionBar.setJob(m.projection?.job),
-      );
-      const done = last.projection ?? proj;
-      if (jobEnded("projection", done.job?.state, done.job?.error)) await openMap(emb, done);
-    } finally {
-      cancelProjectionButton.hidden = true;
-    }
-  };
-
-  const runEmbedding = async (emb: Embedding) => {
-    currentEmbedding = emb;
-    embedBar.el.hidden = false;
-    embedBar.setJob(emb.job);
-    cancelEmbedButton.hidden = false;
-    cancelEmbedButton.onclick = () =>
-      void act(cancelEmbedButton, async () => {
-        embedBar.setJob((await embedding.cancelEmbedding({ name: emb.name })).job);
-      });
-    try {
-      const last = await followJob(
-        () => embedding.watchEmbedding({ name: emb.name }, { signal }),
-        (m) => m.embedding?.job,
-        (m) => embedBar.setJob(m.embedding?.job),
-      );
-      const done = last.embedding ?? emb;
-      currentEmbedding = done;
-      if (!jobEnded("embedding", done.job?.state, done.job?.error)) return;
-      if (done.truncatedCount > 0n) embedBar.set(1, `${embedBar.el.querySelector(".progress-text")?.textContent ?? ""} · ${formatCount(done.truncatedCount)} texts cut at the model's limit`, "succeeded");
-      projectSection.hidden = false;
-      projectButton.disabled = false;
-      projectButton.focus();
-    } finally {
-      cancelEmbedButton.hidden = true;
-    }
-  };
-
-  embedButton.addEventListener("click", () =>
-    act(embedButton, async () => {
-      const template = templateInput.value.trim();
-      const textColumns = columnsForTemplate(template, chosenColumns());
-      if (!textColumns.length) throw new Error("choose at least one text column to embed, or write a template");
-      projectSection.hidden = true;
-      const emb = await embedding.createEmbedding({ parent: datasetName, embedding: { model: modelSelect.value, textColumns, template } });
-      await runEmbedding(emb);
-    }),
-  );
-  projectButton.addEventListener("click", () =>
-    act(projectButton, async () => {
-      if (!currentEmbedding) throw new Error("embed the dataset first");
-      const k = Number.parseInt(kInput.value, 10);
-      const proj = await projection.createProjection({
-        parent: currentEmbedding.name,
-        projection: {
-          method: Number(methodSelect.value) as ProjectionMethod,
-          dimensions: 2,
-          clustering: { algorithm: ClusterAlgorithm.KMEANS, k: Number.isFinite(k) && k > 0 ? k : 0 },
-        },
-      });
-      await runProjection(currentEmbedding, proj);
-    }),
-  );
-
-  // Earlier embeddings and their maps.
-  void (async () => {
-    const embs = await embedding.listEmbeddings({ parent: datasetName, pageSize: 100 }, { signal });
-    const items: HTMLElement[] = [];
-    for (const e of embs.embeddings) {
-      const projs = e.job?.state === JobState.SUCCEEDED ? (await projection.listProjections({ parent: e.name, pageSize: 100 }, { signal })).projections : [];
-      items.push(
-        h(
-          "li",
-          { "data-testid": "embedding-item", "data-name": e.name },
-          h("span", {}, `${e.textColumns.join(", ")} · ${e.model || "default model"} · ${JobState[e.job?.state ?? 0]?.toLowerCase()}`),
-          ...projs.map((p) => h("a", { href: `#/${p.name}`, class: "pill", "data-testid": "projection-link" }, `${ProjectionMethod[p.method] ?? "map"} ${p.job?.state === JobState.SUCCEEDED ? "" : `(${JobState[p.job?.state ?? 0]?.toLowerCase()})`}`)),
-        ),
-      );
-    }
-    previous.replaceChildren(...(items.length ? items : [h("li", { class: "muted" }, "None yet.")]));
-  })().catch(() => {
-    /* the list is a convenience; the main flow shows its own errors */
-  });
-
-  // Deep link to an embedding or a projection: resume where it is.
-  if (embeddingName) {
-    const emb = await embedding.getEmbedding({ name: embeddingName }, { signal });
-    for (const input of columnsBox.querySelectorAll<HTMLInputElement>("input[name=text-column]")) input.checked = emb.textColumns.includes(input.value);
-    templateInput.value = emb.template;
-    updatePreview();
-    if (emb.job?.state === JobState.SUCCEEDED) {
-      currentEmbedding = emb;
-      embedBar.el.hidden = false;
-      embedBar.setJob(emb.job);
-      projectSection.hidden = false;
-      projectButton.disabled = false;
-    } else {
-      await runEmbedding(emb);
-    }
-    if (projectionName) {
-      const proj = await projection.getProjection({ name: projectionName }, { signal });
-      if (proj.job?.state === JobState.SUCCEEDED) {
-        projectionBar.el.hidden = false;
-        projectionBar.setJob(proj.job);
-        await openMap(currentEmbedding ?? emb, proj);
-      } else {
-        await runProjection(currentEmbedding ?? emb, proj);
-      }
-    }
-  }
-}
-
 // ---------- routing ----------
 
 function screenContext(): ScreenContext {
@@ -587,14 +250,15 @@ async function route(): Promise<void> {
   screenAbort.abort();
   const screen = new AbortController();
   screenAbort = screen;
-  teardownMap?.();
-  teardownMap = null;
+  for (const t of teardowns.splice(0)) t();
   clearError();
   renderHeader();
   delete app.dataset.screen;
+  delete document.body.dataset.screen;
 
-  const path = location.hash.replace(/^#\/?/, "").replace(/\/+$/, "");
+  const path = hashPath(location.hash);
   if (!loadSession() && path !== "login") {
+    if (path && path !== "projects") sessionStorage.setItem(RETURN_KEY, location.hash);
     go("#/login");
     return;
   }
@@ -612,12 +276,10 @@ async function route(): Promise<void> {
     } else if (parts[0] === "projects" && parts.length === 2) {
       app.dataset.screen = "project";
       await renderProject(path);
-    } else if (parts[0] === "projects" && parts[2] === "datasets" && parts.length === 4) {
+    } else if (parts[0] === "projects" && parts[2] === "datasets" && (parts.length === 4 || (parts[4] === "embeddings" && (parts.length === 6 || (parts.length === 8 && parts[6] === "projections"))))) {
       app.dataset.screen = "dataset";
-      await renderDataset(path);
-    } else if (parts[0] === "projects" && parts[4] === "embeddings" && (parts.length === 6 || (parts.length === 8 && parts[6] === "projections"))) {
-      app.dataset.screen = "dataset";
-      await renderDataset(parts.slice(0, 4).join("/"), parts.slice(0, 6).join("/"), parts.length === 8 ? path : undefined);
+      document.body.dataset.screen = "dataset";
+      await renderWorkspace({ ...screenContext(), clearError, onTeardown: (fn) => teardowns.push(fn) }, hashToView(location.hash));
     } else {
       app.dataset.screen = "projects";
       if (path !== "projects") history.replaceState(null, "", "#/projects");
@@ -634,6 +296,7 @@ setSignedOutHandler((message) => {
   // The screen's other calls fail now too; their errors must not reach the banner.
   screenAbort.abort();
   signedOutNotice = message;
+  if (!/^#\/?login/.test(location.hash)) sessionStorage.setItem(RETURN_KEY, location.hash);
   go("#/login");
 });
 window.addEventListener("hashchange", () => void route());
