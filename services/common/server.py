@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -367,7 +367,7 @@ async def serve_until_signalled(
     listen_addr: str,
     health_servicer: health.aio.HealthServicer,
     service_names: Iterable[str],
-    background: Iterable[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
+    background: Iterable[Callable[[asyncio.Event], Awaitable[None]]] = (),
     grace_seconds: float = 10.0,
 ) -> None:
     """Start the server, mark it SERVING, run background tasks (job workers), and stop
@@ -397,9 +397,12 @@ async def serve_until_signalled(
         died.append((task.get_name(), error))
         stop.set()
 
+    async def run(job: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        await job(stop)
+
     tasks = []
     for job in background:
-        task = asyncio.create_task(job(stop), name=getattr(job, "__qualname__", "background task"))
+        task = asyncio.create_task(run(job), name=getattr(job, "__qualname__", "background task"))
         task.add_done_callback(supervise)
         tasks.append(task)
 
