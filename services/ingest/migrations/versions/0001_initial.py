@@ -4,6 +4,8 @@ Revision ID: 0001
 Revises:
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,7 +17,7 @@ depends_on = None
 S = "ingest"
 
 
-def _job_columns() -> list[sa.Column]:
+def _job_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("progress", sa.Float, nullable=False),

@@ -4,6 +4,8 @@ Revision ID: 0002
 Revises: 0001
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -13,7 +15,7 @@ branch_labels = None
 depends_on = None
 
 S = "ingest"
-COLUMNS = [
+COLUMNS: list[sa.Column[Any]] = [
     sa.Column("parsed_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("quote_char", sa.String(4), nullable=False, server_default=""),
     sa.Column("encoding", sa.String(16), nullable=False, server_default=""),
