@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -163,7 +164,7 @@ class Projects:
             await session.commit()
             return project, member.role
 
-    async def delete(self, identity: Identity, name: str) -> list[str]:
+    async def delete(self, identity: Identity, name: str) -> builtins.list[str]:  # `list` is a method here
         """Owner only. Delete the project row (members, uploads and datasets go with it by
         cascade); returns the blob prefixes so the caller removes them and their events.
         Each dataset's deletion event is committed with the rows (the outbox), so the
