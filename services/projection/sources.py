@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -61,16 +62,16 @@ class Sources:
         self._embedding_addr = embedding_addr
         self._ingest_addr = ingest_addr
 
-    def _embeddings(self) -> embedding_pb2_grpc.EmbeddingServiceStub:
+    def _embeddings(self) -> embedding_pb2_grpc.EmbeddingServiceAsyncStub:
         return embedding_pb2_grpc.EmbeddingServiceStub(self._channels.get(self._embedding_addr))
 
-    def _embeddings_internal(self) -> embedding_pb2_grpc.EmbeddingInternalServiceStub:
+    def _embeddings_internal(self) -> embedding_pb2_grpc.EmbeddingInternalServiceAsyncStub:
         return embedding_pb2_grpc.EmbeddingInternalServiceStub(self._channels.get(self._embedding_addr))
 
-    def _ingest(self) -> ingest_pb2_grpc.IngestServiceStub:
+    def _ingest(self) -> ingest_pb2_grpc.IngestServiceAsyncStub:
         return ingest_pb2_grpc.IngestServiceStub(self._channels.get(self._ingest_addr))
 
-    def _ingest_internal(self) -> ingest_pb2_grpc.IngestInternalServiceStub:
+    def _ingest_internal(self) -> ingest_pb2_grpc.IngestInternalServiceAsyncStub:
         return ingest_pb2_grpc.IngestInternalServiceStub(self._channels.get(self._ingest_addr))
 
     async def get_embedding(self, identity: Identity, name: str) -> EmbeddingInfo:
@@ -124,7 +125,7 @@ class Sources:
                 if on_chunk is not None:
                     result = on_chunk(filled)
                     if hasattr(result, "__await__"):
-                        await result  # type: ignore[misc]
+                        await result
         except grpc.aio.AioRpcError as exc:
             raise _domain_error(exc, f"reading the vectors of {embedding.name}") from None
         finally:
@@ -168,6 +169,8 @@ class Sources:
     async def load_texts(self, identity: Identity, dataset: str, columns: list[str], rows: int) -> list[str]:
         """The text of each of the first `rows` rows: its text columns joined by spaces."""
         texts = [""] * rows
+        # pyarrow-stubs type fill_null and binary_join_element_wise on chunked columns as `object`.
+        compute: Any = pc
         stream = self._ingest_internal().StreamRows(
             ingest_pb2.StreamRowsRequest(dataset=dataset, columns=columns, start_row=0, row_count=rows),
             metadata=identity.metadata(),
@@ -175,16 +178,18 @@ class Sources:
         try:
             async for batch in stream:
                 table = pa.ipc.open_stream(batch.arrow_ipc).read_all()
-                parts = [
-                    pc.fill_null(pc.cast(table.column(c), pa.string()), "")
+                parts: list[pa.ChunkedArray[Any]] = [
+                    compute.fill_null(pc.cast(table.column(c), pa.string()), "")
                     for c in columns
                     if c in table.column_names
                 ]
                 if not parts:
                     continue
-                joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, " ")
+                joined: pa.ChunkedArray[Any] = (
+                    parts[0] if len(parts) == 1 else compute.binary_join_element_wise(*parts, " ")
+                )
                 start = int(batch.start_row)
-                values = joined.to_pylist()
+                values = cast("list[str]", joined.to_pylist())  # no nulls: filled with ""
                 stop = min(start + len(values), rows)
                 if stop > start:
                     texts[start:stop] = values[: stop - start]
