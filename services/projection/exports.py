@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import IO, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +72,7 @@ class _Sink:
         return data
 
 
-def _csv_values(column: pa.ChunkedArray) -> list[object]:
+def _csv_values(column: pa.ChunkedArray[Any]) -> list[object]:
     """A column's values as CSV cells: floats in their shortest float32 form, null empty."""
     if pa.types.is_float32(column.type):
         return ["" if v is None else f"{v:.7g}" for v in column.to_pylist()]
@@ -99,7 +100,7 @@ class ExportWriter:
     def _table(self, indexes: np.ndarray, extra: pa.Table | None) -> pa.Table:
         at = self._positions(indexes)
         clusters = self._points.clusters[at]
-        columns: dict[str, pa.Array] = {"row": pa.array(indexes.astype(np.int64), type=pa.int64())}
+        columns: dict[str, pa.Array[Any]] = {"row": pa.array(indexes.astype(np.int64), type=pa.int64())}
         for axis, name in enumerate("xyz"[: self._points.dimensions]):
             columns[name] = pa.array(self._points.coordinates[at, axis], type=pa.float32())
         columns["cluster"] = pa.array(clusters.astype(np.int32), type=pa.int32())
@@ -118,7 +119,7 @@ class ExportWriter:
             lo, hi = np.searchsorted(chosen, [first, first + n])
             indexes = chosen[lo:hi]
         if extra is not None and chosen is not None:
-            extra = extra.take(pa.array(indexes - first))
+            extra = extra.take(pa.array(indexes - first, type=pa.int64()))
         return self._encode(self._table(indexes, extra))
 
     def _encode(self, table: pa.Table) -> bytes:
@@ -137,8 +138,10 @@ class ExportWriter:
             ).encode()
         if self._parquet is None:
             self._schema = table.schema
-            self._parquet = pq.ParquetWriter(self._sink, table.schema, compression="zstd")
+            # pyarrow writes to any object with write() (in a PythonFile); its stubs name only IO.
+            self._parquet = pq.ParquetWriter(cast("IO[bytes]", self._sink), table.schema, compression="zstd")
         if table.num_rows:
+            assert self._schema is not None  # set with the writer
             self._parquet.write_table(table.cast(self._schema))
         return self._sink.take()
 
