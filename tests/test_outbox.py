@@ -49,6 +49,10 @@ def own_stack() -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+        logs = Path(__file__).resolve().parents[1] / "test-artifacts" / "logs" / "outbox"
+        shutil.rmtree(logs, ignore_errors=True)
+        if stack.logs_dir.exists():
+            shutil.copytree(stack.logs_dir, logs)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -279,3 +283,10 @@ async def test_the_reconciler_removes_orphans_and_keeps_what_is_live(own_stack: 
         projection_pb2.GetProjectionRequest(name=live_projection), metadata=owner.md
     )
     assert mapped.name == live_projection
+
+
+async def test_relays_and_reconcilers_stay_within_their_nats_permissions(own_stack: Stack) -> None:
+    """Runs last: everything above published and reconciled as the services' own NATS users."""
+    log = (own_stack.logs_dir / "nats.log").read_text(errors="replace")
+    refused = [line for line in log.splitlines() if "Violation" in line and ":embedviz-" in line]
+    assert not refused, "\n".join(refused[:5])

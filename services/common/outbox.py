@@ -72,7 +72,7 @@ def outbox_table(schema: str) -> Table:
     return table
 
 
-def _positive_seconds(name: str, default: float) -> float:
+def positive_seconds(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -95,7 +95,7 @@ class OutboxSettings:
 
     @classmethod
     def from_env(cls) -> OutboxSettings:
-        return cls(poll=_positive_seconds("EMBEDVIZ_OUTBOX_POLL_S", 2.0))
+        return cls(poll=positive_seconds("EMBEDVIZ_OUTBOX_POLL_S", 2.0))
 
 
 class Outbox:
