@@ -108,7 +108,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ListApiKeysResponse:
         if request.page_size < 0:
             raise InvalidArgument("page_size must not be negative")
-        keys, token = await self._accounts.list_api_keys(current_identity().user_id, request.page_size, request.page_token)
+        keys, token = await self._accounts.list_api_keys(
+            current_identity().user_id, request.page_size, request.page_token
+        )
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(k) for k in keys], next_page_token=token)
 
     async def DeleteApiKey(self, request: auth_pb2.DeleteApiKeyRequest, context: Context) -> empty_pb2.Empty:

@@ -169,11 +169,17 @@ class JobCredentials:
                     raise
                 if attempt == 2:
                     raise Unauthenticated(
-                        f"the credentials of this job's owner ({self.owner}) were refused twice while {what}, the second "
-                        f"time with a token minted a moment before: {_reason(exc)}. The services' clocks may disagree, "
+                        f"the credentials of this job's owner ({self.owner}) were refused twice while {what}, "
+                        f"the second time with a token minted a moment before: {_reason(exc)}. "
+                        "The services' clocks may disagree, "
                         "or one of them does not trust the auth service's signing keys"
                     ) from None
-                log.warning("the token of %s was refused while %s (%s); trying once with a new one", self.owner, what, _reason(exc))
+                log.warning(
+                    "the token of %s was refused while %s (%s); trying once with a new one",
+                    self.owner,
+                    what,
+                    _reason(exc),
+                )
             identity = await self._tokens.renewed(self.owner, identity)
         raise AssertionError("unreachable: the second attempt returns or raises")
 

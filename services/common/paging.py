@@ -70,7 +70,9 @@ def bind_call(key: bytes, method: str, request: Message) -> None:
 def _current() -> _Scope:
     scope = _scope.get()
     if scope is None:
-        raise RuntimeError("page tokens are made and read only inside a List call of a server from services.common.server")
+        raise RuntimeError(
+            "page tokens are made and read only inside a List call of a server from services.common.server"
+        )
     return scope
 
 

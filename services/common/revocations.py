@@ -81,10 +81,12 @@ class Revocations:
             "revocations.>", stream=STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=on_message
         )
         deadline = time.monotonic() + CATCH_UP_SECONDS
-        while self._seen_seq < last and time.monotonic() < deadline:
+        while self._seen_seq < last and time.monotonic() < deadline:  # noqa: ASYNC110 (a poll bounded by the deadline)
             await asyncio.sleep(0.05)
         if self._seen_seq < last:
-            log.warning("revocations: caught up to %d of %d in %.0f s; going on", self._seen_seq, last, CATCH_UP_SECONDS)
+            log.warning(
+                "revocations: caught up to %d of %d in %.0f s; going on", self._seen_seq, last, CATCH_UP_SECONDS
+            )
 
     async def close(self) -> None:
         if self._subscription is not None:

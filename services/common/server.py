@@ -103,7 +103,9 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 def _refuse_undecodable(request: Any) -> None:
     if isinstance(request, _Undecodable):
-        raise InvalidArgument(f"the request is not a valid message of this method: {request.reason}", "MALFORMED_REQUEST")
+        raise InvalidArgument(
+            f"the request is not a valid message of this method: {request.reason}", "MALFORMED_REQUEST"
+        )
 
 
 async def _abort_for(exc: BaseException, context: Context, method: str) -> None:

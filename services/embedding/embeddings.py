@@ -13,16 +13,16 @@ import pyarrow as pa
 from sqlalchemy import and_, delete, or_, select
 
 from embedviz.v1 import embedding_pb2, ingest_pb2
+from services.common import paging
 from services.common.auth import Identity
 from services.common.blobs import BlobStore
 from services.common.clients import ProjectAccess
 from services.common.db import Database
-from services.common import paging
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, excerpt
 from services.common.events import EventBus
-from services.common.outbox import Outbox
 from services.common.jobs import CANCELLED, PENDING, SUCCEEDED, TERMINAL, job_to_proto, timestamp, utcnow
 from services.common.names import new_id, parse
+from services.common.outbox import Outbox
 from services.embedding.encoder import ModelRegistry
 from services.embedding.models import EmbeddingRow, ShardRow
 from services.embedding.texts import columns_to_embed
@@ -76,7 +76,8 @@ def check_embeddable(dataset: DatasetInfo, columns: Sequence[str]) -> None:
     for column in columns:
         if column not in dataset.columns:
             raise InvalidArgument(
-                f"column '{excerpt(column)}' not found; the dataset has: {', '.join(dataset.columns)}", "COLUMN_NOT_FOUND"
+                f"column '{excerpt(column)}' not found; the dataset has: {', '.join(dataset.columns)}",
+                "COLUMN_NOT_FOUND",
             )
 
 
@@ -289,7 +290,9 @@ class Embeddings:
                 current.rate = 0.0
             await session.commit()
         if dropped_generation is not None:
-            prefix = parts_prefix(row.id, dropped_generation) if current.state == SUCCEEDED else embedding_prefix(row.id)
+            prefix = (
+                parts_prefix(row.id, dropped_generation) if current.state == SUCCEEDED else embedding_prefix(row.id)
+            )
             try:
                 await asyncio.to_thread(self.blobs.delete_dir, prefix)
             except OSError:

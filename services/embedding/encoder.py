@@ -377,9 +377,13 @@ class OpenAIModel:
             items = sorted(data["data"], key=lambda item: item["index"])
             vectors = np.asarray([item["embedding"] for item in items], dtype=np.float32)
         except (KeyError, TypeError, ValueError):
-            raise FailedPrecondition(f"the embeddings endpoint {url} answered something that is not embeddings") from None
+            raise FailedPrecondition(
+                f"the embeddings endpoint {url} answered something that is not embeddings"
+            ) from None
         if vectors.shape[0] != len(texts):
-            raise FailedPrecondition(f"the embeddings endpoint {url} returned {vectors.shape[0]} vectors for {len(texts)} texts")
+            raise FailedPrecondition(
+                f"the embeddings endpoint {url} returned {vectors.shape[0]} vectors for {len(texts)} texts"
+            )
         if self.spec.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = (vectors / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
@@ -482,7 +486,9 @@ def _load_local(spec: ModelSpec, settings: EmbeddingSettings) -> LocalModel:
                  spec.name, loaded.precision, device, cosine)
     else:
         model.to(torch.float32)
-        log.info("model %s runs in float32: %s vectors differ (cosine %.5f < %.3f)", spec.name, reduced, cosine, MIN_COSINE)
+        log.info(
+            "model %s runs in float32: %s vectors differ (cosine %.5f < %.3f)", spec.name, reduced, cosine, MIN_COSINE
+        )
     return loaded
 
 
@@ -534,7 +540,9 @@ class ModelRegistry:
     def resolve(self, name: str) -> ModelSpec:
         """The model a request names (`models/x` or `x`), or the default one when empty."""
         if not self._specs:
-            raise FailedPrecondition("this deployment has no embedding model; set EMBEDVIZ_MODEL_PATH or EMBEDVIZ_MODELS")
+            raise FailedPrecondition(
+                "this deployment has no embedding model; set EMBEDVIZ_MODEL_PATH or EMBEDVIZ_MODELS"
+            )
         if not name:
             spec = next((s for s in self._specs.values() if s.default), next(iter(self._specs.values())))
         else:
@@ -567,7 +575,9 @@ class ModelRegistry:
                     try:
                         model = await asyncio.to_thread(_load_local, spec, self.settings)
                     except (OSError, ValueError) as exc:
-                        raise FailedPrecondition(f"model '{spec.name}' could not be loaded from {spec.path}: {exc}") from None
+                        raise FailedPrecondition(
+                            f"model '{spec.name}' could not be loaded from {spec.path}: {exc}"
+                        ) from None
                 self._loaded[spec.name] = model
         return model
 

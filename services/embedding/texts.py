@@ -22,7 +22,9 @@ def template_columns(template: str) -> list[str]:
         if name is None:
             continue
         if not name.strip():
-            raise InvalidArgument(f"template '{excerpt(template)}' has an empty placeholder {{}}; name a column, e.g. {{title}}")
+            raise InvalidArgument(
+                f"template '{excerpt(template)}' has an empty placeholder {{}}; name a column, e.g. {{title}}"
+            )
         if name not in names:
             names.append(name)
     return names

@@ -161,7 +161,9 @@ def find_unclosed_quote(open_source: Opener, options: Options) -> str | None:
 # --- errors from pyarrow, in words ---------------------------------------------------------
 
 
-_CSV_COLUMN_ERROR = re.compile(r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to (\w+): invalid value '(.*)'", re.S)
+_CSV_COLUMN_ERROR = re.compile(
+    r"In CSV column #(\d+): (?:Row #(\d+): )?CSV conversion error to (\w+): invalid value '(.*)'", re.S
+)
 _CSV_ROW_ERROR = re.compile(r"CSV parse error: (?:Row #(\d+): )?Expected (\d+) columns, got (\d+)")
 
 
@@ -182,7 +184,9 @@ def explain(fmt: str, exc: Exception, rows_done: int, limits: Limits, where_foun
             "every row needs the same number of values (check the delimiter and quotes on that line)"
         )
     what = FORMAT_NAMES[fmt]
-    if fmt == PARQUET and ("magic bytes" in message or "footer" in message.lower() or "Couldn't deserialize" in message):
+    if fmt == PARQUET and (
+        "magic bytes" in message or "footer" in message.lower() or "Couldn't deserialize" in message
+    ):
         return ImportFailed(
             "could not read the file as Parquet: it is cut short or damaged (its footer is missing or broken); "
             "upload the complete file"
@@ -223,7 +227,8 @@ def diagnose(open_source: Opener, options: Options, exc: Exception, rows: int, l
             return ImportFailed(f"could not read the file as JSON Lines: {where}")
         if "changed from" in message:
             return ImportFailed(
-                f"could not read the file as JSON Lines: a field holds values of different kinds in different lines ({message.split(chr(10))[0]})"
+                "could not read the file as JSON Lines: a field holds values of different kinds in different lines "
+                f"({message.split(chr(10))[0]})"
             )
     return explain(fmt, exc, rows, limits)
 

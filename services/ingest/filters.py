@@ -35,7 +35,15 @@ _TOKEN = re.compile(
     )""",
     re.X,
 )
-_OPS = {"=": "equal", "==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
+_OPS = {
+    "=": "equal",
+    "==": "equal",
+    "!=": "not_equal",
+    "<": "less",
+    "<=": "less_equal",
+    ">": "greater",
+    ">=": "greater_equal",
+}
 
 
 # Which rows of a table a filter keeps. (A string: pyarrow's classes are not generic at run time.)
@@ -136,17 +144,23 @@ def parse(text: str, schema: pa.Schema) -> Filter | None:
     names = [n for n in schema.names if n != "__row"]
     while True:
         if i + 1 >= len(tokens):
-            raise InvalidArgument(f"filter: a condition needs a column, an operator and a value, e.g. label = \"neg\" (at character {tokens[i].at if i < len(tokens) else len(text)})")
+            raise InvalidArgument(
+                'filter: a condition needs a column, an operator and a value, e.g. label = "neg" '
+                f"(at character {tokens[i].at if i < len(tokens) else len(text)})"
+            )
         column_token, op_token = tokens[i], tokens[i + 1]
         if column_token.kind not in ("word", "backquoted"):
-            raise InvalidArgument(f"filter: expected a column name at character {column_token.at}, got {excerpt(column_token.text)!r}")
+            raise InvalidArgument(
+                f"filter: expected a column name at character {column_token.at}, got {excerpt(column_token.text)!r}"
+            )
         column = _unquote(column_token) if column_token.kind == "backquoted" else column_token.text
         if column not in names:
             raise InvalidArgument(f"filter: column '{excerpt(column)}' not found; the dataset has: {', '.join(names)}")
         is_contains = op_token.kind == "word" and op_token.text.lower() == "contains"
         if op_token.kind != "op" and not is_contains:
             raise InvalidArgument(
-                f"filter: expected an operator (=, !=, <, <=, >, >=, contains) after '{excerpt(column)}' at character {op_token.at}, got {excerpt(op_token.text)!r}"
+                f"filter: expected an operator (=, !=, <, <=, >, >=, contains) after '{excerpt(column)}' "
+                f"at character {op_token.at}, got {excerpt(op_token.text)!r}"
             )
         if i + 2 >= len(tokens):
             raise InvalidArgument(f"filter: '{excerpt(column)} {op_token.text}' has no value after '{op_token.text}'")
@@ -157,7 +171,9 @@ def parse(text: str, schema: pa.Schema) -> Filter | None:
         if i >= len(tokens):
             break
         if tokens[i].kind != "word" or tokens[i].text.upper() != "AND":
-            raise InvalidArgument(f"filter: expected AND or the end at character {tokens[i].at}, got {excerpt(tokens[i].text)!r}")
+            raise InvalidArgument(
+                f"filter: expected AND or the end at character {tokens[i].at}, got {excerpt(tokens[i].text)!r}"
+            )
         i += 1
     return Filter(conditions, "")
 
@@ -189,12 +205,16 @@ def _condition(column: str, type_: pa.DataType, op: str, token: Token) -> Condit
         try:
             number: float | int = int(raw) if re.fullmatch(r"[-+]?\d+", raw) else float(raw)
         except ValueError:
-            raise InvalidArgument(f"filter: column '{excerpt(column)}' holds numbers; {excerpt(raw)!r} is not a number") from None
+            raise InvalidArgument(
+                f"filter: column '{excerpt(column)}' holds numbers; {excerpt(raw)!r} is not a number"
+            ) from None
         return Condition(column, op, number)
     if pa.types.is_temporal(type_):
         try:
             pa.scalar(raw).cast(type_)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise InvalidArgument(f"filter: column '{excerpt(column)}' holds {type_}; {excerpt(raw)!r} is not one (use ISO 8601)") from None
+            raise InvalidArgument(
+                f"filter: column '{excerpt(column)}' holds {type_}; {excerpt(raw)!r} is not one (use ISO 8601)"
+            ) from None
         return Condition(column, op, pa.scalar(raw).cast(type_).as_py())
     raise InvalidArgument(f"filter: column '{excerpt(column)}' holds {type_}, which filters cannot compare")

@@ -174,7 +174,9 @@ def import_file(
     """Read the source file and write the dataset's Parquet file (after the rows of
     `append_to`, when appending); raise ImportFailed with a message for a person when the
     file cannot be imported. The caller removes the sink on failure."""
-    options = settle_options(open_source, filename, options or Options(format=fmt, delimiter=delimiter), limits or Limits())
+    options = settle_options(
+        open_source, filename, options or Options(format=fmt, delimiter=delimiter), limits or Limits()
+    )
     limits = limits or Limits()
     as_string: set[str] = set()
     damaged = 0
@@ -243,7 +245,8 @@ def _import(
             raise ImportFailed("the file has no columns")
         if len(schema) > limits.max_columns:
             raise ImportFailed(
-                f"the file has {len(schema)} columns; a dataset may have at most {limits.max_columns} (EMBEDVIZ_MAX_COLUMNS)"
+                f"the file has {len(schema)} columns; a dataset may have at most {limits.max_columns} "
+                "(EMBEDVIZ_MAX_COLUMNS)"
             )
         names = unique_names(names_in_file)
         data_schema = pa.schema([pa.field(n, f.type) for n, f in zip(names, schema, strict=True)])
@@ -359,13 +362,17 @@ def _check_same_columns(old_schema: pa.Schema | None, names: list[str]) -> None:
         )
 
 
-def read_column_names(open_source: Opener, filename: str, options: Options, limits: Limits) -> tuple[Options, list[str]]:
+def read_column_names(
+    open_source: Opener, filename: str, options: Options, limits: Limits
+) -> tuple[Options, list[str]]:
     """The settled options and the (unique) column names of a file, cheaply: for checking
     an append before it is queued."""
     options = settle_options(open_source, filename, options, limits)
     source = Source(open_source, options.compression)
     try:
-        schema, _, _ = open_batches(source, dataclasses.replace(options, block_bytes=big_block(limits)), set(), {}, limits)
+        schema, _, _ = open_batches(
+            source, dataclasses.replace(options, block_bytes=big_block(limits)), set(), {}, limits
+        )
         return options, unique_names(schema.names)
     except UnicodeDecodeError:
         raise not_utf8(open_source, options.compression) from None

@@ -11,7 +11,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common import names
+from services.common import names, paging
 from services.common.auth import Identity
 from services.common.errors import (
     AlreadyExists,
@@ -21,7 +21,6 @@ from services.common.errors import (
     PermissionDenied,
 )
 from services.common.jobs import utcnow
-from services.common import paging
 from services.common.outbox import Outbox
 from services.ingest.deletions import announce_deleted
 from services.ingest.members import KnownUser
@@ -217,7 +216,9 @@ class Projects:
             try:
                 await session.commit()
             except IntegrityError:  # added by a concurrent call a moment ago
-                raise AlreadyExists(f"{user.email} is already a member of {parent}; change their role instead") from None
+                raise AlreadyExists(
+                    f"{user.email} is already a member of {parent}; change their role instead"
+                ) from None
             return member
 
     async def update_member(self, identity: Identity, name: str, role: str) -> Member:

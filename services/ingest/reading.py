@@ -121,7 +121,9 @@ def big_block(limits: Limits) -> int:
     return max(SMALL_BLOCK, min(2 * limits.max_cell_bytes + (1 << 16), 256 << 20))
 
 
-def open_csv(source: Source, options: Options, as_string: set[str], types: dict[str, pa.DataType], limits: Limits) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+def open_csv(
+    source: Source, options: Options, as_string: set[str], types: dict[str, pa.DataType], limits: Limits
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     block = options.block_bytes or SMALL_BLOCK
     reader = pacsv.open_csv(
         source.text,
@@ -137,7 +139,9 @@ def open_csv(source: Source, options: Options, as_string: set[str], types: dict[
     return reader.schema, iter(reader)
 
 
-def open_batches(source: Source, options: Options, as_string: set[str], types: dict[str, pa.DataType], limits: Limits) -> tuple[pa.Schema, Iterator[pa.RecordBatch], int]:
+def open_batches(
+    source: Source, options: Options, as_string: set[str], types: dict[str, pa.DataType], limits: Limits
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch], int]:
     """(schema, batches, rows in all when the format tells it up front, else 0)"""
     fmt = options.format
     if fmt == CSV:

@@ -60,7 +60,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         project, role = await self._projects.get(current_identity(), request.name)
         return messages.project(project, role)
 
-    async def ListProjects(self, request: ingest_pb2.ListProjectsRequest, context: Context) -> ingest_pb2.ListProjectsResponse:
+    async def ListProjects(
+        self, request: ingest_pb2.ListProjectsRequest, context: Context
+    ) -> ingest_pb2.ListProjectsResponse:
         page = await self._projects.list(current_identity(), request.page_size, request.page_token)
         return ingest_pb2.ListProjectsResponse(
             projects=[messages.project(p, r) for p, r in page.projects], next_page_token=page.next_page_token
@@ -88,8 +90,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     # --- members ---------------------------------------------------------------------
 
-    async def ListMembers(self, request: ingest_pb2.ListMembersRequest, context: Context) -> ingest_pb2.ListMembersResponse:
-        page = await self._projects.list_members(current_identity(), request.parent, request.page_size, request.page_token)
+    async def ListMembers(
+        self, request: ingest_pb2.ListMembersRequest, context: Context
+    ) -> ingest_pb2.ListMembersResponse:
+        page = await self._projects.list_members(
+            current_identity(), request.parent, request.page_size, request.page_token
+        )
         return ingest_pb2.ListMembersResponse(
             members=[messages.member(m) for m in page.members], next_page_token=page.next_page_token
         )
@@ -112,14 +118,20 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def CreateUpload(self, request: ingest_pb2.CreateUploadRequest, context: Context) -> ingest_pb2.Upload:
         upload = await self._datasets.create_upload(
-            current_identity(), request.parent, request.upload.filename, request.upload.size_bytes, request.upload.sha256
+            current_identity(),
+            request.parent,
+            request.upload.filename,
+            request.upload.size_bytes,
+            request.upload.sha256,
         )
         return messages.upload(upload)
 
     async def GetUpload(self, request: ingest_pb2.GetUploadRequest, context: Context) -> ingest_pb2.Upload:
         return messages.upload(await self._datasets.get_upload(current_identity(), request.name))
 
-    async def AppendUploadChunk(self, request: ingest_pb2.AppendUploadChunkRequest, context: Context) -> ingest_pb2.AppendUploadChunkResponse:
+    async def AppendUploadChunk(
+        self, request: ingest_pb2.AppendUploadChunkRequest, context: Context
+    ) -> ingest_pb2.AppendUploadChunkResponse:
         received = await self._datasets.append_chunk(
             current_identity(), request.name, request.offset, request.data, request.crc32c
         )
@@ -146,7 +158,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def GetDataset(self, request: ingest_pb2.GetDatasetRequest, context: Context) -> ingest_pb2.Dataset:
         return messages.dataset(await self._datasets.get(current_identity(), request.name))
 
-    async def ListDatasets(self, request: ingest_pb2.ListDatasetsRequest, context: Context) -> ingest_pb2.ListDatasetsResponse:
+    async def ListDatasets(
+        self, request: ingest_pb2.ListDatasetsRequest, context: Context
+    ) -> ingest_pb2.ListDatasetsResponse:
         page = await self._datasets.list(current_identity(), request.parent, request.page_size, request.page_token)
         return ingest_pb2.ListDatasetsResponse(
             datasets=[messages.dataset(d) for d in page.datasets], next_page_token=page.next_page_token
@@ -156,7 +170,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         await self._datasets.delete(current_identity(), request.name)
         return empty_pb2.Empty()
 
-    async def WatchDataset(self, request: ingest_pb2.WatchDatasetRequest, context: Context) -> AsyncIterator[ingest_pb2.WatchDatasetResponse]:
+    async def WatchDataset(
+        self, request: ingest_pb2.WatchDatasetRequest, context: Context
+    ) -> AsyncIterator[ingest_pb2.WatchDatasetResponse]:
         async for dataset in self._datasets.watch(current_identity(), request.name):
             yield ingest_pb2.WatchDatasetResponse(dataset=dataset)
 
@@ -182,7 +198,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             total_size=page.total_size,
         )
 
-    async def BatchGetRows(self, request: ingest_pb2.BatchGetRowsRequest, context: Context) -> ingest_pb2.BatchGetRowsResponse:
+    async def BatchGetRows(
+        self, request: ingest_pb2.BatchGetRowsRequest, context: Context
+    ) -> ingest_pb2.BatchGetRowsResponse:
         if not request.indexes:
             raise InvalidArgument("indexes is required: the row indexes to get")
         if len(request.indexes) > MAX_BATCH_GET:
@@ -203,12 +221,16 @@ class IngestInternalServicer(ingest_pb2_grpc.IngestInternalServiceServicer):
         self._projects = projects
         self._datasets = datasets
 
-    async def GetProjectRole(self, request: ingest_pb2.GetProjectRoleRequest, context: Context) -> ingest_pb2.GetProjectRoleResponse:
+    async def GetProjectRole(
+        self, request: ingest_pb2.GetProjectRoleRequest, context: Context
+    ) -> ingest_pb2.GetProjectRoleResponse:
         identity = current_identity()
         role = await self._projects.role(identity, request.project)
         return ingest_pb2.GetProjectRoleResponse(role=messages.ROLE_BY_NAME[role], user=identity.user)
 
-    async def StreamRows(self, request: ingest_pb2.StreamRowsRequest, context: Context) -> AsyncIterator[ingest_pb2.StreamRowsResponse]:
+    async def StreamRows(
+        self, request: ingest_pb2.StreamRowsRequest, context: Context
+    ) -> AsyncIterator[ingest_pb2.StreamRowsResponse]:
         if request.start_row < 0:
             raise InvalidArgument(f"start_row must not be negative (got {request.start_row})")
         if request.row_count < 0:

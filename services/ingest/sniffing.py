@@ -130,7 +130,9 @@ def _read_head(open_source: Opener, compression: str) -> bytes:
     try:
         return read_exactly(source.text, SNIFF_BYTES)
     except (OSError, pa.ArrowException) as exc:
-        raise ImportFailed(f"the {compression} data is damaged or cut short ({exc}); upload the complete file") from None
+        raise ImportFailed(
+            f"the {compression} data is damaged or cut short ({exc}); upload the complete file"
+        ) from None
     finally:
         source.close()
 
@@ -155,7 +157,9 @@ def settle_options(open_source: Opener, filename: str, options: Options, limits:
     fmt = options.format or detect_format(filename, head)
     if fmt not in TEXT_FORMATS:
         if compression != NONE:
-            raise ImportFailed(f"{FORMAT_NAMES[fmt]} files are read as they are; upload the file without {compression} compression")
+            raise ImportFailed(
+                f"{FORMAT_NAMES[fmt]} files are read as they are; upload the file without {compression} compression"
+            )
         return Options(format=fmt, compression=NONE)
     encoding = options.encoding or sniff_encoding(head)
     if encoding != UTF16 and b"\x00" in head:

@@ -523,7 +523,12 @@ class Stack:
             ),
         }
         if name != "auth":  # the key-encryption key is auth's alone, also when given to the stack
-            for secret in (KEY_ENCRYPTION_ENV, KEY_ENCRYPTION_ENV_FILE, OLD_KEY_ENCRYPTION_ENV, OLD_KEY_ENCRYPTION_ENV_FILE):
+            for secret in (
+                KEY_ENCRYPTION_ENV,
+                KEY_ENCRYPTION_ENV_FILE,
+                OLD_KEY_ENCRYPTION_ENV,
+                OLD_KEY_ENCRYPTION_ENV_FILE,
+            ):
                 child_env.pop(secret, None)
         self._procs[name] = subprocess.Popen(
             argv,

@@ -19,9 +19,15 @@ SCHEMA = "embedding"
 
 
 def upgrade() -> None:
-    op.add_column("embeddings", sa.Column("float16", sa.Boolean(), nullable=False, server_default=sa.false()), schema=SCHEMA)
-    op.add_column("embeddings", sa.Column("generation", sa.Integer(), nullable=False, server_default="0"), schema=SCHEMA)
-    op.add_column("embeddings", sa.Column("extend_from", sa.BigInteger(), nullable=False, server_default="0"), schema=SCHEMA)
+    op.add_column(
+        "embeddings", sa.Column("float16", sa.Boolean(), nullable=False, server_default=sa.false()), schema=SCHEMA
+    )
+    op.add_column(
+        "embeddings", sa.Column("generation", sa.Integer(), nullable=False, server_default="0"), schema=SCHEMA
+    )
+    op.add_column(
+        "embeddings", sa.Column("extend_from", sa.BigInteger(), nullable=False, server_default="0"), schema=SCHEMA
+    )
     op.create_table(
         "shards",
         sa.Column("embedding_id", sa.String(64), primary_key=True),

@@ -56,7 +56,13 @@ def upgrade() -> None:
     op.create_table(
         "uploads",
         sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("project_id", sa.String(64), sa.ForeignKey(f"{S}.projects.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column(
+            "project_id",
+            sa.String(64),
+            sa.ForeignKey(f"{S}.projects.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("owner", sa.String(80), nullable=False),
         sa.Column("filename", sa.String(500), nullable=False),
         sa.Column("size_bytes", sa.BigInteger, nullable=False),
@@ -71,7 +77,13 @@ def upgrade() -> None:
     op.create_table(
         "datasets",
         sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("project_id", sa.String(64), sa.ForeignKey(f"{S}.projects.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column(
+            "project_id",
+            sa.String(64),
+            sa.ForeignKey(f"{S}.projects.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("owner", sa.String(80), nullable=False),
         sa.Column("display_name", sa.String(200), nullable=False),
         sa.Column("source_filename", sa.String(500), nullable=False),

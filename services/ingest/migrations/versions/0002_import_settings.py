@@ -28,7 +28,9 @@ COLUMNS: list[sa.Column[Any]] = [
 def upgrade() -> None:
     for column in COLUMNS:
         op.add_column("datasets", column, schema=S)
-    op.create_index("ix_uploads_expiry", "uploads", ["expire_time"], schema=S, postgresql_where=sa.text("dataset_id IS NULL"))
+    op.create_index(
+        "ix_uploads_expiry", "uploads", ["expire_time"], schema=S, postgresql_where=sa.text("dataset_id IS NULL")
+    )
     op.create_index("ix_datasets_owner", "datasets", ["owner"], schema=S)
 
 
