@@ -52,7 +52,9 @@ async def bad_tokens(stack: Stack) -> dict[str, str | None]:
     return {
         "no token": None,
         "garbage": "not-a-jwt",
-        "expired": jwt.encode(claims(user, iat=now - 3600, nbf=now - 3600, exp=now - 1800), pem, "ES256", headers={"kid": kid}),
+        "expired": jwt.encode(
+            claims(user, iat=now - 3600, nbf=now - 3600, exp=now - 1800), pem, "ES256", headers={"kid": kid}
+        ),
         "another key, known kid": jwt.encode(claims(user), foreign, "ES256", headers={"kid": kid}),
         "another key, unknown kid": jwt.encode(claims(user), foreign, "ES256", headers={"kid": "not-ours"}),
     }
@@ -62,11 +64,17 @@ CASES = ["no token", "garbage", "expired", "another key, known kid", "another ke
 
 
 @pytest.mark.parametrize("case", CASES)
-async def test_bad_token_is_unauthenticated_at_the_edge(stack: Stack, bad_tokens: dict[str, str | None], case: str) -> None:
+async def test_bad_token_is_unauthenticated_at_the_edge(
+    stack: Stack, bad_tokens: dict[str, str | None], case: str
+) -> None:
     async with aiohttp.ClientSession() as session:
         edge = EdgeClient(session, stack.edge_url, bad_tokens[case])
         with pytest.raises(GrpcWebError) as err:
-            await edge.unary("/embedviz.v1.IngestService/ListProjects", ingest_pb2.ListProjectsRequest(), ingest_pb2.ListProjectsResponse)
+            await edge.unary(
+                "/embedviz.v1.IngestService/ListProjects",
+                ingest_pb2.ListProjectsRequest(),
+                ingest_pb2.ListProjectsResponse,
+            )
     assert err.value.status == UNAUTHENTICATED
 
 
@@ -80,9 +88,13 @@ async def test_bad_token_is_unauthenticated_at_the_service(
     async with grpc.aio.insecure_channel(stack.addrs[service]) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             if service == "auth":
-                await auth_pb2_grpc.AuthServiceStub(channel).GetCurrentUser(auth_pb2.GetCurrentUserRequest(), metadata=metadata)
+                await auth_pb2_grpc.AuthServiceStub(channel).GetCurrentUser(
+                    auth_pb2.GetCurrentUserRequest(), metadata=metadata
+                )
             else:
-                await ingest_pb2_grpc.IngestServiceStub(channel).ListProjects(ingest_pb2.ListProjectsRequest(), metadata=metadata)
+                await ingest_pb2_grpc.IngestServiceStub(channel).ListProjects(
+                    ingest_pb2.ListProjectsRequest(), metadata=metadata
+                )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -96,7 +108,9 @@ async def test_second_user_cannot_see_or_touch_the_first_users_project(stack: St
             ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name="private")),
             ingest_pb2.Project,
         )
-        listed = await theirs.unary("/embedviz.v1.IngestService/ListProjects", ingest_pb2.ListProjectsRequest(), ingest_pb2.ListProjectsResponse)
+        listed = await theirs.unary(
+            "/embedviz.v1.IngestService/ListProjects", ingest_pb2.ListProjectsRequest(), ingest_pb2.ListProjectsResponse
+        )
         assert project.name not in [p.name for p in listed.projects]
         attempts = [
             ("GetProject", ingest_pb2.GetProjectRequest(name=project.name), ingest_pb2.Project),
@@ -109,7 +123,9 @@ async def test_second_user_cannot_see_or_touch_the_first_users_project(stack: St
             with pytest.raises(GrpcWebError) as err:
                 await theirs.unary(f"/embedviz.v1.IngestService/{method}", request, response)
             assert err.value.status == NOT_FOUND, method
-        still = await mine.unary("/embedviz.v1.IngestService/GetProject", ingest_pb2.GetProjectRequest(name=project.name), ingest_pb2.Project)
+        still = await mine.unary(
+            "/embedviz.v1.IngestService/GetProject", ingest_pb2.GetProjectRequest(name=project.name), ingest_pb2.Project
+        )
         assert still.name == project.name
 
     async with grpc.aio.insecure_channel(stack.addrs["ingest"]) as channel:

@@ -127,7 +127,10 @@ def test_every_envoy_cluster_points_at_a_compose_service_and_port(compose: dict[
         ports = _listening_ports(services[cluster.host])
         assert cluster.port in ports, f"cluster {cluster.name}: {cluster.host} listens on {ports}, not {cluster.port}"
         if cluster.http2:
-            assert _env(services[cluster.host])[f"EMBEDVIZ_{cluster.host.upper()}_ADDR"] == f"{cluster.host}:{cluster.port}"
+            assert (
+                _env(services[cluster.host])[f"EMBEDVIZ_{cluster.host.upper()}_ADDR"]
+                == f"{cluster.host}:{cluster.port}"
+            )
     auth_http = edge.clusters["auth_http"]
     assert auth_env["EMBEDVIZ_AUTH_HTTP_ADDR"] == f"{auth_http.host}:{auth_http.port}"
     assert auth_env["EMBEDVIZ_JWKS_URL"] == f"http://{auth_http.host}:{auth_http.port}/.well-known/jwks.json"
@@ -158,7 +161,9 @@ def test_envoy_and_web_are_health_checked_before_the_edge_opens(compose: dict[st
     assert "HEALTHCHECK" in (REPO / "deploy" / "web" / "Dockerfile").read_text()
 
 
-def test_each_service_connects_to_nats_as_its_own_user_with_the_password_nats_server_gets(compose: dict[str, Any]) -> None:
+def test_each_service_connects_to_nats_as_its_own_user_with_the_password_nats_server_gets(
+    compose: dict[str, Any],
+) -> None:
     services = compose["services"]
     nats = services["nats"]
     assert any(str(v).startswith("./deploy/nats/nats.conf:") for v in nats["volumes"])

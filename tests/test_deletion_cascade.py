@@ -47,7 +47,9 @@ async def test_deleting_a_dataset_removes_its_embeddings_and_projections(stack: 
 
     async def everything_is_gone() -> None:
         await gone(stubs.embedding.GetEmbedding(embedding_pb2.GetEmbeddingRequest(name=embedding), metadata=owner.md))
-        await gone(stubs.projection.GetProjection(projection_pb2.GetProjectionRequest(name=projection), metadata=owner.md))
+        await gone(
+            stubs.projection.GetProjection(projection_pb2.GetProjectionRequest(name=projection), metadata=owner.md)
+        )
         assert not blob_dirs(stack, "datasets", dataset).exists()
         assert not blob_dirs(stack, "embeddings", embedding).exists()
         assert not blob_dirs(stack, "projections", projection).exists()
@@ -65,7 +67,9 @@ async def test_deleting_an_embedding_removes_its_projections(stack: Stack, stubs
     await stubs.embedding.DeleteEmbedding(embedding_pb2.DeleteEmbeddingRequest(name=embedding), metadata=owner.md)
 
     async def projection_is_gone() -> None:
-        await gone(stubs.projection.GetProjection(projection_pb2.GetProjectionRequest(name=projection), metadata=owner.md))
+        await gone(
+            stubs.projection.GetProjection(projection_pb2.GetProjectionRequest(name=projection), metadata=owner.md)
+        )
         assert not blob_dirs(stack, "projections", projection).exists()
 
     await eventually(projection_is_gone)

@@ -49,8 +49,14 @@ async def test_one_request_id_in_the_reply_envoy_s_access_log_and_the_service_s_
     request_id = reply.headers["x-request-id"]
 
     def found() -> tuple[dict[str, object] | None, str | None]:
-        access = next((json.loads(line) for line in (stack.logs_dir / "edge.log").read_text(errors="replace").splitlines()
-                       if line.startswith("{") and request_id in line), None)
+        access = next(
+            (
+                json.loads(line)
+                for line in (stack.logs_dir / "edge.log").read_text(errors="replace").splitlines()
+                if line.startswith("{") and request_id in line
+            ),
+            None,
+        )
         service = next((line for line in (stack.logs_dir / "ingest.log").read_text(errors="replace").splitlines()
                         if f"[{request_id}]" in line), None)
         return access, service

@@ -17,7 +17,12 @@ from services.common.config import Settings
 from services.stack import envoy
 from tests.edge.envoy_doc import ENVOY_YAML, EnvoyDoc
 
-SERVICE_CLUSTERS = {"AuthService": "auth", "IngestService": "ingest", "EmbeddingService": "embedding", "ProjectionService": "projection"}
+SERVICE_CLUSTERS = {
+    "AuthService": "auth",
+    "IngestService": "ingest",
+    "EmbeddingService": "embedding",
+    "ProjectionService": "projection",
+}
 PUBLIC_PREFIXES = [
     "/embedviz.v1.AuthService/SignUp",
     "/embedviz.v1.AuthService/Login",
@@ -55,8 +60,13 @@ def test_envoy_accepts_envoy_yaml_and_its_local_form(local_file: Path) -> None:
 
 def test_envoy_validation_catches_an_unknown_field(tmp_path: Path, edge: EnvoyDoc) -> None:
     broken = yaml.safe_load(ENVOY_YAML.read_text())
-    jwt = next(f for f in broken["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-               if f["name"] == "envoy.filters.http.jwt_authn")
+    jwt = next(
+        f
+        for f in broken["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "http_filters"
+        ]
+        if f["name"] == "envoy.filters.http.jwt_authn"
+    )
     jwt["typed_config"]["providers"]["embedviz_auth"]["audience"] = ["typo"]
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(broken))
@@ -70,7 +80,7 @@ def _differences(a: Any, b: Any, where: tuple[str | int, ...] = ()) -> list[tupl
         return [d for k in a for d in _differences(a[k], b[k], (*where, k))]
     if isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), f"{where}: lengths differ"
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, (*where, i))]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, (*where, i))]
     return [] if a == b else [(where, a, b)]
 
 
@@ -151,13 +161,19 @@ def test_jwt_at_the_edge_is_at_least_as_strict_as_the_services(edge: EnvoyDoc) -
     assert provider["clock_skew_seconds"] <= 5, "services allow 5 s of skew"
     assert provider["forward"] is True and provider["forward_payload_header"] == "x-jwt-payload"
     remote = provider["remote_jwks"]
-    assert remote["http_uri"] == {"uri": "http://auth:8081/.well-known/jwks.json", "cluster": "auth_http", "timeout": "5s"}
+    assert remote["http_uri"] == {
+        "uri": "http://auth:8081/.well-known/jwks.json",
+        "cluster": "auth_http",
+        "timeout": "5s",
+    }
     assert remote["cache_duration"] == "15s" and "async_fetch" in remote
 
 
 def test_a_new_signing_key_is_published_long_before_it_signs(edge: EnvoyDoc) -> None:
     cache = float(edge.jwt["providers"]["embedviz_auth"]["remote_jwks"]["cache_duration"].removesuffix("s"))
-    assert publish_ahead_seconds() >= 2 * cache, "Envoy must have refetched the JWKS before the first token with a new key"
+    assert publish_ahead_seconds() >= 2 * cache, (
+        "Envoy must have refetched the JWKS before the first token with a new key"
+    )
 
 
 def test_client_supplied_jwt_payload_is_removed_before_any_filter(edge: EnvoyDoc) -> None:
@@ -169,8 +185,17 @@ def test_cors_allows_grpc_web_and_exposes_status(edge: EnvoyDoc) -> None:
     cors = edge.doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
         "route_config"]["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.cors"]
     allowed = {h.strip() for h in cors["allow_headers"].split(",")}
-    assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "connect-protocol-version"} <= allowed
-    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= {h.strip() for h in cors["expose_headers"].split(",")}
+    assert {
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "connect-protocol-version",
+    } <= allowed
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= {
+        h.strip() for h in cors["expose_headers"].split(",")
+    }
 
 
 def test_only_sign_in_is_rate_limited_per_address(edge: EnvoyDoc) -> None:

@@ -44,13 +44,19 @@ async def test_appended_rows_are_embedded_by_extend_and_earlier_vectors_stay(stu
 
     more = csv_bytes(rows(80, seed=99)[60:])  # 20 new rows, same columns
     upload = await stubs.ingest.CreateUpload(
-        ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename="more.csv", size_bytes=len(more))),
+        ingest_pb2.CreateUploadRequest(
+            parent=project, upload=ingest_pb2.Upload(filename="more.csv", size_bytes=len(more))
+        ),
         metadata=owner.md,
     )
-    await stubs.ingest.AppendUploadChunk(ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=more), metadata=owner.md)
+    await stubs.ingest.AppendUploadChunk(
+        ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=more), metadata=owner.md
+    )
     await stubs.ingest.AppendRows(ingest_pb2.AppendRowsRequest(dataset=dataset, upload=upload.name), metadata=owner.md)
     grown = None
-    async for update in stubs.ingest.WatchDataset(ingest_pb2.WatchDatasetRequest(name=dataset), metadata=owner.md, timeout=120):
+    async for update in stubs.ingest.WatchDataset(
+        ingest_pb2.WatchDatasetRequest(name=dataset), metadata=owner.md, timeout=120
+    ):
         grown = update.dataset
     assert grown is not None and grown.job.state == job_pb2.JOB_STATE_SUCCEEDED and not grown.append_error
     assert grown.row_count == 80

@@ -133,7 +133,9 @@ async def _snapshot(stubs: Stubs, b: Person, project: str, dataset: str) -> dict
     datasets = await stubs.ingest.ListDatasets(ingest_pb2.ListDatasetsRequest(parent=project), metadata=b.md)
     data = await stubs.ingest.GetDataset(ingest_pb2.GetDatasetRequest(name=dataset), metadata=b.md)
     rows = await stubs.ingest.ListRows(ingest_pb2.ListRowsRequest(parent=dataset, page_size=1000), metadata=b.md)
-    embeddings = await stubs.embedding.ListEmbeddings(embedding_pb2.ListEmbeddingsRequest(parent=dataset), metadata=b.md)
+    embeddings = await stubs.embedding.ListEmbeddings(
+        embedding_pb2.ListEmbeddingsRequest(parent=dataset), metadata=b.md
+    )
     keys = await stubs.auth.ListApiKeys(auth_pb2.ListApiKeysRequest(), metadata=b.md)
     return {
         "project": (got.display_name, got.description),
@@ -170,11 +172,17 @@ async def targets(stack: Stack) -> AsyncIterator[tuple[Targets, dict[str, Any]]]
         other = await stubs.make_projection(a, embedding, wait=False)
         await stubs.projection.CancelProjection(projection_pb2.CancelProjectionRequest(name=other), metadata=a.md)
         upload = await stubs.ingest.CreateUpload(
-            ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename="half.csv", size_bytes=100)),
+            ingest_pb2.CreateUploadRequest(
+                parent=project, upload=ingest_pb2.Upload(filename="half.csv", size_bytes=100)
+            ),
             metadata=a.md,
         )
-        key = await stubs.auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="one")), metadata=a.md)
-        await stubs.auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="two")), metadata=a.md)
+        key = await stubs.auth.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="one")), metadata=a.md
+        )
+        await stubs.auth.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="two")), metadata=a.md
+        )
 
         b_project = await stubs.make_project(b, "victim")
         await stubs.ingest.UpdateProject(
@@ -185,26 +193,60 @@ async def targets(stack: Stack) -> AsyncIterator[tuple[Targets, dict[str, Any]]]
             metadata=b.md,
         )
         b_dataset = await stubs.make_dataset(b, b_project, n_rows=20)
-        b_key = await stubs.auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="b's")), metadata=b.md)
+        b_key = await stubs.auth.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="b's")), metadata=b.md
+        )
 
         tokens = [
             await _first_token(stubs.ingest.ListProjects, ingest_pb2.ListProjectsRequest(page_size=1), a.md),
-            await _first_token(stubs.ingest.ListMembers, ingest_pb2.ListMembersRequest(parent=project, page_size=1), a.md),
-            await _first_token(stubs.ingest.ListDatasets, ingest_pb2.ListDatasetsRequest(parent=project, page_size=1), a.md),
+            await _first_token(
+                stubs.ingest.ListMembers, ingest_pb2.ListMembersRequest(parent=project, page_size=1), a.md
+            ),
+            await _first_token(
+                stubs.ingest.ListDatasets, ingest_pb2.ListDatasetsRequest(parent=project, page_size=1), a.md
+            ),
             await _first_token(stubs.ingest.ListRows, ingest_pb2.ListRowsRequest(parent=dataset, page_size=1), a.md),
             await _first_token(stubs.ingest.ListRows, ingest_pb2.ListRowsRequest(parent=b_dataset, page_size=1), b.md),
-            await _first_token(stubs.embedding.ListEmbeddings, embedding_pb2.ListEmbeddingsRequest(parent=dataset, page_size=1), a.md),
-            await _first_token(stubs.projection.ListProjections, projection_pb2.ListProjectionsRequest(parent=embedding, page_size=1), a.md),
+            await _first_token(
+                stubs.embedding.ListEmbeddings, embedding_pb2.ListEmbeddingsRequest(parent=dataset, page_size=1), a.md
+            ),
+            await _first_token(
+                stubs.projection.ListProjections,
+                projection_pb2.ListProjectionsRequest(parent=embedding, page_size=1),
+                a.md,
+            ),
             await _first_token(stubs.auth.ListApiKeys, auth_pb2.ListApiKeysRequest(page_size=1), a.md),
         ]
-        ids = [n.rsplit("/", 1)[-1] for n in (project, dataset, embedding, projection, upload.name, b_project, b_dataset)]
+        ids = [
+            n.rsplit("/", 1)[-1] for n in (project, dataset, embedding, projection, upload.name, b_project, b_dataset)
+        ]
         found = Targets(
             a=a,
             b=b,
-            a_names=[project, dataset, embedding, projection, second, other, upload.name, member, key.api_key.name, a.user],
-            b_names=[b_project, b_dataset, f"{b_project}/members/{b.user_id}", b_key.api_key.name, b.user,
-                     f"{b_dataset}/embeddings/{ids[2]}", f"{project}/datasets/{ids[6]}", f"{b_project}/datasets/{ids[1]}",
-                     f"{b_project}/uploads/{ids[4]}", f"{b_dataset}/embeddings/{ids[2]}/projections/{ids[3]}"],
+            a_names=[
+                project,
+                dataset,
+                embedding,
+                projection,
+                second,
+                other,
+                upload.name,
+                member,
+                key.api_key.name,
+                a.user,
+            ],
+            b_names=[
+                b_project,
+                b_dataset,
+                f"{b_project}/members/{b.user_id}",
+                b_key.api_key.name,
+                b.user,
+                f"{b_dataset}/embeddings/{ids[2]}",
+                f"{project}/datasets/{ids[6]}",
+                f"{b_project}/datasets/{ids[1]}",
+                f"{b_project}/uploads/{ids[4]}",
+                f"{b_dataset}/embeddings/{ids[2]}/projections/{ids[3]}",
+            ],
             ids=ids + [a.user_id, b.user_id],
             emails=[a.email, b.email, c.email],
             page_tokens=tokens,
@@ -289,8 +331,12 @@ def hostile_strings() -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(HOSTILE_STRINGS),
         # A plausible value with one control character somewhere: it would be stored.
-        st.builds(lambda p, at, c: p[: at % (len(p) + 1)] + c + p[at % (len(p) + 1):],
-                  st.sampled_from(PLAUSIBLE_STRINGS), st.integers(0, 40), st.sampled_from(["\x00", "\x1b", "\x85", "\n", "\x7f"])),
+        st.builds(
+            lambda p, at, c: p[: at % (len(p) + 1)] + c + p[at % (len(p) + 1) :],
+            st.sampled_from(PLAUSIBLE_STRINGS),
+            st.integers(0, 40),
+            st.sampled_from(["\x00", "\x1b", "\x85", "\n", "\x7f"]),
+        ),
         st.text(max_size=30),
         HUGE_STRINGS,
         st.builds(lambda a, b: a + b, st.sampled_from(HOSTILE_STRINGS), st.text(max_size=8)),
@@ -306,9 +352,24 @@ def hostile_names(targets: Targets, destructive: bool) -> st.SearchStrategy[str]
         st.sampled_from(real),
         st.sampled_from(real),
         made_up,
-        st.builds(lambda n, s: n + s, st.sampled_from(real), st.sampled_from(["/", "/..", "%00", "\x00", "/x", " ", "é"])),
-        st.sampled_from(["projects/../x", "projects/%00", "projects/\x00", "projects/", "/projects/x", "projects//x",
-                         "models/../../etc", "users/../..", "users/me", "models/default", "PROJECTS/x"]),
+        st.builds(
+            lambda n, s: n + s, st.sampled_from(real), st.sampled_from(["/", "/..", "%00", "\x00", "/x", " ", "é"])
+        ),
+        st.sampled_from(
+            [
+                "projects/../x",
+                "projects/%00",
+                "projects/\x00",
+                "projects/",
+                "/projects/x",
+                "projects//x",
+                "models/../../etc",
+                "users/../..",
+                "users/me",
+                "models/default",
+                "PROJECTS/x",
+            ]
+        ),
         hostile_strings(),
     )
 
@@ -318,10 +379,29 @@ def _b64(value: Any) -> str:
 
 
 def hostile_tokens(targets: Targets) -> st.SearchStrategy[str]:
-    shapes = [{"o": -1}, {"o": 10**30}, {"o": 2**63}, {"o": "1"}, {"o": 1.5}, {"o": None}, {}, [], None, "x", 1, -5,
-              ["2020-01-01T00:00:00+00:00", "id"], ["not a time", 1], [None, None], [1], {"p": targets.b_dataset, "t": "2020", "id": 1},
-              {"p": targets.b_dataset, "t": "2020-01-01T00:00:00+00:00", "id": "x"}, {"o": 1, "q": [targets.b_dataset, "", ""]},
-              targets.b_project, {"o": 5}]
+    shapes = [
+        {"o": -1},
+        {"o": 10**30},
+        {"o": 2**63},
+        {"o": "1"},
+        {"o": 1.5},
+        {"o": None},
+        {},
+        [],
+        None,
+        "x",
+        1,
+        -5,
+        ["2020-01-01T00:00:00+00:00", "id"],
+        ["not a time", 1],
+        [None, None],
+        [1],
+        {"p": targets.b_dataset, "t": "2020", "id": 1},
+        {"p": targets.b_dataset, "t": "2020-01-01T00:00:00+00:00", "id": "x"},
+        {"o": 1, "q": [targets.b_dataset, "", ""]},
+        targets.b_project,
+        {"o": 5},
+    ]
     real = targets.page_tokens
 
     def edited(token: str, at: int, char: str) -> str:
@@ -330,23 +410,35 @@ def hostile_tokens(targets: Targets) -> st.SearchStrategy[str]:
 
     return st.one_of(
         st.sampled_from(real),
-        st.builds(edited, st.sampled_from(real), st.integers(0, 200), st.sampled_from(["A", "_", "-", ".", "=", "\x00", "é"])),
+        st.builds(
+            edited, st.sampled_from(real), st.integers(0, 200), st.sampled_from(["A", "_", "-", ".", "=", "\x00", "é"])
+        ),
         st.builds(lambda t, n: t[:n], st.sampled_from(real), st.integers(0, 40)),
         st.builds(lambda t, u: t.split(".")[0] + "." + u.split(".")[-1], st.sampled_from(real), st.sampled_from(real)),
         st.sampled_from([_b64(s) for s in shapes]),
-        st.builds(lambda s, sig: _b64(s).rstrip("=") + "." + base64.urlsafe_b64encode(sig).decode().rstrip("="),
-                  st.sampled_from(shapes), st.binary(min_size=16, max_size=16)),
+        st.builds(
+            lambda s, sig: _b64(s).rstrip("=") + "." + base64.urlsafe_b64encode(sig).decode().rstrip("="),
+            st.sampled_from(shapes),
+            st.binary(min_size=16, max_size=16),
+        ),
         hostile_strings(),
     )
 
 
 def ints(f: FieldDescriptor) -> st.SearchStrategy[int]:
-    unsigned = f.type in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64)
+    unsigned = f.type in (
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+    )
     bits = 32 if f.cpp_type in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_UINT32) else 64
     low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
     special = [0, 1, 2, 3, -1, -2, 5, 10, 59, 60, 61, 99, 100, 1000, 1001, 4096, 65536, 65537, 1 << 20, (1 << 20) + 1,
                10**9, 2**31 - 1, -(2**31), 2**32 - 1, 2**53, 2**63 - 1, -(2**63), low, high]
-    return st.one_of(st.sampled_from([v for v in special if low <= v <= high]), st.integers(max(low, -10_000), min(high, 10_000)))
+    return st.one_of(
+        st.sampled_from([v for v in special if low <= v <= high]), st.integers(max(low, -10_000), min(high, 10_000))
+    )
 
 
 def _is_repeated(f: FieldDescriptor) -> bool:
@@ -390,7 +482,11 @@ class Drawer:
         target = getattr(message, f.name)
         big = self.data.draw(st.sampled_from([0, 0, 0, 0, 1001, 10_001]), label=f"many {f.full_name}")
         if big and f.type != FieldDescriptor.TYPE_MESSAGE:
-            value = "x" if f.type == FieldDescriptor.TYPE_STRING else (b"x" if f.type == FieldDescriptor.TYPE_BYTES else None)
+            value = (
+                "x"
+                if f.type == FieldDescriptor.TYPE_STRING
+                else (b"x" if f.type == FieldDescriptor.TYPE_BYTES else None)
+            )
             if value is None and f.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE):
                 target.extend([0.5] * big)
             elif value is None and f.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
@@ -437,11 +533,17 @@ class Drawer:
                 return draw(hostile_strings(), label=f.full_name)
             return draw(plausible_or_hostile(), label=f.full_name)
         if f.type == FieldDescriptor.TYPE_BYTES:
-            return draw(st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"\x00" * 100, b"text\n0\n"])), label=f.full_name)
+            return draw(
+                st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"\x00" * 100, b"text\n0\n"])),
+                label=f.full_name,
+            )
         if f.type == FieldDescriptor.TYPE_BOOL:
             return draw(st.booleans())
         if f.type == FieldDescriptor.TYPE_ENUM:
-            return draw(st.one_of(st.sampled_from([v.number for v in f.enum_type.values]), st.integers(-3, 50)), label=f.full_name)
+            return draw(
+                st.one_of(st.sampled_from([v.number for v in f.enum_type.values]), st.integers(-3, 50)),
+                label=f.full_name,
+            )
         if f.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE):
             width = 32 if f.cpp_type == FieldDescriptor.CPPTYPE_FLOAT else 64
             return draw(st.one_of(st.sampled_from([0.0, -1.0, 0.5, 1.0, 1.5, 1e30, -1e30, float("nan"), float("inf")]),
@@ -466,7 +568,9 @@ def _call(channel: grpc.Channel, method: str, descriptor: MethodDescriptor, requ
     serialize = (lambda b: b) if raw else (lambda m: m.SerializeToString())
     try:
         if descriptor.server_streaming:
-            stream = channel.unary_stream(method, request_serializer=serialize, response_deserializer=response_class.FromString)
+            stream = channel.unary_stream(
+                method, request_serializer=serialize, response_deserializer=response_class.FromString
+            )
             call = stream(request, metadata=metadata, timeout=CALL_TIMEOUT)
             last = None
             try:
@@ -477,7 +581,9 @@ def _call(channel: grpc.Channel, method: str, descriptor: MethodDescriptor, requ
             finally:
                 call.cancel()
             return Answer(grpc.StatusCode.OK, "", 0, last)
-        unary = channel.unary_unary(method, request_serializer=serialize, response_deserializer=response_class.FromString)
+        unary = channel.unary_unary(
+            method, request_serializer=serialize, response_deserializer=response_class.FromString
+        )
         return Answer(grpc.StatusCode.OK, "", 0, unary(request, metadata=metadata, timeout=CALL_TIMEOUT))
     except grpc.RpcError as exc:
         trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
@@ -525,7 +631,9 @@ def _check_answer(method: str, request: Any, answer: Answer, elapsed: float) -> 
     shown = repr(request)[:600] if not isinstance(request, bytes) else repr(request[:200])
     assert answer.code not in NEVER, f"{method} answered {answer.code.name} ({answer.details[:300]!r}) to {shown}"
     assert answer.code != grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} did not answer within {CALL_TIMEOUT} s: {shown}"
-    assert len(answer.details.encode()) <= MAX_DETAILS_BYTES, f"{method}: a {len(answer.details)}-character message for {shown}"
+    assert len(answer.details.encode()) <= MAX_DETAILS_BYTES, (
+        f"{method}: a {len(answer.details)}-character message for {shown}"
+    )
     assert answer.trailers_bytes < 8192, f"{method}: {answer.trailers_bytes} bytes of trailers for {shown}"
     if answer.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         assert "metadata" not in answer.details.lower() and "header" not in answer.details.lower(), answer.details
@@ -568,7 +676,10 @@ def test_every_rpc_of_the_protos_is_fuzzed() -> None:
 
 @pytest.mark.parametrize("method,descriptor", METHODS, ids=[m.split("/", 1)[1] for m, _ in METHODS])
 def test_hostile_requests_never_reach_internal(
-    method: str, descriptor: MethodDescriptor, targets: tuple[Targets, dict[str, Any]], channels: dict[str, grpc.Channel]
+    method: str,
+    descriptor: MethodDescriptor,
+    targets: tuple[Targets, dict[str, Any]],
+    channels: dict[str, grpc.Channel],
 ) -> None:
     world, _ = targets
     channel = channels[service_of(method)]
@@ -603,10 +714,21 @@ def test_bytes_that_are_no_message_never_reach_internal(
     made = [0]
 
     @settings(max_examples=max(EXAMPLES, 60), deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(target=st.sampled_from(METHODS), raw=st.one_of(
-        st.binary(min_size=1, max_size=64),
-        st.sampled_from([b"\x0a\x02\xff\xfe", b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x08" + b"\xff" * 11, b"\x12\x80\x80\x80\x80\x10"]),
-    ))
+    @given(
+        target=st.sampled_from(METHODS),
+        raw=st.one_of(
+            st.binary(min_size=1, max_size=64),
+            st.sampled_from(
+                [
+                    b"\x0a\x02\xff\xfe",
+                    b"\xff\xff\xff\xff",
+                    b"\x0a\x05ab",
+                    b"\x08" + b"\xff" * 11,
+                    b"\x12\x80\x80\x80\x80\x10",
+                ]
+            ),
+        ),
+    )
     def fuzz(target: tuple[str, MethodDescriptor], raw: bytes) -> None:
         method, descriptor = target
         if _spent(made[0], deadline):
@@ -622,7 +744,10 @@ def test_bytes_that_are_no_message_never_reach_internal(
 
 
 async def test_zz_services_serving_and_the_other_users_data_unchanged(
-    stack: Stack, targets: tuple[Targets, dict[str, Any]], channels: dict[str, grpc.Channel], capsys: pytest.CaptureFixture[str]
+    stack: Stack,
+    targets: tuple[Targets, dict[str, Any]],
+    channels: dict[str, grpc.Channel],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     world, before = targets
     line = _report()

@@ -58,7 +58,9 @@ def test_grpcurl_signs_up_and_lists_projects(stack: Stack) -> None:
         ).stdout
     )
     listed = json.loads(
-        grpcurl("-H", f"authorization: Bearer {token}", stack.addrs["ingest"], "embedviz.v1.IngestService/ListProjects").stdout
+        grpcurl(
+            "-H", f"authorization: Bearer {token}", stack.addrs["ingest"], "embedviz.v1.IngestService/ListProjects"
+        ).stdout
     )
     assert [p["name"] for p in listed["projects"]] == [created["name"]]
     denied = grpcurl(stack.addrs["ingest"], "embedviz.v1.IngestService/ListProjects", check=False)
@@ -83,9 +85,19 @@ def test_grpcurl_calls_through_the_edge_with_a_bearer_token(stack: Stack) -> Non
     signup = json.dumps({"email": f"edge-cli-{uuid.uuid4().hex[:8]}@example.org", "password": "correct horse battery"})
     session = json.loads(grpcurl("-d", signup, _edge(stack), "embedviz.v1.AuthService/SignUp").stdout)["session"]
     token = session.get("accessToken") or session["access_token"]
-    created = json.loads(grpcurl("-H", f"authorization: Bearer {token}", "-d", json.dumps({"project": {"displayName": "via envoy"}}),
-                                 _edge(stack), "embedviz.v1.IngestService/CreateProject").stdout)
-    listed = json.loads(grpcurl("-H", f"authorization: Bearer {token}", _edge(stack), "embedviz.v1.IngestService/ListProjects").stdout)
+    created = json.loads(
+        grpcurl(
+            "-H",
+            f"authorization: Bearer {token}",
+            "-d",
+            json.dumps({"project": {"displayName": "via envoy"}}),
+            _edge(stack),
+            "embedviz.v1.IngestService/CreateProject",
+        ).stdout
+    )
+    listed = json.loads(
+        grpcurl("-H", f"authorization: Bearer {token}", _edge(stack), "embedviz.v1.IngestService/ListProjects").stdout
+    )
     assert [p["name"] for p in listed["projects"]] == [created["name"]]
     denied = grpcurl(_edge(stack), "embedviz.v1.IngestService/ListProjects", check=False)
     assert denied.returncode != 0 and "Unauthenticated" in denied.stderr and "Jwt is missing" in denied.stderr

@@ -45,7 +45,9 @@ async def setting(stack: Stack) -> AsyncIterator[Setting]:
         await stubs.make_project(alice, "second")
         dataset = await stubs.make_dataset(alice, project, n_rows=30)
         for label in ("one", "two"):
-            await stubs.auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name=label)), metadata=alice.md)
+            await stubs.auth.CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name=label)), metadata=alice.md
+            )
         yield Setting(stubs, alice, project, dataset)
     finally:
         await stubs.close()
@@ -78,17 +80,23 @@ async def test_nul_in_a_project_display_name_is_invalid_argument_naming_the_fiel
 
 
 async def test_nul_in_an_email_is_invalid_argument_naming_the_field(setting: Setting) -> None:
-    error = await refused(setting.stubs.auth.SignUp, auth_pb2.SignUpRequest(email="x\x00@example.org", password="correct horse battery"))
+    error = await refused(
+        setting.stubs.auth.SignUp, auth_pb2.SignUpRequest(email="x\x00@example.org", password="correct horse battery")
+    )
     assert error.code() == INVALID and error.details().startswith("email contains a control character (U+0000)")
 
 
 async def test_nul_in_a_file_name_is_invalid_argument_naming_the_field(setting: Setting) -> None:
     error = await refused(
         setting.stubs.ingest.CreateUpload,
-        ingest_pb2.CreateUploadRequest(parent=setting.project, upload=ingest_pb2.Upload(filename="a\x00.csv", size_bytes=10)),
+        ingest_pb2.CreateUploadRequest(
+            parent=setting.project, upload=ingest_pb2.Upload(filename="a\x00.csv", size_bytes=10)
+        ),
         setting.alice.md,
     )
-    assert error.code() == INVALID and error.details().startswith("upload.filename contains a control character (U+0000)")
+    assert error.code() == INVALID and error.details().startswith(
+        "upload.filename contains a control character (U+0000)"
+    )
 
 
 async def test_nul_in_a_template_is_invalid_argument_naming_the_field(setting: Setting) -> None:
@@ -99,7 +107,9 @@ async def test_nul_in_a_template_is_invalid_argument_naming_the_field(setting: S
         ),
         setting.alice.md,
     )
-    assert error.code() == INVALID and error.details().startswith("embedding.template contains a control character (U+0000) at character 7")
+    assert error.code() == INVALID and error.details().startswith(
+        "embedding.template contains a control character (U+0000) at character 7"
+    )
 
 
 async def test_other_control_characters_are_refused_but_multi_line_text_keeps_its_newlines(setting: Setting) -> None:
@@ -109,7 +119,9 @@ async def test_other_control_characters_are_refused_but_multi_line_text_keeps_it
             ingest_pb2.UpdateProjectRequest(project=ingest_pb2.Project(name=setting.project, display_name=bad)),
             setting.alice.md,
         )
-        assert error.code() == INVALID and f"project.display_name contains a control character ({code})" in error.details()
+        assert (
+            error.code() == INVALID and f"project.display_name contains a control character ({code})" in error.details()
+        )
     updated = await setting.stubs.ingest.UpdateProject(
         ingest_pb2.UpdateProjectRequest(
             project=ingest_pb2.Project(name=setting.project, description="first line\n\tsecond line\r\n"),
@@ -123,7 +135,9 @@ async def test_other_control_characters_are_refused_but_multi_line_text_keeps_it
         ingest_pb2.UpdateProjectRequest(project=ingest_pb2.Project(name=setting.project, description="bell\x07")),
         setting.alice.md,
     )
-    assert error.code() == INVALID and error.details().startswith("project.description contains a control character (U+0007)")
+    assert error.code() == INVALID and error.details().startswith(
+        "project.description contains a control character (U+0007)"
+    )
 
 
 async def test_a_tab_is_a_delimiter_not_a_control_character(setting: Setting) -> None:
@@ -141,11 +155,14 @@ async def test_control_characters_in_nested_and_repeated_fields_are_named_by_the
         ingest_pb2.ListRowsRequest(parent=setting.dataset, columns=["text", "la\x00bel"]),
         setting.alice.md,
     )
-    assert error.code() == INVALID and error.details().startswith("columns[1] contains a control character (U+0000) at character 3")
+    assert error.code() == INVALID and error.details().startswith(
+        "columns[1] contains a control character (U+0000) at character 3"
+    )
     error = await refused(
         setting.stubs.ingest.UpdateProject,
         ingest_pb2.UpdateProjectRequest(
-            project=ingest_pb2.Project(name=setting.project), update_mask=field_mask_pb2.FieldMask(paths=["description\x00"])
+            project=ingest_pb2.Project(name=setting.project),
+            update_mask=field_mask_pb2.FieldMask(paths=["description\x00"]),
         ),
         setting.alice.md,
     )
@@ -164,13 +181,19 @@ async def test_a_10_kb_name_is_invalid_argument_with_a_short_message(setting: Se
     assert error.code() == INVALID
     assert error.details() == "project.display_name holds 10240 characters; at most 4096 are accepted"
     assert trailer_bytes(error) < 1024
-    error = await refused(setting.stubs.ingest.GetProject, ingest_pb2.GetProjectRequest(name="projects/" + "🚀" * 10_000), setting.alice.md)
+    error = await refused(
+        setting.stubs.ingest.GetProject,
+        ingest_pb2.GetProjectRequest(name="projects/" + "🚀" * 10_000),
+        setting.alice.md,
+    )
     assert error.code() == INVALID and "name holds 10009 characters" in error.details() and trailer_bytes(error) < 1024
 
 
 async def test_a_long_name_under_the_limit_is_quoted_only_in_part(setting: Setting) -> None:
     # 4,000 characters pass the length rule; the service's own message quotes 80 of them.
-    error = await refused(setting.stubs.ingest.GetProject, ingest_pb2.GetProjectRequest(name="projects/" + "é" * 3_990), setting.alice.md)
+    error = await refused(
+        setting.stubs.ingest.GetProject, ingest_pb2.GetProjectRequest(name="projects/" + "é" * 3_990), setting.alice.md
+    )
     assert error.code() == INVALID
     assert error.details() == "'projects/" + "é" * 71 + "…' is not a valid resource name; expected projects/{project}"
     assert trailer_bytes(error) < 2048
@@ -184,17 +207,25 @@ async def test_repeated_fields_have_a_limit(setting: Setting) -> None:
     )
     assert error.code() == INVALID and error.details() == "indexes holds 1001 values; at most 1000 are accepted"
     error = await refused(
-        setting.stubs.ingest.ListRows, ingest_pb2.ListRowsRequest(parent=setting.dataset, columns=["text"] * 10_001), setting.alice.md
+        setting.stubs.ingest.ListRows,
+        ingest_pb2.ListRowsRequest(parent=setting.dataset, columns=["text"] * 10_001),
+        setting.alice.md,
     )
     assert error.code() == INVALID and error.details() == "columns holds 10001 values; at most 10000 are accepted"
 
 
 async def test_embed_texts_keeps_its_own_longer_limit(setting: Setting) -> None:
     long_query = ("word " * 2_000).strip()  # 9,999 characters: more than an ordinary string, less than a text's limit
-    response = await setting.stubs.embedding.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=[long_query]), metadata=setting.alice.md)
+    response = await setting.stubs.embedding.EmbedTexts(
+        embedding_pb2.EmbedTextsRequest(texts=[long_query]), metadata=setting.alice.md
+    )
     assert response.dimension > 0
-    error = await refused(setting.stubs.embedding.EmbedTexts, embedding_pb2.EmbedTextsRequest(texts=["x" * 100_001]), setting.alice.md)
-    assert error.code() == INVALID and error.details() == "texts[0] holds 100001 characters; at most 100000 are accepted"
+    error = await refused(
+        setting.stubs.embedding.EmbedTexts, embedding_pb2.EmbedTextsRequest(texts=["x" * 100_001]), setting.alice.md
+    )
+    assert (
+        error.code() == INVALID and error.details() == "texts[0] holds 100001 characters; at most 100000 are accepted"
+    )
 
 
 def test_every_field_the_rules_name_is_in_the_protos() -> None:
@@ -212,7 +243,9 @@ def test_the_rules_walk_nested_messages_repeated_fields_and_maps() -> None:
     value.update({"fine": "ok", "bad": ["x", {"deep": "a\x00"}]})
     with pytest.raises(InvalidArgument) as err:
         input_rules.check_request(value)
-    assert err.value.message.startswith("fields['bad'].list_value.values[1].struct_value.fields['deep'].string_value contains")
+    assert err.value.message.startswith(
+        "fields['bad'].list_value.values[1].struct_value.fields['deep'].string_value contains"
+    )
 
 
 # --- page tokens -------------------------------------------------------------------------
@@ -224,12 +257,15 @@ def forged(value: object) -> str:
 
 async def test_forged_edited_and_other_call_page_tokens_are_invalid_argument(setting: Setting) -> None:
     ingest, md = setting.stubs.ingest, setting.alice.md
-    first = await ingest.ListRows(ingest_pb2.ListRowsRequest(parent=setting.dataset, page_size=5, filter="text contains \"a\""), metadata=md)
+    first = await ingest.ListRows(
+        ingest_pb2.ListRowsRequest(parent=setting.dataset, page_size=5, filter='text contains "a"'), metadata=md
+    )
     token = first.next_page_token
     assert token
     # The same call with another page size is the same listing: the token is good.
     following = await ingest.ListRows(
-        ingest_pb2.ListRowsRequest(parent=setting.dataset, page_size=7, filter="text contains \"a\"", page_token=token), metadata=md
+        ingest_pb2.ListRowsRequest(parent=setting.dataset, page_size=7, filter='text contains "a"', page_token=token),
+        metadata=md,
     )
     assert following.rows and following.rows[0].index > first.rows[-1].index
 
@@ -241,9 +277,13 @@ async def test_forged_edited_and_other_call_page_tokens_are_invalid_argument(set
         "huge offset": ingest_pb2.ListRowsRequest(parent=setting.dataset, page_token=forged({"o": 10**30})),
         "wrong shape": ingest_pb2.ListRowsRequest(parent=setting.dataset, page_token=forged([1, "x"])),
         "not base64": ingest_pb2.ListRowsRequest(parent=setting.dataset, page_token="%%%"),
-        "edited": ingest_pb2.ListRowsRequest(parent=setting.dataset, filter="text contains \"a\"", page_token=edited),
-        "another filter": ingest_pb2.ListRowsRequest(parent=setting.dataset, filter="text contains \"b\"", page_token=token),
-        "another order": ingest_pb2.ListRowsRequest(parent=setting.dataset, filter="text contains \"a\"", order_by="text", page_token=token),
+        "edited": ingest_pb2.ListRowsRequest(parent=setting.dataset, filter='text contains "a"', page_token=edited),
+        "another filter": ingest_pb2.ListRowsRequest(
+            parent=setting.dataset, filter='text contains "b"', page_token=token
+        ),
+        "another order": ingest_pb2.ListRowsRequest(
+            parent=setting.dataset, filter='text contains "a"', order_by="text", page_token=token
+        ),
         "another method's": ingest_pb2.ListRowsRequest(parent=setting.dataset, page_token=projects.next_page_token),
     }
     for case, request in cases.items():
@@ -251,12 +291,19 @@ async def test_forged_edited_and_other_call_page_tokens_are_invalid_argument(set
         assert (error.code(), error.details()) == (INVALID, TOKEN_REFUSED), case
     for request, call in [
         (ingest_pb2.ListDatasetsRequest(parent=setting.project, page_token=token), ingest.ListDatasets),
-        (ingest_pb2.ListMembersRequest(parent=setting.project, page_token=projects.next_page_token), ingest.ListMembers),
+        (
+            ingest_pb2.ListMembersRequest(parent=setting.project, page_token=projects.next_page_token),
+            ingest.ListMembers,
+        ),
         (ingest_pb2.ListProjectsRequest(page_token=forged(["2020-01-01T00:00:00+00:00", "x"])), ingest.ListProjects),
         (auth_pb2.ListApiKeysRequest(page_token=projects.next_page_token), setting.stubs.auth.ListApiKeys),
         (auth_pb2.ListApiKeysRequest(page_token=forged({"o": -3})), setting.stubs.auth.ListApiKeys),
-        (embedding_pb2.ListEmbeddingsRequest(parent=setting.dataset, page_token=forged({"p": setting.dataset, "t": "x", "id": 1})),
-         setting.stubs.embedding.ListEmbeddings),
+        (
+            embedding_pb2.ListEmbeddingsRequest(
+                parent=setting.dataset, page_token=forged({"p": setting.dataset, "t": "x", "id": 1})
+            ),
+            setting.stubs.embedding.ListEmbeddings,
+        ),
     ]:
         error = await refused(call, request, md)
         assert (error.code(), error.details()) == (INVALID, TOKEN_REFUSED), type(request).__name__
@@ -266,7 +313,9 @@ async def test_a_page_token_from_another_parent_is_invalid_argument(setting: Set
     other = await setting.stubs.make_project(setting.alice, "other parent")
     await setting.stubs.make_dataset(setting.alice, other, n_rows=5, wait=False)
     await setting.stubs.make_dataset(setting.alice, other, n_rows=5, wait=False)
-    page = await setting.stubs.ingest.ListDatasets(ingest_pb2.ListDatasetsRequest(parent=other, page_size=1), metadata=setting.alice.md)
+    page = await setting.stubs.ingest.ListDatasets(
+        ingest_pb2.ListDatasetsRequest(parent=other, page_size=1), metadata=setting.alice.md
+    )
     assert page.next_page_token
     error = await refused(
         setting.stubs.ingest.ListDatasets,
@@ -284,7 +333,9 @@ async def test_a_message_passed_on_from_another_service_is_short(setting: Settin
     email = "a" * 3_990 + "@example.org"
     error = await refused(
         setting.stubs.ingest.CreateMember,
-        ingest_pb2.CreateMemberRequest(parent=setting.project, member=ingest_pb2.Member(email=email, role=ingest_pb2.ROLE_VIEWER)),
+        ingest_pb2.CreateMemberRequest(
+            parent=setting.project, member=ingest_pb2.Member(email=email, role=ingest_pb2.ROLE_VIEWER)
+        ),
         setting.alice.md,
     )
     assert error.code() == INVALID and error.details().startswith("member.'aaaa")
@@ -309,7 +360,10 @@ async def test_every_reply_message_is_capped_also_when_relayed() -> None:
 
     async def relayed(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise grpc.aio.AioRpcError(
-            grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(), details="neighbour says " + "é" * 20_000
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="neighbour says " + "é" * 20_000,
         )
 
     async def own(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -325,7 +379,10 @@ async def test_every_reply_message_is_capped_also_when_relayed() -> None:
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            for method, code, start in [("SignUp", grpc.StatusCode.FAILED_PRECONDITION, "neighbour says éé"), ("Login", INVALID, "mine: xx")]:
+            for method, code, start in [
+                ("SignUp", grpc.StatusCode.FAILED_PRECONDITION, "neighbour says éé"),
+                ("Login", INVALID, "mine: xx"),
+            ]:
                 error = await refused(channel.unary_unary(f"/embedviz.v1.AuthService/{method}"), b"")
                 assert error.code() == code and error.details().startswith(start) and error.details().endswith("…")
                 assert len(error.details().encode()) <= 1024 and trailer_bytes(error) < 8192

@@ -101,7 +101,11 @@ def neighbour_handler(world: World, verifier: TokenVerifier) -> grpc.GenericRpcH
 
     return grpc.method_handlers_generic_handler(
         "test.Neighbour",
-        {"WhoAmI": grpc.unary_unary_rpc_method_handler(who_am_i, request_deserializer=lambda b: b, response_serializer=lambda b: b)},
+        {
+            "WhoAmI": grpc.unary_unary_rpc_method_handler(
+                who_am_i, request_deserializer=lambda b: b, response_serializer=lambda b: b
+            )
+        },
     )
 
 
@@ -231,7 +235,9 @@ async def test_auth_out_of_reach_is_unavailable_so_the_job_is_tried_again() -> N
         return None
 
     async with grpc.aio.insecure_channel("127.0.0.1:1") as nowhere:
-        credentials = JobCredentials(DelegatedTokens(nowhere, SECRET, TokenVerifier(no_keys, ISSUER, [AUDIENCE])), OWNER)
+        credentials = JobCredentials(
+            DelegatedTokens(nowhere, SECRET, TokenVerifier(no_keys, ISSUER, [AUDIENCE])), OWNER
+        )
         with pytest.raises(errors.Unavailable, match="auth service is not reachable"):
             await credentials.identity()
 
@@ -245,5 +251,7 @@ def test_the_delegated_token_lifetime_is_a_setting(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("given", ["soon", "1.5", "1", "0", "-5", "3601"])
 def test_a_bad_delegated_token_lifetime_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
     monkeypatch.setenv("EMBEDVIZ_DELEGATED_TOKEN_TTL", given)
-    with pytest.raises(ValueError, match=r"EMBEDVIZ_DELEGATED_TOKEN_TTL must be a whole number of seconds from 2 to 3600"):
+    with pytest.raises(
+        ValueError, match=r"EMBEDVIZ_DELEGATED_TOKEN_TTL must be a whole number of seconds from 2 to 3600"
+    ):
         delegated_token_ttl()

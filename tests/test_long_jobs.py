@@ -153,13 +153,19 @@ async def world(short_lived: Stack) -> AsyncIterator[World]:
         data = buffer.getvalue().encode()
         md = owner.md
         upload = await stubs.ingest.CreateUpload(
-            ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename="packages.csv", size_bytes=len(data))),
+            ingest_pb2.CreateUploadRequest(
+                parent=project, upload=ingest_pb2.Upload(filename="packages.csv", size_bytes=len(data))
+            ),
             metadata=md,
         )
-        await stubs.ingest.AppendUploadChunk(ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data), metadata=md)
+        await stubs.ingest.AppendUploadChunk(
+            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data), metadata=md
+        )
         dataset = await stubs.ingest.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=md)
         last = None
-        async for update in stubs.ingest.WatchDataset(ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=md, timeout=120):
+        async for update in stubs.ingest.WatchDataset(
+            ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=md, timeout=120
+        ):
             last = update.dataset
         assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
         assert last.row_count == ROWS
@@ -213,7 +219,9 @@ async def test_jobs_outlive_many_token_lifetimes_while_their_owner_is_logged_out
     # Each job is started in a session that ends at once: the owner has none while it runs.
     await world.login(owner)
     embedding = await stubs.embedding.CreateEmbedding(
-        embedding_pb2.CreateEmbeddingRequest(parent=world.dataset, embedding=embedding_pb2.Embedding(text_columns=["summary"])),
+        embedding_pb2.CreateEmbeddingRequest(
+            parent=world.dataset, embedding=embedding_pb2.Embedding(text_columns=["summary"])
+        ),
         metadata=owner.md,
     )
     await world.logout(owner)
@@ -286,7 +294,12 @@ async def test_jobs_outlive_many_token_lifetimes_while_their_owner_is_logged_out
     assert await world.live_sessions(owner) == 0
 
     await world.login(owner)
-    chunks = [c async for c in stubs.projection.StreamPoints(projection_pb2.StreamPointsRequest(name=projection.name), metadata=owner.md)]
+    chunks = [
+        c
+        async for c in stubs.projection.StreamPoints(
+            projection_pb2.StreamPointsRequest(name=projection.name), metadata=owner.md
+        )
+    ]
     indexes = np.concatenate([np.frombuffer(c.row_indexes, dtype="<u4") for c in chunks])
     assert sorted(indexes.tolist()) == list(range(ROWS))  # every row once
     print(
@@ -297,7 +310,9 @@ async def test_jobs_outlive_many_token_lifetimes_while_their_owner_is_logged_out
 
 async def start_embedding(world: World, who: Person) -> str:
     made = await world.stubs.embedding.CreateEmbedding(
-        embedding_pb2.CreateEmbeddingRequest(parent=world.dataset, embedding=embedding_pb2.Embedding(text_columns=["summary"])),
+        embedding_pb2.CreateEmbeddingRequest(
+            parent=world.dataset, embedding=embedding_pb2.Embedding(text_columns=["summary"])
+        ),
         metadata=(await world.login(who)).md,
     )
     return made.name
@@ -366,4 +381,6 @@ async def test_auth_does_not_start_with_a_bad_delegated_token_lifetime(short_liv
     )
     out, _ = await asyncio.wait_for(started.communicate(), timeout=120)
     assert started.returncode != 0
-    assert f"EMBEDVIZ_DELEGATED_TOKEN_TTL must be a whole number of seconds from 2 to 3600 (got '{given}')" in out.decode()
+    assert (
+        f"EMBEDVIZ_DELEGATED_TOKEN_TTL must be a whole number of seconds from 2 to 3600 (got '{given}')" in out.decode()
+    )

@@ -54,7 +54,9 @@ class Connection:
         """Wait for the server's permissions violation for `subject`."""
 
         async def reported() -> None:
-            assert any(f'permissions violation for publish to "{subject.lower()}"' in e.lower() for e in self.errors), self.errors
+            assert any(f'permissions violation for publish to "{subject.lower()}"' in e.lower() for e in self.errors), (
+                self.errors
+            )
 
         await eventually(reported, timeout=5, every=0.05)
 
@@ -103,7 +105,7 @@ async def test_a_connection_without_credentials_or_with_a_wrong_password_is_refu
     for credentials in ({}, {"user": "ingest", "password": "not-the-password"}, {"user": "nobody", "password": "x"}):
         errors: list[str] = []
 
-        async def on_error(exc: Exception) -> None:
+        async def on_error(exc: Exception, errors: list[str] = errors) -> None:
             errors.append(str(exc))
 
         with pytest.raises(Exception):  # noqa: B017 - nats-py raises its own kinds for each
@@ -112,7 +114,9 @@ async def test_a_connection_without_credentials_or_with_a_wrong_password_is_refu
         assert any("authorization violation" in e.lower() for e in errors), (credentials, errors)
 
 
-async def test_ingest_cannot_publish_an_embedding_event(connect: Callable[[str], Awaitable[Connection]], admin: Client) -> None:
+async def test_ingest_cannot_publish_an_embedding_event(
+    connect: Callable[[str], Awaitable[Connection]], admin: Client
+) -> None:
     ingest = await connect("ingest")
     subject = f"events.embedding.{uuid.uuid4().hex}"
     with pytest.raises(nats.errors.TimeoutError):  # JetStream never saw it, so no acknowledgement
@@ -121,7 +125,9 @@ async def test_ingest_cannot_publish_an_embedding_event(connect: Callable[[str],
     assert not await stored(admin, EVENTS_STREAM, subject)
 
 
-async def test_projection_cannot_publish_a_dataset_deleted_event(connect: Callable[[str], Awaitable[Connection]], admin: Client) -> None:
+async def test_projection_cannot_publish_a_dataset_deleted_event(
+    connect: Callable[[str], Awaitable[Connection]], admin: Client
+) -> None:
     projection = await connect("projection")
     subject = f"events.dataset-deleted.{uuid.uuid4().hex}"
     with pytest.raises(nats.errors.TimeoutError):
@@ -130,7 +136,9 @@ async def test_projection_cannot_publish_a_dataset_deleted_event(connect: Callab
     assert not await stored(admin, EVENTS_STREAM, subject)
 
 
-async def test_each_service_publishes_only_its_own_events_and_work(connect: Callable[[str], Awaitable[Connection]]) -> None:
+async def test_each_service_publishes_only_its_own_events_and_work(
+    connect: Callable[[str], Awaitable[Connection]],
+) -> None:
     # The allowed ones are what the whole path does; here only the refusals, so no job is forged.
     for user in SERVICES:
         conn = await connect(user)

@@ -28,5 +28,9 @@ def test_generated_python_is_current() -> None:
         )
         fresh = {p.relative_to(out): p.read_bytes() for p in Path(out).rglob("*.py*")}
     built = REPO / "build" / "gen" / "python"
-    stale = [str(name) for name, content in fresh.items() if not (built / name).exists() or (built / name).read_bytes() != content]
+    stale = [
+        str(name)
+        for name, content in fresh.items()
+        if not (built / name).exists() or (built / name).read_bytes() != content
+    ]
     assert not stale, f"generated code is stale, run `make proto`: {stale}"

@@ -113,64 +113,112 @@ REQUESTS: dict[str, Build] = {
     "/embedviz.v1.AuthService/RefreshSession": lambda w, r: auth_pb2.RefreshSessionRequest(),
     "/embedviz.v1.AuthService/Logout": lambda w, r: auth_pb2.LogoutRequest(),
     "/embedviz.v1.AuthService/GetCurrentUser": lambda w, r: auth_pb2.GetCurrentUserRequest(),
-    "/embedviz.v1.AuthService/CreateApiKey": lambda w, r: auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="matrix")),
+    "/embedviz.v1.AuthService/CreateApiKey": lambda w, r: auth_pb2.CreateApiKeyRequest(
+        api_key=auth_pb2.ApiKey(display_name="matrix")
+    ),
     "/embedviz.v1.AuthService/ListApiKeys": lambda w, r: auth_pb2.ListApiKeysRequest(),
     "/embedviz.v1.AuthService/DeleteApiKey": lambda w, r: auth_pb2.DeleteApiKeyRequest(name=w.api_key),
     "/embedviz.v1.AuthService/ExchangeApiKey": lambda w, r: auth_pb2.ExchangeApiKeyRequest(),
-    "/embedviz.v1.AuthInternalService/IssueDelegatedToken": lambda w, r: auth_pb2.IssueDelegatedTokenRequest(user=w.people["owner"].user),
-    "/embedviz.v1.AuthInternalService/LookupUser": lambda w, r: auth_pb2.LookupUserRequest(email=w.people["owner"].email),
-    "/embedviz.v1.IngestService/CreateProject": lambda w, r: ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name="matrix")),
+    "/embedviz.v1.AuthInternalService/IssueDelegatedToken": lambda w, r: auth_pb2.IssueDelegatedTokenRequest(
+        user=w.people["owner"].user
+    ),
+    "/embedviz.v1.AuthInternalService/LookupUser": lambda w, r: auth_pb2.LookupUserRequest(
+        email=w.people["owner"].email
+    ),
+    "/embedviz.v1.IngestService/CreateProject": lambda w, r: ingest_pb2.CreateProjectRequest(
+        project=ingest_pb2.Project(display_name="matrix")
+    ),
     "/embedviz.v1.IngestService/GetProject": lambda w, r: ingest_pb2.GetProjectRequest(name=w.project),
     "/embedviz.v1.IngestService/ListProjects": lambda w, r: ingest_pb2.ListProjectsRequest(),
     "/embedviz.v1.IngestService/UpdateProject": lambda w, r: ingest_pb2.UpdateProjectRequest(
-        project=ingest_pb2.Project(name=w.project, display_name=f"renamed by {r}"), update_mask=_mask("display_name")),
+        project=ingest_pb2.Project(name=w.project, display_name=f"renamed by {r}"), update_mask=_mask("display_name")
+    ),
     "/embedviz.v1.IngestService/DeleteProject": lambda w, r: ingest_pb2.DeleteProjectRequest(name=w.project),
     "/embedviz.v1.IngestService/ListMembers": lambda w, r: ingest_pb2.ListMembersRequest(parent=w.project),
     "/embedviz.v1.IngestService/CreateMember": lambda w, r: ingest_pb2.CreateMemberRequest(
-        parent=w.project, member=ingest_pb2.Member(email=w.spare.email, role=ingest_pb2.ROLE_VIEWER)),
+        parent=w.project, member=ingest_pb2.Member(email=w.spare.email, role=ingest_pb2.ROLE_VIEWER)
+    ),
     "/embedviz.v1.IngestService/UpdateMember": lambda w, r: ingest_pb2.UpdateMemberRequest(
-        member=ingest_pb2.Member(name=w.member, role=ingest_pb2.ROLE_EDITOR)),
+        member=ingest_pb2.Member(name=w.member, role=ingest_pb2.ROLE_EDITOR)
+    ),
     "/embedviz.v1.IngestService/DeleteMember": lambda w, r: ingest_pb2.DeleteMemberRequest(name=w.member),
     "/embedviz.v1.IngestService/CreateUpload": lambda w, r: ingest_pb2.CreateUploadRequest(
-        parent=w.project, upload=ingest_pb2.Upload(filename="matrix.csv", size_bytes=10)),
+        parent=w.project, upload=ingest_pb2.Upload(filename="matrix.csv", size_bytes=10)
+    ),
     "/embedviz.v1.IngestService/GetUpload": lambda w, r: ingest_pb2.GetUploadRequest(name=w.upload),
     "/embedviz.v1.IngestService/AppendUploadChunk": lambda w, r: ingest_pb2.AppendUploadChunkRequest(
-        name=w.upload, offset=10**6, data=b"x"),
+        name=w.upload, offset=10**6, data=b"x"
+    ),
     "/embedviz.v1.IngestService/FinishUpload": lambda w, r: ingest_pb2.FinishUploadRequest(name=w.upload),
     "/embedviz.v1.IngestService/GetDataset": lambda w, r: ingest_pb2.GetDatasetRequest(name=w.dataset),
     "/embedviz.v1.IngestService/ListDatasets": lambda w, r: ingest_pb2.ListDatasetsRequest(parent=w.project),
-    "/embedviz.v1.IngestService/DeleteDataset": lambda w, r: ingest_pb2.DeleteDatasetRequest(name=_for(r, w.dataset, w.dataset_throwaway)),
+    "/embedviz.v1.IngestService/DeleteDataset": lambda w, r: ingest_pb2.DeleteDatasetRequest(
+        name=_for(r, w.dataset, w.dataset_throwaway)
+    ),
     "/embedviz.v1.IngestService/WatchDataset": lambda w, r: ingest_pb2.WatchDatasetRequest(name=w.dataset),
     "/embedviz.v1.IngestService/ListRows": lambda w, r: ingest_pb2.ListRowsRequest(parent=w.dataset, page_size=5),
-    "/embedviz.v1.IngestService/BatchGetRows": lambda w, r: ingest_pb2.BatchGetRowsRequest(parent=w.dataset, indexes=[0, 1]),
-    "/embedviz.v1.IngestService/AppendRows": lambda w, r: ingest_pb2.AppendRowsRequest(dataset=w.dataset, upload=w.upload),
-    "/embedviz.v1.IngestInternalService/GetProjectRole": lambda w, r: ingest_pb2.GetProjectRoleRequest(project=w.project),
-    "/embedviz.v1.IngestInternalService/StreamRows": lambda w, r: ingest_pb2.StreamRowsRequest(dataset=w.dataset, columns=["text"]),
+    "/embedviz.v1.IngestService/BatchGetRows": lambda w, r: ingest_pb2.BatchGetRowsRequest(
+        parent=w.dataset, indexes=[0, 1]
+    ),
+    "/embedviz.v1.IngestService/AppendRows": lambda w, r: ingest_pb2.AppendRowsRequest(
+        dataset=w.dataset, upload=w.upload
+    ),
+    "/embedviz.v1.IngestInternalService/GetProjectRole": lambda w, r: ingest_pb2.GetProjectRoleRequest(
+        project=w.project
+    ),
+    "/embedviz.v1.IngestInternalService/StreamRows": lambda w, r: ingest_pb2.StreamRowsRequest(
+        dataset=w.dataset, columns=["text"]
+    ),
     "/embedviz.v1.EmbeddingService/ListModels": lambda w, r: embedding_pb2.ListModelsRequest(),
     "/embedviz.v1.EmbeddingService/CreateEmbedding": lambda w, r: embedding_pb2.CreateEmbeddingRequest(
-        parent=w.dataset, embedding=embedding_pb2.Embedding(text_columns=["no_such_column"])),
+        parent=w.dataset, embedding=embedding_pb2.Embedding(text_columns=["no_such_column"])
+    ),
     "/embedviz.v1.EmbeddingService/GetEmbedding": lambda w, r: embedding_pb2.GetEmbeddingRequest(name=w.embedding),
     "/embedviz.v1.EmbeddingService/ListEmbeddings": lambda w, r: embedding_pb2.ListEmbeddingsRequest(parent=w.dataset),
     "/embedviz.v1.EmbeddingService/DeleteEmbedding": lambda w, r: embedding_pb2.DeleteEmbeddingRequest(
-        name=_for(r, w.embedding, w.embedding_throwaway)),
+        name=_for(r, w.embedding, w.embedding_throwaway)
+    ),
     "/embedviz.v1.EmbeddingService/WatchEmbedding": lambda w, r: embedding_pb2.WatchEmbeddingRequest(name=w.embedding),
-    "/embedviz.v1.EmbeddingService/CancelEmbedding": lambda w, r: embedding_pb2.CancelEmbeddingRequest(name=w.embedding),
-    "/embedviz.v1.EmbeddingService/ExtendEmbedding": lambda w, r: embedding_pb2.ExtendEmbeddingRequest(name=w.embedding),
-    "/embedviz.v1.EmbeddingService/EmbedTexts": lambda w, r: embedding_pb2.EmbedTextsRequest(texts=["a rocket to the moon"]),
-    "/embedviz.v1.EmbeddingInternalService/StreamVectors": lambda w, r: embedding_pb2.StreamVectorsRequest(embedding=w.embedding),
+    "/embedviz.v1.EmbeddingService/CancelEmbedding": lambda w, r: embedding_pb2.CancelEmbeddingRequest(
+        name=w.embedding
+    ),
+    "/embedviz.v1.EmbeddingService/ExtendEmbedding": lambda w, r: embedding_pb2.ExtendEmbeddingRequest(
+        name=w.embedding
+    ),
+    "/embedviz.v1.EmbeddingService/EmbedTexts": lambda w, r: embedding_pb2.EmbedTextsRequest(
+        texts=["a rocket to the moon"]
+    ),
+    "/embedviz.v1.EmbeddingInternalService/StreamVectors": lambda w, r: embedding_pb2.StreamVectorsRequest(
+        embedding=w.embedding
+    ),
     "/embedviz.v1.ProjectionService/CreateProjection": lambda w, r: projection_pb2.CreateProjectionRequest(
-        parent=w.embedding, projection=projection_pb2.Projection(method=projection_pb2.PROJECTION_METHOD_PCA, dimensions=7)),
+        parent=w.embedding,
+        projection=projection_pb2.Projection(method=projection_pb2.PROJECTION_METHOD_PCA, dimensions=7),
+    ),
     "/embedviz.v1.ProjectionService/GetProjection": lambda w, r: projection_pb2.GetProjectionRequest(name=w.projection),
-    "/embedviz.v1.ProjectionService/ListProjections": lambda w, r: projection_pb2.ListProjectionsRequest(parent=w.embedding),
+    "/embedviz.v1.ProjectionService/ListProjections": lambda w, r: projection_pb2.ListProjectionsRequest(
+        parent=w.embedding
+    ),
     "/embedviz.v1.ProjectionService/DeleteProjection": lambda w, r: projection_pb2.DeleteProjectionRequest(
-        name=_for(r, w.projection, w.projection_throwaway)),
-    "/embedviz.v1.ProjectionService/WatchProjection": lambda w, r: projection_pb2.WatchProjectionRequest(name=w.projection),
-    "/embedviz.v1.ProjectionService/CancelProjection": lambda w, r: projection_pb2.CancelProjectionRequest(name=w.projection),
+        name=_for(r, w.projection, w.projection_throwaway)
+    ),
+    "/embedviz.v1.ProjectionService/WatchProjection": lambda w, r: projection_pb2.WatchProjectionRequest(
+        name=w.projection
+    ),
+    "/embedviz.v1.ProjectionService/CancelProjection": lambda w, r: projection_pb2.CancelProjectionRequest(
+        name=w.projection
+    ),
     "/embedviz.v1.ProjectionService/StreamPoints": lambda w, r: projection_pb2.StreamPointsRequest(name=w.projection),
     "/embedviz.v1.ProjectionService/ListClusters": lambda w, r: projection_pb2.ListClustersRequest(parent=w.projection),
-    "/embedviz.v1.ProjectionService/SearchPoints": lambda w, r: projection_pb2.SearchPointsRequest(name=w.projection, query="rocket", limit=3),
-    "/embedviz.v1.ProjectionService/FindNeighbors": lambda w, r: projection_pb2.FindNeighborsRequest(name=w.projection, row_index=0, limit=3),
-    "/embedviz.v1.ProjectionService/ExportProjection": lambda w, r: projection_pb2.ExportProjectionRequest(name=w.projection),
+    "/embedviz.v1.ProjectionService/SearchPoints": lambda w, r: projection_pb2.SearchPointsRequest(
+        name=w.projection, query="rocket", limit=3
+    ),
+    "/embedviz.v1.ProjectionService/FindNeighbors": lambda w, r: projection_pb2.FindNeighborsRequest(
+        name=w.projection, row_index=0, limit=3
+    ),
+    "/embedviz.v1.ProjectionService/ExportProjection": lambda w, r: projection_pb2.ExportProjectionRequest(
+        name=w.projection
+    ),
 }
 
 
@@ -207,10 +255,14 @@ async def world(stack: Stack) -> AsyncIterator[World]:
         projection = await stubs.make_projection(owner, embedding)
         projection_throwaway = await stubs.make_projection(editor, embedding)
         upload = await stubs.ingest.CreateUpload(
-            ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename="half.csv", size_bytes=100)),
+            ingest_pb2.CreateUploadRequest(
+                parent=project, upload=ingest_pb2.Upload(filename="half.csv", size_bytes=100)
+            ),
             metadata=owner.md,
         )
-        key = await stubs.auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="owner's")), metadata=owner.md)
+        key = await stubs.auth.CreateApiKey(
+            auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="owner's")), metadata=owner.md
+        )
         yield World(
             people={"owner": owner, "editor": editor, "viewer": viewer, "outsider": outsider},
             spare=spare, project=project, dataset=dataset, dataset_throwaway=dataset_throwaway,

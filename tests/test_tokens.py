@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from embedviz.v1 import auth_pb2, embedding_pb2, ingest_pb2, projection_pb2
 from services.stack import Stack
-from tests.support.world import Person, Stubs, bearer, signing_keys
 from tests.edge.client import grpc_web_call
 from tests.edge.conformance import CHECKS, EdgeTarget, checks_for
 from tests.edge.tokens import TokenMint
+from tests.support.world import Person, Stubs, bearer, signing_keys
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 SECRET_HEADER = "x-embedviz-internal-secret"
@@ -83,7 +83,9 @@ def attack_token(mint: TokenMint, case: str) -> str | None:
 async def call_service(stack: Stack, service: str, token: str | None) -> grpc.StatusCode:
     method, request = SERVICE_CALLS[service]
     async with grpc.aio.insecure_channel(stack.addrs[service]) as channel:
-        unary = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=lambda b: b)
+        unary = channel.unary_unary(
+            method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=lambda b: b
+        )
         try:
             await unary(request, metadata=bearer(token), timeout=30)
         except grpc.aio.AioRpcError as exc:
@@ -91,7 +93,9 @@ async def call_service(stack: Stack, service: str, token: str | None) -> grpc.St
     return grpc.StatusCode.OK
 
 
-async def call_edge(stack: Stack, token: str | None, path: str = "/embedviz.v1.IngestService/ListProjects") -> tuple[int | None, str]:
+async def call_edge(
+    stack: Stack, token: str | None, path: str = "/embedviz.v1.IngestService/ListProjects"
+) -> tuple[int | None, str]:
     async with aiohttp.ClientSession() as session:
         reply = await grpc_web_call(session, stack.edge_url, path, b"", token=token)
     assert reply.http_status == 200, "auth failures must be grpc-web replies, not HTTP errors"
@@ -198,7 +202,9 @@ async def test_a_worker_acting_for_one_user_cannot_read_another_users_data(stubs
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.embedding.CreateEmbedding(
-            embedding_pb2.CreateEmbeddingRequest(parent=bobs_dataset, embedding=embedding_pb2.Embedding(text_columns=["text"])),
+            embedding_pb2.CreateEmbeddingRequest(
+                parent=bobs_dataset, embedding=embedding_pb2.Embedding(text_columns=["text"])
+            ),
             metadata=bearer(for_alice),
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -216,7 +222,9 @@ async def test_internal_calls_without_the_secret_are_refused(stubs: Stubs, perso
     for secret in (None, "guess"):
         metadata = person.md + (((SECRET_HEADER, secret),) if secret else ())
         for call in (
-            stubs.auth_internal.IssueDelegatedToken(auth_pb2.IssueDelegatedTokenRequest(user=person.user), metadata=metadata),
+            stubs.auth_internal.IssueDelegatedToken(
+                auth_pb2.IssueDelegatedTokenRequest(user=person.user), metadata=metadata
+            ),
             stubs.auth_internal.LookupUser(auth_pb2.LookupUserRequest(email=person.email), metadata=metadata),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -256,7 +264,9 @@ async def test_edge_conformance_on_the_real_stack(name: str, stack_target: EdgeT
         await fn(stack_target, session)
 
 
-async def test_a_forged_jwt_payload_header_does_not_change_who_you_are(stack: Stack, stubs: Stubs, person: Person) -> None:
+async def test_a_forged_jwt_payload_header_does_not_change_who_you_are(
+    stack: Stack, stubs: Stubs, person: Person
+) -> None:
     """The services never read x-jwt-payload: they verify the token. A forged header for
     another user changes nothing, at the edge or straight at a service."""
     other = await stubs.sign_up("victim")
@@ -267,6 +277,8 @@ async def test_a_forged_jwt_payload_header_does_not_change_who_you_are(stack: St
                                     token=person.token, headers={"x-jwt-payload": forged})
     assert reply.grpc_status == 0
     assert auth_pb2.User.FromString(reply.messages[0]).name == person.user
-    me = await stubs.auth.GetCurrentUser(auth_pb2.GetCurrentUserRequest(), metadata=person.md + (("x-jwt-payload", forged),))
+    me = await stubs.auth.GetCurrentUser(
+        auth_pb2.GetCurrentUserRequest(), metadata=person.md + (("x-jwt-payload", forged),)
+    )
     assert me.name == person.user
     assert uuid.UUID(other.user_id)

@@ -31,7 +31,16 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "map.png"
     result = subprocess.run(
-        ["node", "e2e/walkthrough.mjs", "--base-url", stack.edge_url, "--csv", str(csv_file), "--screenshot", str(screenshot)],
+        [
+            "node",
+            "e2e/walkthrough.mjs",
+            "--base-url",
+            stack.edge_url,
+            "--csv",
+            str(csv_file),
+            "--screenshot",
+            str(screenshot),
+        ],
         cwd=WEB,
         capture_output=True,
         text=True,

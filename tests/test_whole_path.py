@@ -76,7 +76,9 @@ async def test_sign_up_upload_embed_project_and_see_the_map(stack: Stack) -> Non
         for offset in range(0, len(data), CHUNK):
             appended = await edge.unary(
                 "/embedviz.v1.IngestService/AppendUploadChunk",
-                ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=offset, data=data[offset : offset + CHUNK]),
+                ingest_pb2.AppendUploadChunkRequest(
+                    name=upload.name, offset=offset, data=data[offset : offset + CHUNK]
+                ),
                 ingest_pb2.AppendUploadChunkResponse,
             )
         assert appended.received_bytes == len(data)

@@ -98,7 +98,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(auth) -> None:  # ty
 async def test_logout_ends_the_session(auth) -> None:  # type: ignore[no-untyped-def]
     stub, _ = auth
     session = (await stub.SignUp(auth_pb2.SignUpRequest(email=email(), password=PASSWORD))).session
-    await stub.Logout(auth_pb2.LogoutRequest(refresh_token=session.refresh_token), metadata=bearer(session.access_token))
+    await stub.Logout(
+        auth_pb2.LogoutRequest(refresh_token=session.refresh_token), metadata=bearer(session.access_token)
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.RefreshSession(auth_pb2.RefreshSessionRequest(refresh_token=session.refresh_token))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -108,7 +110,9 @@ async def test_api_key_is_shown_once_listed_by_prefix_and_exchanged(auth) -> Non
     stub, _ = auth
     signed = await stub.SignUp(auth_pb2.SignUpRequest(email=email(), password=PASSWORD))
     me = bearer(signed.session.access_token)
-    created = await stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="ci")), metadata=me)
+    created = await stub.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="ci")), metadata=me
+    )
     listed = await stub.ListApiKeys(auth_pb2.ListApiKeysRequest(), metadata=me)
     assert [k.prefix for k in listed.api_keys] == [created.secret[:10]]
     assert created.secret not in str(listed)

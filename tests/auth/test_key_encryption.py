@@ -128,7 +128,9 @@ async def test_a_row_copied_under_another_kid_does_not_open(db: Database) -> Non
         )
     finally:
         await connection.close()
-    with pytest.raises(KeyEncryptionError, match=rf"signing key {second} .* does not decrypt .* copied from another kid"):
+    with pytest.raises(
+        KeyEncryptionError, match=rf"signing key {second} .* does not decrypt .* copied from another kid"
+    ):
         kek.open(second, stored[first])
     restarted = KeyRing(db.sessions, 900, publish_ahead=0, sealing=kek)
     with pytest.raises(KeyEncryptionError, match=second):
@@ -139,7 +141,9 @@ async def test_a_row_copied_under_another_kid_does_not_open(db: Database) -> Non
 async def test_the_wrong_key_encryption_key_stops_auth_and_names_the_setting(db: Database) -> None:
     await KeyRing(db.sessions, 900, sealing=sealing()).ensure_key()
     other = sealing()
-    with pytest.raises(KeyEncryptionError, match=rf"another key-encryption key .* the one in {ENV} \(fingerprint {other.fingerprint}\)"):
+    with pytest.raises(
+        KeyEncryptionError, match=rf"another key-encryption key .* the one in {ENV} \(fingerprint {other.fingerprint}\)"
+    ):
         await KeyRing(db.sessions, 900, sealing=other).ensure_key()
     with pytest.raises(KeyEncryptionError):  # nor can a rotation plant a key auth could not open
         await KeyRing(db.sessions, 900, sealing=other).rotate()

@@ -127,7 +127,9 @@ async def test_replicas_agree_from_the_table_s_times(db: Database) -> None:
         assert await signing_kid(replica) == new_kid
 
 
-async def test_a_second_rotation_before_the_first_activates_retires_the_waiting_key_at_its_own_start(db: Database) -> None:
+async def test_a_second_rotation_before_the_first_activates_retires_the_waiting_key_at_its_own_start(
+    db: Database,
+) -> None:
     keys = ring(db)
     await keys.ensure_key()
     first = await signing_kid(keys)

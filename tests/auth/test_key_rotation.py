@@ -29,8 +29,8 @@ import pytest
 
 from embedviz.v1 import auth_pb2, auth_pb2_grpc, ingest_pb2
 from services.stack import Stack
-from tests.support.world import PASSWORD, bearer, eventually
 from tests.edge.client import grpc_web_call
+from tests.support.world import PASSWORD, bearer, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -83,15 +83,21 @@ async def jwks_kids(small: Stack) -> set[str]:
 
 async def edge_status(small: Stack, token: str) -> int | None:
     async with aiohttp.ClientSession() as session:
-        reply = await grpc_web_call(session, small.edge_url, "/embedviz.v1.IngestService/ListProjects", b"", token=token)
+        reply = await grpc_web_call(
+            session, small.edge_url, "/embedviz.v1.IngestService/ListProjects", b"", token=token
+        )
     return reply.grpc_status
 
 
 async def service_status(small: Stack, service: str, token: str) -> grpc.StatusCode:
-    method = {"ingest": "/embedviz.v1.IngestService/ListProjects", "auth": "/embedviz.v1.AuthService/GetCurrentUser"}[service]
+    method = {"ingest": "/embedviz.v1.IngestService/ListProjects", "auth": "/embedviz.v1.AuthService/GetCurrentUser"}[
+        service
+    ]
     request = ingest_pb2.ListProjectsRequest() if service == "ingest" else auth_pb2.GetCurrentUserRequest()
     async with grpc.aio.insecure_channel(small.addrs[service]) as channel:
-        call = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=lambda b: b)
+        call = channel.unary_unary(
+            method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=lambda b: b
+        )
         try:
             await call(request, metadata=bearer(token), timeout=20)
         except grpc.aio.AioRpcError as exc:
@@ -151,7 +157,9 @@ async def test_a_token_from_before_a_rotation_works_until_its_key_leaves_the_jwk
         assert await service_status(short_stack, "auth", before) == grpc.StatusCode.UNAUTHENTICATED
 
     await eventually(before_is_refused, timeout=EDGE_JWKS_CACHE_S + 5)
-    assert jwt.decode(before, options={"verify_signature": False})["exp"] > time.time(), "refused for its key, not its age"
+    assert jwt.decode(before, options={"verify_signature": False})["exp"] > time.time(), (
+        "refused for its key, not its age"
+    )
     assert await edge_status(short_stack, after) == 0
     assert await service_status(short_stack, "ingest", after) == grpc.StatusCode.OK
 
@@ -166,8 +174,15 @@ async def test_with_publish_ahead_the_first_token_of_a_new_key_is_accepted_at_th
     await auth.SignUp(auth_pb2.SignUpRequest(email=email, password=PASSWORD))
     rotated = subprocess.run(
         [sys.executable, "-m", "services.auth", "rotate-key"],
-        env={**os.environ, **short_stack.service_env("auth"), "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": str(EDGE_JWKS_CACHE_S + 5)},
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={
+            **os.environ,
+            **short_stack.service_env("auth"),
+            "EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS": str(EDGE_JWKS_CACHE_S + 5),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert rotated.returncode == 0, rotated.stderr
     new_kid = rotated.stdout.split()[3].rstrip(";")
@@ -181,7 +196,9 @@ async def test_with_publish_ahead_the_first_token_of_a_new_key_is_accepted_at_th
     first = await eventually(signs_with_the_new_key, timeout=EDGE_JWKS_CACHE_S + 15, every=0.5)
     assert await edge_status(short_stack, first) == 0, "the edge refused the first token of a pre-published key"
 
-async def test_failed_logins_are_throttled_per_client_address(short_stack: Stack, auth: auth_pb2_grpc.AuthServiceStub) -> None:
+async def test_failed_logins_are_throttled_per_client_address(
+    short_stack: Stack, auth: auth_pb2_grpc.AuthServiceStub
+) -> None:
     """Different accounts, one address: the address runs out. The address is the last
     x-forwarded-for hop, the one the edge appends."""
 

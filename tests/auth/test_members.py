@@ -64,7 +64,9 @@ async def test_adding_someone_without_an_account_says_to_sign_up_first(stubs: St
     project = await stubs.make_project(owner)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.ingest.CreateMember(
-            ingest_pb2.CreateMemberRequest(parent=project, member=ingest_pb2.Member(email="nobody-here@example.org", role=VIEWER)),
+            ingest_pb2.CreateMemberRequest(
+                parent=project, member=ingest_pb2.Member(email="nobody-here@example.org", role=VIEWER)
+            ),
             metadata=owner.md,
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -94,7 +96,9 @@ async def test_only_owners_manage_members(stubs: Stubs) -> None:
     await stubs.add_member(owner, project, editor, EDITOR)
     assert await code_of(stubs.add_member(editor, project, other, VIEWER)) == grpc.StatusCode.PERMISSION_DENIED
     assert await code_of(stubs.add_member(stranger, project, other, VIEWER)) == grpc.StatusCode.NOT_FOUND
-    promote = ingest_pb2.UpdateMemberRequest(member=ingest_pb2.Member(name=f"{project}/members/{editor.user_id}", role=OWNER))
+    promote = ingest_pb2.UpdateMemberRequest(
+        member=ingest_pb2.Member(name=f"{project}/members/{editor.user_id}", role=OWNER)
+    )
     assert await code_of(stubs.ingest.UpdateMember(promote, metadata=editor.md)) == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -104,7 +108,10 @@ async def test_the_last_owner_cannot_leave_or_be_demoted_but_others_can_leave(st
     mine = f"{project}/members/{owner.user_id}"
     leave = ingest_pb2.DeleteMemberRequest(name=mine)
     demote = ingest_pb2.UpdateMemberRequest(member=ingest_pb2.Member(name=mine, role=EDITOR))
-    for call in (stubs.ingest.DeleteMember(leave, metadata=owner.md), stubs.ingest.UpdateMember(demote, metadata=owner.md)):
+    for call in (
+        stubs.ingest.DeleteMember(leave, metadata=owner.md),
+        stubs.ingest.UpdateMember(demote, metadata=owner.md),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -112,11 +119,17 @@ async def test_the_last_owner_cannot_leave_or_be_demoted_but_others_can_leave(st
 
     viewer = await stubs.add_member(owner, project, ada, VIEWER)
     await stubs.ingest.DeleteMember(ingest_pb2.DeleteMemberRequest(name=viewer.name), metadata=ada.md)  # ada leaves
-    assert await code_of(stubs.ingest.GetProject(ingest_pb2.GetProjectRequest(name=project), metadata=ada.md)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        await code_of(stubs.ingest.GetProject(ingest_pb2.GetProjectRequest(name=project), metadata=ada.md))
+        == grpc.StatusCode.NOT_FOUND
+    )
 
     second = await stubs.add_member(owner, project, ada, OWNER)
     await stubs.ingest.DeleteMember(leave, metadata=owner.md)  # now there is another owner
-    assert await code_of(stubs.ingest.GetProject(ingest_pb2.GetProjectRequest(name=project), metadata=owner.md)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        await code_of(stubs.ingest.GetProject(ingest_pb2.GetProjectRequest(name=project), metadata=owner.md))
+        == grpc.StatusCode.NOT_FOUND
+    )
     remaining = await stubs.ingest.ListMembers(ingest_pb2.ListMembersRequest(parent=project), metadata=ada.md)
     assert [m.name for m in remaining.members] == [second.name]
 

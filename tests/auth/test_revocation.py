@@ -16,8 +16,8 @@ from embedviz.v1 import auth_pb2
 from services.common import revocations
 from services.common.events import EventBus
 from services.stack import Stack
-from tests.test_tokens import SERVICE_CALLS, call_edge, call_service
 from tests.support.world import Stubs
+from tests.test_tokens import SERVICE_CALLS, call_edge, call_service
 
 REVOKED_WITHIN_S = 3.0  # docs/identity.md
 
@@ -58,7 +58,9 @@ async def test_logout_stops_the_access_token_at_every_service(stack: Stack, stub
 
 async def test_deleting_an_api_key_stops_the_tokens_made_from_it(stack: Stack, stubs: Stubs) -> None:
     who = await stubs.sign_up("revoke-key")
-    made = await stubs.auth.CreateApiKey(auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="script")), metadata=who.md)
+    made = await stubs.auth.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(api_key=auth_pb2.ApiKey(display_name="script")), metadata=who.md
+    )
     token = (await stubs.auth.ExchangeApiKey(auth_pb2.ExchangeApiKeyRequest(secret=made.secret))).access_token
     await _works_everywhere(stack, token)
     await stubs.auth.DeleteApiKey(auth_pb2.DeleteApiKeyRequest(name=made.api_key.name), metadata=who.md)

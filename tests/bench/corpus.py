@@ -65,7 +65,9 @@ def vectors(count: int) -> np.ndarray:
 
     model = SentenceTransformer(Settings.from_env().model_path, device="cpu")
     started = time.monotonic()
-    result = model.encode(corpus, batch_size=256, normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True)
+    result = model.encode(
+        corpus, batch_size=256, normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True
+    )
     result = np.ascontiguousarray(result, dtype=np.float32)
     print(f"embedded {count} texts ({sources}) in {time.monotonic() - started:.0f} s", file=sys.stderr)
     np.save(path.with_suffix(".tmp.npy"), result)

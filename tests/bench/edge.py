@@ -94,7 +94,9 @@ async def make_projection(stubs: Stubs, person: Person, texts: list[str]) -> tup
     pq.write_table(pa.table({"text": texts}), sink)
     data = sink.getvalue()
     upload = await stubs.ingest.CreateUpload(
-        ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename="debian.parquet", size_bytes=len(data))),
+        ingest_pb2.CreateUploadRequest(
+            parent=project, upload=ingest_pb2.Upload(filename="debian.parquet", size_bytes=len(data))
+        ),
         metadata=person.md,
     )
     for offset in range(0, len(data), CHUNK):
@@ -104,7 +106,9 @@ async def make_projection(stubs: Stubs, person: Person, texts: list[str]) -> tup
         )
     dataset = await stubs.ingest.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=person.md)
     last = None
-    async for update in stubs.ingest.WatchDataset(ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=person.md, timeout=300):
+    async for update in stubs.ingest.WatchDataset(
+        ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=person.md, timeout=300
+    ):
         last = update.dataset
     assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
     steps["import"] = time.perf_counter() - t
@@ -112,7 +116,9 @@ async def make_projection(stubs: Stubs, person: Person, texts: list[str]) -> tup
     t = time.perf_counter()
     embedding = await stubs.make_embedding(person, dataset.name, wait=False)
     done = None
-    async for watched in stubs.embedding.WatchEmbedding(embedding_pb2.WatchEmbeddingRequest(name=embedding), metadata=person.md, timeout=900):
+    async for watched in stubs.embedding.WatchEmbedding(
+        embedding_pb2.WatchEmbeddingRequest(name=embedding), metadata=person.md, timeout=900
+    ):
         done = watched.embedding
     assert done is not None and done.job.state == job_pb2.JOB_STATE_SUCCEEDED, done
     steps["embed"] = time.perf_counter() - t
@@ -146,7 +152,9 @@ async def unary_latencies(stack: Stack, person: Person) -> dict[str, np.ndarray]
 
     def grpc_web(headers: dict[str, str]) -> Callable[[], Awaitable[None]]:
         async def call() -> None:
-            reply = await grpc_web_call(session, stack.edge_url, CURRENT_USER, body, token=person.token, headers=headers)
+            reply = await grpc_web_call(
+                session, stack.edge_url, CURRENT_USER, body, token=person.token, headers=headers
+            )
             assert reply.http_status == 200 and reply.grpc_status == 0 and len(reply.messages) == 1, (
                 reply.http_status, reply.grpc_message)
             encodings.add(f"{headers['Accept-Encoding']} asked -> {reply.headers.get('content-encoding', 'identity')}")
@@ -183,7 +191,9 @@ async def unary_latencies(stack: Stack, person: Person) -> dict[str, np.ndarray]
         await session.close()
         await direct.close()
         await via_edge.close()
-    print(f"grpc-web unary replies, Accept-Encoding -> Content-Encoding: {', '.join(sorted(encodings))}", file=sys.stderr)
+    print(
+        f"grpc-web unary replies, Accept-Encoding -> Content-Encoding: {', '.join(sorted(encodings))}", file=sys.stderr
+    )
     return {name: np.array(times) for name, times in out.items()}
 
 
@@ -218,7 +228,9 @@ async def stream_grpc(stub: projection_pb2_grpc.ProjectionServiceStub, name: str
     return points
 
 
-async def stream_grpc_web(session: aiohttp.ClientSession, edge_url: str, name: str, person: Person, encoding: str) -> PointsBuffer:
+async def stream_grpc_web(
+    session: aiohttp.ClientSession, edge_url: str, name: str, person: Person, encoding: str
+) -> PointsBuffer:
     """grpc-web StreamPoints reading the raw body (auto_decompress off), so the bytes on the
     wire are counted; gunzipped here as a browser does, then framed and decoded."""
     points = PointsBuffer()
@@ -228,10 +240,14 @@ async def stream_grpc_web(session: aiohttp.ClientSession, edge_url: str, name: s
         "Authorization": f"Bearer {person.token}", "Accept-Encoding": encoding,
     }
     trailers: dict[str, str] = {}
-    async with session.post(edge_url + STREAM_POINTS, data=struct.pack(">BI", 0, len(message)) + message, headers=headers) as resp:
+    async with session.post(
+        edge_url + STREAM_POINTS, data=struct.pack(">BI", 0, len(message)) + message, headers=headers
+    ) as resp:
         assert resp.status == 200, resp.status
         gunzip = zlib.decompressobj(wbits=31) if resp.headers.get("Content-Encoding") == "gzip" else None
-        assert (gunzip is not None) == (encoding == "gzip"), f"Content-Encoding {resp.headers.get('Content-Encoding')!r} for {encoding}"
+        assert (gunzip is not None) == (encoding == "gzip"), (
+            f"Content-Encoding {resp.headers.get('Content-Encoding')!r} for {encoding}"
+        )
         buffer = bytearray()
         wire = 0
         async for raw in resp.content.iter_any():
@@ -287,7 +303,9 @@ async def stream_throughput(stack: Stack, person: Person, projection: str) -> tu
     assert reference.coordinates is not None and reference.clusters is not None
     for name, got in last.items():
         assert got.coordinates is not None and got.clusters is not None
-        assert np.array_equal(got.coordinates, reference.coordinates) and np.array_equal(got.clusters, reference.clusters), name
+        assert np.array_equal(got.coordinates, reference.coordinates) and np.array_equal(
+            got.clusters, reference.clusters
+        ), name
     out = {}
     for name, times in seconds.items():
         median = float(np.median(times))
@@ -363,13 +381,19 @@ def main() -> None:
     }
     for name, label in labels.items():
         p50, p99 = p[name]
-        added = f"{p50 - d50:>+8.2f} {p99 - d99:>+8.2f} {p50 / d50:>6.2f}" if name != "floor" else f"{'-':>8} {'-':>8} {'-':>6}"
+        added = (
+            f"{p50 - d50:>+8.2f} {p99 - d99:>+8.2f} {p50 / d50:>6.2f}"
+            if name != "floor"
+            else f"{'-':>8} {'-':>8} {'-':>6}"
+        )
         print(f"{label:<44} {p50:>8.2f} {p99:>8.2f} {added}")
 
     base = streams["direct"]
     print(f"\nProjectionService/StreamPoints, one PCA projection of {points} points (default chunk size), "
           f"median of {REPEATS} interleaved runs per path")
-    print(f"{'path':<44} {'median ms':>9} {'best ms':>8} {'points/s':>10} {'MB/s':>7} {'body bytes':>11} {'x direct':>8}")
+    print(
+        f"{'path':<44} {'median ms':>9} {'best ms':>8} {'points/s':>10} {'MB/s':>7} {'body bytes':>11} {'x direct':>8}"
+    )
     for name, label in {
         "direct": "gRPC straight to projection",
         "envoy grpc": "gRPC (h2c) through Envoy",
@@ -383,10 +407,15 @@ def main() -> None:
           "the response body as it came, gzip included)")
 
     gzip = streams["envoy grpc-web+gzip"]
-    print(f"\nenvoy: RSS {idle_rss:.0f} MB after start, {envoy_rss:.0f} MB at the end, peak (VmHWM) {envoy_peak:.0f} MB")
-    print(f"texts: {points} Debian package descriptions (of {sources}); machine: {os.cpu_count()} cores, load average {load_start[0]:.1f} at start, "
-          f"{load_end[0]:.1f} at the end; bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
-          f"whole run {time.perf_counter() - started:.0f} s")
+    print(
+        f"\nenvoy: RSS {idle_rss:.0f} MB after start, {envoy_rss:.0f} MB at the end, peak (VmHWM) {envoy_peak:.0f} MB"
+    )
+    print(
+        f"texts: {points} Debian package descriptions (of {sources}); machine: {os.cpu_count()} cores, "
+        f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at the end; "
+        f"bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
+        f"whole run {time.perf_counter() - started:.0f} s"
+    )
     e50, e99 = p["envoy grpc"]
     w50, w99 = p["envoy grpc-web"]
     print(

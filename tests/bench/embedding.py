@@ -69,8 +69,8 @@ def debian_descriptions() -> tuple[list[str], list[str], str]:
     if len(texts) >= ROWS:
         return names, texts, f"apt-cache dumpavail ({len(texts)} package descriptions)"
     # Fallback: the docstrings of the installed Python packages, real English text.
-    import pydoc  # noqa: F401
     import pkgutil
+    import pydoc  # noqa: F401
 
     docs: list[str] = []
     for module in pkgutil.walk_packages():
@@ -108,15 +108,21 @@ class Client:
         pq.write_table(table, sink)
         data = sink.getvalue()
         upload = await self.ingest.CreateUpload(
-            ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename=name, size_bytes=len(data))),
+            ingest_pb2.CreateUploadRequest(
+                parent=project, upload=ingest_pb2.Upload(filename=name, size_bytes=len(data))
+            ),
             metadata=self.metadata,
         )
         for offset in range(0, len(data), CHUNK):
             await self.ingest.AppendUploadChunk(
-                ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=offset, data=data[offset : offset + CHUNK]),
+                ingest_pb2.AppendUploadChunkRequest(
+                    name=upload.name, offset=offset, data=data[offset : offset + CHUNK]
+                ),
                 metadata=self.metadata,
             )
-        dataset = await self.ingest.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=self.metadata)
+        dataset = await self.ingest.FinishUpload(
+            ingest_pb2.FinishUploadRequest(name=upload.name), metadata=self.metadata
+        )
         async for update in self.ingest.WatchDataset(
             ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=self.metadata
         ):
@@ -128,7 +134,9 @@ class Client:
     async def embed(self, dataset: str) -> tuple[float, embedding_pb2.Embedding]:
         started = time.perf_counter()
         created = await self.embedding.CreateEmbedding(
-            embedding_pb2.CreateEmbeddingRequest(parent=dataset, embedding=embedding_pb2.Embedding(text_columns=["text"])),
+            embedding_pb2.CreateEmbeddingRequest(
+                parent=dataset, embedding=embedding_pb2.Embedding(text_columns=["text"])
+            ),
             metadata=self.metadata,
         )
         async for update in self.embedding.WatchEmbedding(
@@ -282,7 +290,9 @@ def tricks(rows: int = 3000, rounds: int = 3) -> None:
 
     print(f"tricks on {len(texts)} texts from {source}; {len(distinct)} distinct; load {os.getloadavg()[0]:.1f}; "
           f"best of {rounds} interleaved rounds (the machine is shared)")
-    fp32 = asyncio.run(ModelRegistry(_default_model_path(), dataclasses.replace(base, models="", precision="float32")).load(""))
+    fp32 = asyncio.run(
+        ModelRegistry(_default_model_path(), dataclasses.replace(base, models="", precision="float32")).load("")
+    )
     bf16 = asyncio.run(ModelRegistry(_default_model_path(), dataclasses.replace(base, models="")).load(""))
     import services.embedding.encoder as encoder
 

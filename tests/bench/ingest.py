@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -53,7 +52,10 @@ CHUNK = 4 * 1024 * 1024
 
 def _words(rng: np.random.Generator, n: int) -> list[str]:
     letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
-    p = np.array([12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2, 2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.15, 0.15, 0.1, 0.07])
+    p = np.array([
+        12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2, 2.0, 2.0, 1.9, 1.5, 1.0, 0.8,
+        0.15, 0.15, 0.1, 0.07,
+    ])
     p = p / p.sum()
     lengths = rng.integers(2, 10, n)
     return ["".join(rng.choice(letters, size=k, p=p)) for k in lengths]
@@ -78,11 +80,17 @@ def generate(path_big: Path, path_small: Path) -> tuple[int, int]:
             text += "\nsecond line of the review"
         bodies.append(f'"{text}"')
     titles = [sentence(int(rng.integers(3, 9)), i * 31).title() for i in range(20_000)]
-    categories = ["electronics", "books", "garden", "toys", "kitchen", "sports", "music", "health", "auto", "office", "pets", "baby"]
+    categories = [
+        "electronics", "books", "garden", "toys", "kitchen", "sports", "music", "health", "auto", "office", "pets",
+        "baby",
+    ]
     header = "id,title,body,category,score,votes,created\n"
     rows_big = rows_small = 0
     block = 50_000
-    with open(path_big, "w", encoding="utf-8", newline="") as big, open(path_small, "w", encoding="utf-8", newline="") as small:
+    with (
+        open(path_big, "w", encoding="utf-8", newline="") as big,
+        open(path_small, "w", encoding="utf-8", newline="") as small,
+    ):
         big.write(header)
         small.write(header)
         start = 0
@@ -163,7 +171,9 @@ def vm_rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def service_import(infra_env: dict[str, str], path: Path, work: Path, logs: Path, imports: int) -> dict[str, float]:
+async def service_import(
+    infra_env: dict[str, str], path: Path, work: Path, logs: Path, imports: int
+) -> dict[str, float]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -178,7 +188,9 @@ async def service_import(infra_env: dict[str, str], path: Path, work: Path, logs
         "EMBEDVIZ_BLOB_ROOT": str(blobs), "EMBEDVIZ_MAX_UPLOAD_BYTES": str(4 * 1024**3),
     }
     with open(logs / f"ingest-{path.stem}.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         async with grpc.aio.insecure_channel(addr, options=[("grpc.max_send_message_length", 16 << 20)]) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -196,7 +208,8 @@ async def service_import(infra_env: dict[str, str], path: Path, work: Path, logs
             user = User(tokens)
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             project = await stub.CreateProject(
-                ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name="bench")), metadata=user.metadata
+                ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name="bench")),
+                metadata=user.metadata,
             )
             size = path.stat().st_size
             runs = []
@@ -316,7 +329,13 @@ def main() -> None:
         try:
             for name, path in (("50", small), ("200", big)):
                 r = asyncio.run(service_import(stack.env, path, work, stack.logs_dir, max(1, REPEATS - 1)))
-                results[f"service {name}"] = {"mb": r["mb"], "s": r["job_s"], "rss": r["peak_rss"], "rows": r["rows"], **r}
+                results[f"service {name}"] = {
+                    "mb": r["mb"],
+                    "s": r["job_s"],
+                    "rss": r["peak_rss"],
+                    "rows": r["rows"],
+                    **r,
+                }
                 print(f"service job done for {name} MB", flush=True)
             naive_rows_s = asyncio.run(naive(stack.env["EMBEDVIZ_DATABASE_URL"], big, NAIVE_SAMPLE_ROWS))
         finally:
@@ -339,7 +358,10 @@ def main() -> None:
             ("pyarrow 200", "pyarrow read_csv + write_table, 200 MB"),
         ]:
             r = results[key]
-            print(f"{label:<44} {r['mb']:>6.0f} {int(r['rows']):>9} {r['s']:>8.2f} {r['mb'] / r['s']:>7.1f} {r['rss']:>12.0f}")
+            print(
+                f"{label:<44} {r['mb']:>6.0f} {int(r['rows']):>9} {r['s']:>8.2f} "
+                f"{r['mb'] / r['s']:>7.1f} {r['rss']:>12.0f}"
+            )
         print(f"{'naive ORM, JSON row per row (extrapolated)':<44} {peer['mb']:>6.0f} {rows_big:>9} {naive_s:>8.0f} "
               f"{peer['mb'] / naive_s:>7.2f} {'-':>12}")
         print()
@@ -352,7 +374,10 @@ def main() -> None:
         print(f"ratios for 200 MB: service/pyarrow {ours_mb_s / peer_mb_s:.2f}, importer/pyarrow "
               f"{(results['importer 200']['mb'] / results['importer 200']['s']) / peer_mb_s:.2f}, "
               f"service/naive {ours_mb_s / (peer['mb'] / naive_s):.0f}x")
-        print(f"load: {os.getloadavg()}, this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        print(
+            f"load: {os.getloadavg()}, "
+            f"this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -58,7 +58,11 @@ def trust(vectors: np.ndarray, points: np.ndarray) -> float:
     from sklearn.manifold import trustworthiness
 
     rows = np.sort(np.random.default_rng(123).choice(len(points), size=min(2000, len(points)), replace=False))
-    return float(trustworthiness(np.asarray(vectors[rows], np.float64), np.asarray(points[rows], np.float64), n_neighbors=10, metric="cosine"))
+    return float(
+        trustworthiness(
+            np.asarray(vectors[rows], np.float64), np.asarray(points[rows], np.float64), n_neighbors=10, metric="cosine"
+        )
+    )
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -69,13 +73,17 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run_peer(vectors_path: Path, out: Path) -> dict[str, float]:
-    result = subprocess.run([sys.executable, "-c", PEER, str(vectors_path), str(out)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", PEER, str(vectors_path), str(out)], capture_output=True, text=True, check=False
+    )
     if result.returncode:
         raise SystemExit(f"plain umap failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-async def run_ours(vectors: np.ndarray, texts: list[str], work: Path, label: str) -> tuple[float, np.ndarray, float, dict[str, float]]:
+async def run_ours(
+    vectors: np.ndarray, texts: list[str], work: Path, label: str
+) -> tuple[float, np.ndarray, float, dict[str, float]]:
     """(seconds from CreateProjection to SUCCEEDED, points, peak RSS of the service in MB, quality)."""
     import grpc
     import pyarrow as pa
@@ -111,14 +119,18 @@ async def run_ours(vectors: np.ndarray, texts: list[str], work: Path, label: str
         "EMBEDVIZ_INTERNAL_SECRET": "bench-secret",
         "EMBEDVIZ_WORKERS": "1",
     }
-    service = subprocess.Popen([sys.executable, "-m", "services.projection"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "services.projection"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 900
         while b"umap is compiled and ready" not in (work / f"projection-{label}.log").read_bytes():
             if service.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the projection service did not come up; see {work}/projection-{label}.log")
             await asyncio.sleep(1)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)])
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+        )
         stub = projection_pb2_grpc.ProjectionServiceStub(channel)
         metadata = standins.auth(owner)
         started = time.perf_counter()
@@ -133,7 +145,9 @@ async def run_ours(vectors: np.ndarray, texts: list[str], work: Path, label: str
         )
         last = None
         stages: list[tuple[str, float]] = []
-        async for update in stub.WatchProjection(projection_pb2.WatchProjectionRequest(name=created.name), metadata=metadata, timeout=3600):
+        async for update in stub.WatchProjection(
+            projection_pb2.WatchProjectionRequest(name=created.name), metadata=metadata, timeout=3600
+        ):
             last = update.projection
             if not stages or stages[-1][0] != last.job.stage:
                 stages.append((last.job.stage, time.perf_counter() - started))
@@ -182,7 +196,9 @@ def million(vectors: np.ndarray, count: int) -> np.ndarray:
     out = np.empty((count, vectors.shape[1]), np.float32)
     for start in range(0, count, len(vectors)):
         stop = min(start + len(vectors), count)
-        block = vectors[: stop - start] + rng.normal(scale=0.02, size=(stop - start, vectors.shape[1])).astype(np.float32)
+        block = vectors[: stop - start] + rng.normal(scale=0.02, size=(stop - start, vectors.shape[1])).astype(
+            np.float32
+        )
         out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -193,7 +209,10 @@ def main() -> None:
     vectors = np.ascontiguousarray(corpus.vectors(100_000)[:rows])
     texts = (corpus.CACHE / "texts-100000.txt").read_text().split("\n")[:rows]
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start", file=sys.stderr)
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-umap-") as tmp:
         work = Path(tmp)
         if os.environ.get("BENCH_UMAP_SKIP_100K") != "1":  # set: only the million (development)
@@ -203,7 +222,8 @@ def main() -> None:
             million_texts = [texts[i % len(texts)] for i in range(big)]
             seconds, points, rss, quality = asyncio.run(run_ours(many, million_texts, work, "1m"))
             print(
-                f"umap million: rows={big} seconds={seconds:.1f} peak_rss_mb={rss:.0f} fitted_rows={quality['fitted_rows']} "
+                f"umap million: rows={big} seconds={seconds:.1f} peak_rss_mb={rss:.0f} "
+                f"fitted_rows={quality['fitted_rows']} "
                 f"all_placed={bool(np.isfinite(points).all())} trustworthiness={trust(many, points):.4f}"
             )
     load = os.getloadavg()
@@ -215,11 +235,16 @@ def compare(vectors: np.ndarray, texts: list[str], work: Path) -> None:
     np.save(work / "vectors.npy", vectors)
     peer = run_peer(work / "vectors.npy", work / "peer.npy")
     peer_trust = trust(vectors, np.load(work / "peer.npy"))
-    print(f"  plain umap-learn: {peer['seconds']:.1f} s, trustworthiness {peer_trust:.4f}, peak RSS {peer['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    print(
+        f"  plain umap-learn: {peer['seconds']:.1f} s, trustworthiness {peer_trust:.4f}, "
+        f"peak RSS {peer['peak_rss_mb']:.0f} MB",
+        file=sys.stderr,
+    )
     seconds, points, rss, quality = asyncio.run(run_ours(vectors, texts, work, "100k"))
     ours_trust = trust(vectors, points)
     print(
-        f"  job path: {seconds:.1f} s, trustworthiness {ours_trust:.4f} (the job reported {quality['trustworthiness']:.4f} "
+        f"  job path: {seconds:.1f} s, trustworthiness {ours_trust:.4f} "
+        f"(the job reported {quality['trustworthiness']:.4f} "
         f"on its own sample), PCA pre-reduction to {quality['pre_reduction_dimensions']} dims, "
         f"fitted on {quality['fitted_rows']} rows, service peak RSS {rss:.0f} MB",
         file=sys.stderr,

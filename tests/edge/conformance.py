@@ -10,6 +10,7 @@ echoes its metadata) lists it in `needs` and is left out of that target's run by
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -90,7 +91,9 @@ def assert_status(reply: GrpcWebReply, code: int) -> None:
 
 
 async def _refused(target: EdgeTarget, session: aiohttp.ClientSession, token: str | None, **kw: str) -> None:
-    reply = await grpc_web_call(session, target.edge_url, target.protected_path, target.protected_request, token=token, headers=kw or None)
+    reply = await grpc_web_call(
+        session, target.edge_url, target.protected_path, target.protected_request, token=token, headers=kw or None
+    )
     assert_status(reply, UNAUTHENTICATED)
     assert reply.grpc_message, "an auth failure should say what was wrong"
     assert not reply.messages
@@ -194,7 +197,9 @@ async def check_public_health_needs_no_token(target: EdgeTarget, session: aiohtt
 
 @check("token")
 async def check_valid_token_unary_call_succeeds(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
-    reply = await grpc_web_call(session, target.edge_url, target.protected_path, target.protected_request, token=target.token())
+    reply = await grpc_web_call(
+        session, target.edge_url, target.protected_path, target.protected_request, token=target.token()
+    )
     assert reply.grpc_status == 0, (reply.grpc_status, reply.grpc_message)
     assert len(reply.messages) == 1
     assert reply.headers.get("content-type", "").startswith("application/grpc-web")
@@ -202,7 +207,9 @@ async def check_valid_token_unary_call_succeeds(target: EdgeTarget, session: aio
 
 @check("token")
 async def check_grpc_web_text_mode(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
-    reply = await grpc_web_call(session, target.edge_url, target.protected_path, target.protected_request, token=target.token(), text=True)
+    reply = await grpc_web_call(
+        session, target.edge_url, target.protected_path, target.protected_request, token=target.token(), text=True
+    )
     assert reply.grpc_status == 0, (reply.grpc_status, reply.grpc_message)
     assert len(reply.messages) == 1
     assert reply.headers.get("content-type", "").startswith("application/grpc-web-text")
@@ -222,13 +229,15 @@ async def check_internal_service_is_not_routed(target: EdgeTarget, session: aioh
 
 
 @check("stream", "token")
-async def check_slow_server_stream_arrives_message_by_message(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
+async def check_slow_server_stream_arrives_message_by_message(
+    target: EdgeTarget, session: aiohttp.ClientSession
+) -> None:
     assert target.stream is not None
     probe = target.stream
     reply = await grpc_web_call(session, target.edge_url, probe.path, probe.request, token=target.token())
     assert reply.grpc_status == 0, (reply.grpc_status, reply.grpc_message)
     assert len(reply.messages) == probe.count
-    gaps = [b - a for a, b in zip(reply.arrivals, reply.arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(reply.arrivals)]
     assert all(g >= probe.gap_s * 0.7 for g in gaps), f"messages were buffered, not streamed: gaps {gaps}"
 
 
@@ -246,7 +255,9 @@ async def check_client_deadline_is_propagated(target: EdgeTarget, session: aioht
 async def check_client_jwt_payload_header_is_replaced(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
     assert target.mint is not None and target.echo_path is not None
     token = target.mint.valid()
-    reply = await grpc_web_call(session, target.edge_url, target.echo_path, token=token, headers={"x-jwt-payload": "forged"})
+    reply = await grpc_web_call(
+        session, target.edge_url, target.echo_path, token=token, headers={"x-jwt-payload": "forged"}
+    )
     assert reply.grpc_status == 0, (reply.grpc_status, reply.grpc_message)
     seen = json.loads(reply.messages[0])["metadata"]
     assert seen.get("x-jwt-payload") == token.split(".")[1], seen.get("x-jwt-payload")
@@ -254,9 +265,13 @@ async def check_client_jwt_payload_header_is_replaced(target: EdgeTarget, sessio
 
 
 @check("echo")
-async def check_client_jwt_payload_header_is_stripped_on_public_path(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
+async def check_client_jwt_payload_header_is_stripped_on_public_path(
+    target: EdgeTarget, session: aiohttp.ClientSession
+) -> None:
     assert target.echo_public_path is not None
-    reply = await grpc_web_call(session, target.edge_url, target.echo_public_path, headers={"x-jwt-payload": "forged", "x-custom": "kept"})
+    reply = await grpc_web_call(
+        session, target.edge_url, target.echo_public_path, headers={"x-jwt-payload": "forged", "x-custom": "kept"}
+    )
     assert reply.grpc_status == 0, (reply.grpc_status, reply.grpc_message)
     seen = json.loads(reply.messages[0])["metadata"]
     assert "x-jwt-payload" not in seen, seen
@@ -264,11 +279,15 @@ async def check_client_jwt_payload_header_is_stripped_on_public_path(target: Edg
 
 
 @check("echo")
-async def check_client_address_is_the_last_forwarded_for_hop(target: EdgeTarget, session: aiohttp.ClientSession) -> None:
+async def check_client_address_is_the_last_forwarded_for_hop(
+    target: EdgeTarget, session: aiohttp.ClientSession
+) -> None:
     """Services throttle failed logins per client address: the last x-forwarded-for hop,
     which the edge appends. A hop the client sends itself never ends up last."""
     assert target.echo_public_path is not None
-    reply = await grpc_web_call(session, target.edge_url, target.echo_public_path, headers={"x-forwarded-for": "203.0.113.1"})
+    reply = await grpc_web_call(
+        session, target.edge_url, target.echo_public_path, headers={"x-forwarded-for": "203.0.113.1"}
+    )
     assert reply.grpc_status == 0, (reply.grpc_status, reply.grpc_message)
     hops = [h.strip() for h in json.loads(reply.messages[0])["metadata"].get("x-forwarded-for", "").split(",")]
     assert hops[-1] and hops[-1] != "203.0.113.1", hops

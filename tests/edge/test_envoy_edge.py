@@ -68,10 +68,15 @@ def _answers(url: str) -> bool:
 
 def start_envoy(tmp: Path, clusters: dict[str, str]) -> Edge:
     listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    config = envoy.write_local_config(tmp / f"envoy-{uuid.uuid4().hex[:6]}.yaml", listen=listen, admin=admin, clusters=clusters)
+    config = envoy.write_local_config(
+        tmp / f"envoy-{uuid.uuid4().hex[:6]}.yaml", listen=listen, admin=admin, clusters=clusters
+    )
     log = config.with_suffix(".log")
-    proc = subprocess.Popen([envoy.envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", "warning"],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [envoy.envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", "warning"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     edge = Edge(f"http://{listen}", f"http://{admin}", log, proc)
     _wait(lambda: _answers(edge.admin_url + "/ready"), proc, "envoy", log)
     return edge
@@ -207,13 +212,19 @@ async def test_a_token_without_exp_is_refused(target: EdgeTarget, mint: TokenMin
 async def test_clock_skew_is_bounded_to_five_seconds(target: EdgeTarget, mint: TokenMint) -> None:
     now = int(time.time())
     async with aiohttp.ClientSession() as session:
-        just_expired = await grpc_web_call(session, target.edge_url, target.protected_path, token=mint.token(exp=now - 2))
-        long_expired = await grpc_web_call(session, target.edge_url, target.protected_path, token=mint.token(exp=now - 30))
+        just_expired = await grpc_web_call(
+            session, target.edge_url, target.protected_path, token=mint.token(exp=now - 2)
+        )
+        long_expired = await grpc_web_call(
+            session, target.edge_url, target.protected_path, token=mint.token(exp=now - 30)
+        )
     assert just_expired.grpc_status == 0, "within the 5 s skew"
     assert long_expired.grpc_status == 16
 
 
-async def test_key_rotation_reaches_envoy_within_the_jwks_cache_time(target: EdgeTarget, services: FakeServices, mint: TokenMint) -> None:
+async def test_key_rotation_reaches_envoy_within_the_jwks_cache_time(
+    target: EdgeTarget, services: FakeServices, mint: TokenMint
+) -> None:
     """A key published in the JWKS is accepted within cache_duration (Envoy refreshes in
     the background; it never refetches on an unknown kid), and a key that left the JWKS is
     refused within the same time."""
@@ -272,15 +283,23 @@ async def test_plain_grpc_callers_get_grpc_statuses_too(edge: Edge) -> None:
         assert no_token.value.details() == "Jwt is missing"
 
 
-async def test_a_service_that_is_down_is_unavailable(services: FakeServices, web_server: str, mint: TokenMint, tmp_path: Path) -> None:
+async def test_a_service_that_is_down_is_unavailable(
+    services: FakeServices, web_server: str, mint: TokenMint, tmp_path: Path
+) -> None:
     dead = f"127.0.0.1:{free_port()}"
     down = start_envoy(tmp_path, {**_clusters(dead, f"127.0.0.1:{services.jwks_port}", web_server)})
     try:
         async with aiohttp.ClientSession() as session:
-            reply = await grpc_web_call(session, down.url, "/embedviz.v1.ProjectionService/GetProjection", token=mint.valid())
+            reply = await grpc_web_call(
+                session, down.url, "/embedviz.v1.ProjectionService/GetProjection", token=mint.valid()
+            )
     finally:
         stop(down.proc)
-    assert (reply.http_status, reply.grpc_status) == (200, 14), (reply.http_status, reply.grpc_status, reply.grpc_message)
+    assert (reply.http_status, reply.grpc_status) == (200, 14), (
+        reply.http_status,
+        reply.grpc_status,
+        reply.grpc_message,
+    )
     assert reply.grpc_message and reply.headers.get("access-control-allow-origin")
 
 
@@ -345,6 +364,8 @@ async def test_access_log_is_json_with_the_request_id_the_service_received(edge:
 
 def test_admin_stats_are_served_on_loopback(edge: Edge) -> None:
     assert EnvoyDoc().doc["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    with urllib.request.urlopen(edge.admin_url + "/stats?filter=^http\\.edge\\.downstream_rq_total$", timeout=5) as resp:
+    with urllib.request.urlopen(
+        edge.admin_url + "/stats?filter=^http\\.edge\\.downstream_rq_total$", timeout=5
+    ) as resp:
         stats = resp.read().decode()
     assert "http.edge.downstream_rq_total" in stats

@@ -44,8 +44,15 @@ class TokenMint:
     def claims(self, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
         base = {
-            "iss": self.issuer, "aud": self.audience, "sub": self.subject or str(uuid.uuid4()), "email": "ada@example.com",
-            "iat": now, "nbf": now, "exp": now + 900, "jti": str(uuid.uuid4()), "sid": str(uuid.uuid4()),
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": self.subject or str(uuid.uuid4()),
+            "email": "ada@example.com",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 900,
+            "jti": str(uuid.uuid4()),
+            "sid": str(uuid.uuid4()),
         }
         base.update(overrides)
         return base

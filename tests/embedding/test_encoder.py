@@ -141,7 +141,9 @@ def test_a_model_folder_that_does_not_exist_is_reported_not_loaded() -> None:
     registry = ModelRegistry(MODEL_PATH, settings(models="ghost=/nowhere/ghost-model"))
     ghost = next(s for s in registry.specs() if s.name == "models/ghost")
     assert ghost.error == "the model folder /nowhere/ghost-model does not exist"
-    with pytest.raises(FailedPrecondition, match="cannot be used: the model folder /nowhere/ghost-model does not exist"):
+    with pytest.raises(
+        FailedPrecondition, match="cannot be used: the model folder /nowhere/ghost-model does not exist"
+    ):
         registry.resolve("ghost")
     with pytest.raises(FailedPrecondition):
         asyncio.run(registry.load("ghost"))

@@ -67,7 +67,15 @@ BIG_ROWS = pa.table({"title": [f"row {i} of a longer table about many things" fo
 
 def token(user: str, audience: str = "embedviz") -> str:
     now = int(time.time())
-    claims = {"iss": ISSUER, "aud": audience, "sub": user, "email": f"{user}@x", "iat": now, "nbf": now, "exp": now + 900}
+    claims = {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": user,
+        "email": f"{user}@x",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 900,
+    }
     return jwt.encode(claims, PRIVATE_KEY, algorithm="ES256", headers={"kid": KID})
 
 
@@ -232,9 +240,13 @@ async def test_create_refuses_what_cannot_be_embedded(service: Running) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "column 'body' not found; the dataset has: title, text, label",
     )
-    await expect_error(create(IMPORTING, text_columns=["title"]), grpc.StatusCode.FAILED_PRECONDITION, "still importing")
     await expect_error(
-        create(DATASET, text_columns=["title"], model="models/gpt-9"), grpc.StatusCode.INVALID_ARGUMENT, "models/all-minilm-l6-v2"
+        create(IMPORTING, text_columns=["title"]), grpc.StatusCode.FAILED_PRECONDITION, "still importing"
+    )
+    await expect_error(
+        create(DATASET, text_columns=["title"], model="models/gpt-9"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "models/all-minilm-l6-v2",
     )
     await expect_error(create(f"{PROJECT}/datasets/none", text_columns=["title"]), grpc.StatusCode.NOT_FOUND)
     await expect_error(create(DATASET, VIEWER, text_columns=["title"]), grpc.StatusCode.PERMISSION_DENIED)
@@ -245,7 +257,9 @@ async def test_embedding_a_dataset_streams_the_same_vectors_as_sentence_transfor
     created = await service.embedding.CreateEmbedding(
         embedding_pb2.CreateEmbeddingRequest(
             parent=DATASET,
-            embedding=embedding_pb2.Embedding(text_columns=["title", "text"], template="{title}: {text}", project_when_done=True),
+            embedding=embedding_pb2.Embedding(
+                text_columns=["title", "text"], template="{title}: {text}", project_when_done=True
+            ),
         ),
         metadata=auth(OWNER),
     )
@@ -257,7 +271,9 @@ async def test_embedding_a_dataset_streams_the_same_vectors_as_sentence_transfor
     assert (done.row_count, done.dimension, done.job.done, done.project_when_done) == (90, 384, 90, True)
 
     # A viewer may read it; a stranger does not learn that it exists.
-    got = await service.embedding.GetEmbedding(embedding_pb2.GetEmbeddingRequest(name=created.name), metadata=auth(VIEWER))
+    got = await service.embedding.GetEmbedding(
+        embedding_pb2.GetEmbeddingRequest(name=created.name), metadata=auth(VIEWER)
+    )
     assert got.job.state == job_pb2.JOB_STATE_SUCCEEDED
     await expect_error(
         service.embedding.GetEmbedding(embedding_pb2.GetEmbeddingRequest(name=created.name), metadata=auth(STRANGER)),
@@ -291,10 +307,14 @@ async def test_embedding_a_dataset_streams_the_same_vectors_as_sentence_transfor
     assert (vectors * plain).sum(axis=1).min() >= 0.999
 
     await expect_error(
-        service.embedding.DeleteEmbedding(embedding_pb2.DeleteEmbeddingRequest(name=created.name), metadata=auth(VIEWER)),
+        service.embedding.DeleteEmbedding(
+            embedding_pb2.DeleteEmbeddingRequest(name=created.name), metadata=auth(VIEWER)
+        ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
-    await service.embedding.DeleteEmbedding(embedding_pb2.DeleteEmbeddingRequest(name=created.name), metadata=auth(OWNER))
+    await service.embedding.DeleteEmbedding(
+        embedding_pb2.DeleteEmbeddingRequest(name=created.name), metadata=auth(OWNER)
+    )
     await expect_error(
         service.embedding.GetEmbedding(embedding_pb2.GetEmbeddingRequest(name=created.name), metadata=auth(OWNER)),
         grpc.StatusCode.NOT_FOUND,
@@ -306,7 +326,9 @@ async def test_list_embeddings_pages_through_a_dataset(service: Running) -> None
     names = []
     for _ in range(3):
         created = await service.embedding.CreateEmbedding(
-            embedding_pb2.CreateEmbeddingRequest(parent=DATASET, embedding=embedding_pb2.Embedding(text_columns=["label"])),
+            embedding_pb2.CreateEmbeddingRequest(
+                parent=DATASET, embedding=embedding_pb2.Embedding(text_columns=["label"])
+            ),
             metadata=auth(OWNER),
         )
         names.append(created.name)
@@ -314,7 +336,8 @@ async def test_list_embeddings_pages_through_a_dataset(service: Running) -> None
     page_token = ""
     while True:
         page = await service.embedding.ListEmbeddings(
-            embedding_pb2.ListEmbeddingsRequest(parent=DATASET, page_size=2, page_token=page_token), metadata=auth(VIEWER)
+            embedding_pb2.ListEmbeddingsRequest(parent=DATASET, page_size=2, page_token=page_token),
+            metadata=auth(VIEWER),
         )
         assert len(page.embeddings) <= 2
         seen += [e.name for e in page.embeddings]
@@ -347,7 +370,9 @@ async def test_cancelled_job_stops_and_leaves_no_vectors(service: Running) -> No
     final = await wait_until_done(service, created.name)
     assert final.job.state == job_pb2.JOB_STATE_CANCELLED
     await expect_error(
-        service.internal.StreamVectors(embedding_pb2.StreamVectorsRequest(embedding=created.name), metadata=auth(OWNER)).read(),
+        service.internal.StreamVectors(
+            embedding_pb2.StreamVectorsRequest(embedding=created.name), metadata=auth(OWNER)
+        ).read(),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     folder = service.blob_root / "embeddings" / created.name.rsplit("/", 1)[1]
@@ -357,7 +382,9 @@ async def test_cancelled_job_stops_and_leaves_no_vectors(service: Running) -> No
         await asyncio.sleep(0.2)
     assert not folder.exists() or not any(folder.iterdir())
     await expect_error(
-        service.embedding.ExtendEmbedding(embedding_pb2.ExtendEmbeddingRequest(name=created.name), metadata=auth(OWNER)),
+        service.embedding.ExtendEmbedding(
+            embedding_pb2.ExtendEmbeddingRequest(name=created.name), metadata=auth(OWNER)
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
         "once its job has succeeded",
     )

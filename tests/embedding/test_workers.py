@@ -306,7 +306,9 @@ async def test_watch_sends_a_heartbeat_while_nothing_happens(cluster: Cluster) -
     assert first.embedding.job.state == heartbeat.embedding.job.state == job_pb2.JOB_STATE_PENDING
     assert waited < 30
     stream.cancel()
-    await cluster.embedding.CancelEmbedding(embedding_pb2.CancelEmbeddingRequest(name=created.name), metadata=auth(OWNER))
+    await cluster.embedding.CancelEmbedding(
+        embedding_pb2.CancelEmbeddingRequest(name=created.name), metadata=auth(OWNER)
+    )
 
 
 async def test_a_model_folder_that_does_not_exist_is_refused_at_creation(cluster: Cluster) -> None:
@@ -387,7 +389,9 @@ async def test_cancel_stops_the_workers_and_removes_the_partial_vectors(cluster:
         if current.job.done >= 200:
             break
         await asyncio.sleep(0.05)
-    await cluster.embedding.CancelEmbedding(embedding_pb2.CancelEmbeddingRequest(name=created.name), metadata=auth(OWNER))
+    await cluster.embedding.CancelEmbedding(
+        embedding_pb2.CancelEmbeddingRequest(name=created.name), metadata=auth(OWNER)
+    )
     cancelled_at = time.monotonic()
     final = await finish(cluster, created.name)
     assert final.job.state == job_pb2.JOB_STATE_CANCELLED
@@ -401,7 +405,9 @@ async def test_cancel_stops_the_workers_and_removes_the_partial_vectors(cluster:
     assert "stopped: JobCancelled" in log, "the worker did not stop within 10 s"
     assert not folder.exists() or not any(folder.rglob("*.arrow"))
     await expect_error(
-        cluster.internal.StreamVectors(embedding_pb2.StreamVectorsRequest(embedding=created.name), metadata=auth(OWNER)).read(),
+        cluster.internal.StreamVectors(
+            embedding_pb2.StreamVectorsRequest(embedding=created.name), metadata=auth(OWNER)
+        ).read(),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
 
@@ -425,7 +431,9 @@ async def test_extend_embeds_only_the_appended_rows(cluster: Cluster) -> None:
     assert (await finish(cluster, created.name)).row_count == 300
     before = await vectors(cluster, created.name)
     await expect_error(
-        cluster.embedding.ExtendEmbedding(embedding_pb2.ExtendEmbeddingRequest(name=created.name), metadata=auth(OWNER)),
+        cluster.embedding.ExtendEmbedding(
+            embedding_pb2.ExtendEmbeddingRequest(name=created.name), metadata=auth(OWNER)
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
         "no rows were appended",
     )

@@ -91,7 +91,9 @@ async def test_an_embedding_survives_a_30_s_outage(faulty_stack: Stack, stubs: S
         watched = await asyncio.wait_for(watcher, timeout=60)
         assert watched is not None and watched.job.state == job_pb2.JOB_STATE_SUCCEEDED
     last = None
-    async for update in stubs.embedding.WatchEmbedding(embedding_pb2.WatchEmbeddingRequest(name=name), metadata=who.md, timeout=60):
+    async for update in stubs.embedding.WatchEmbedding(
+        embedding_pb2.WatchEmbeddingRequest(name=name), metadata=who.md, timeout=60
+    ):
         last = update.embedding
     assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED
 

@@ -125,7 +125,11 @@ def test_a_column_that_turns_to_text_late_is_read_as_text(tmp_path: Path) -> Non
         (b"", "data.csv", "the file is empty"),
         (b"a,b\n", "data.csv", "header but no rows"),
         (b'a,b\n1,"never closed\n2,x\n', "data.csv", "quoted value is never closed"),
-        ("a,b\n1,naïve\n2,caf\xe9\n".encode().replace(b"\xc3\xa9", b"\xe9"), "data.csv", "line 3, column 6: byte 0xe9 is not valid UTF-8"),
+        (
+            "a,b\n1,naïve\n2,caf\xe9\n".encode().replace(b"\xc3\xa9", b"\xe9"),
+            "data.csv",
+            "line 3, column 6: byte 0xe9 is not valid UTF-8",
+        ),
         (b"\x00\x01\xff\xfe\x00garbage\x99\n", "data.csv", "the file looks binary"),
         (b"a,b\n1,2\n3,4,5\n", "data.csv", "line 3 has 3 values where the header has 2 columns"),
         (b'{"a": 1}\n{"a": 2\n{"a": 3}\n', "data.jsonl", "line 2, column 1 is not valid JSON"),
@@ -206,7 +210,11 @@ def test_limits_on_rows_columns_and_cells(tmp_path: Path) -> None:
     with pytest.raises(ImportFailed, match="more than 100 rows.*EMBEDVIZ_MAX_ROWS"):
         run_import(tmp_path, b"a\n" + b"1\n" * 101, limits=Limits(max_rows=100))
     with pytest.raises(ImportFailed, match="at most 10 \\(EMBEDVIZ_MAX_COLUMNS\\)"):
-        run_import(tmp_path, b",".join(b"c%d" % i for i in range(11)) + b"\n" + b"1," * 10 + b"1\n", limits=Limits(max_columns=10))
+        run_import(
+            tmp_path,
+            b",".join(b"c%d" % i for i in range(11)) + b"\n" + b"1," * 10 + b"1\n",
+            limits=Limits(max_columns=10),
+        )
     with pytest.raises(ImportFailed, match="row 2, column 'b' holds 5000 bytes; a cell may hold at most 1000"):
         run_import(tmp_path, b"a,b\n1,x\n2," + b"y" * 5000 + b"\n", limits=Limits(max_cell_bytes=1000))
     # a 100 MB cell arrives as 100 kB of gzip; it is refused without being held in memory

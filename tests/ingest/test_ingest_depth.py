@@ -44,7 +44,9 @@ LIMITS = {
 
 
 @contextlib.contextmanager
-def running_ingest(infra: Stack, tokens: Tokens, blob_root: Path, extra: dict[str, str], log_name: str) -> Iterator[str]:
+def running_ingest(
+    infra: Stack, tokens: Tokens, blob_root: Path, extra: dict[str, str], log_name: str
+) -> Iterator[str]:
     addr = f"127.0.0.1:{_free_port()}"
     env = {
         **os.environ, **infra.env, **extra,
@@ -63,7 +65,10 @@ def running_ingest(infra: Stack, tokens: Tokens, blob_root: Path, extra: dict[st
         while True:
             assert proc.poll() is None, f"ingest exited: {log_path.read_text()[-3000:]}"
             try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     break
             except grpc.RpcError:
                 pass
@@ -103,7 +108,9 @@ def alice(service: dict[str, object]) -> User:
 
 async def send(stub: ingest_pb2_grpc.IngestServiceStub, user: User, project: str, data: bytes, filename: str) -> str:
     upload = await stub.CreateUpload(
-        ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename=filename, size_bytes=len(data))),
+        ingest_pb2.CreateUploadRequest(
+            parent=project, upload=ingest_pb2.Upload(filename=filename, size_bytes=len(data))
+        ),
         metadata=user.metadata,
     )
     for at in range(0, len(data), 1 << 20):
@@ -138,25 +145,70 @@ def parquet_bytes(rows: int = 1000) -> bytes:
 BAD_INPUTS = [
     ("empty file", b"", "empty.csv", "the file is empty"),
     ("header only", b"id,text\n", "header.csv", "the file has a header but no rows"),
-    ("binary garbage named .csv", bytes(range(256)) * 8, "garbage.csv", "the file looks binary, not CSV text (a zero byte at line 1, column 1)"),
-    ("ragged rows", b"id,text\n1,a\n2,b,extra\n3,c\n", "ragged.csv", "line 3 has 3 values where the header has 2 columns"),
-    ("unclosed quote", b'id,text\n1,"never closed\n2,x\n', "quote.csv", 'a quoted value is never closed: the " on line 2'),
-    ("invalid UTF-8", "id,text\n1,naïve\n2,caf\xe9\n".encode().replace(b"\xc3\xa9", b"\xe9"), "bad.csv", "line 3, column 6: byte 0xe9 is not valid UTF-8"),
-    ("a 100 MB single cell", gzip.compress(b"id,text\n1," + b"x" * (100 << 20) + b"\n", 1), "huge.csv.gz", "row 1 is too long to read"),
-    ("50,000 columns", b",".join(b"c%d" % i for i in range(50_000)) + b"\n" + b"1," * 49_999 + b"1\n", "wide.csv", "at most 1000 (EMBEDVIZ_MAX_COLUMNS)"),
-    ("truncated Parquet", parquet_bytes()[:-200], "cut.parquet", "could not read the file as Parquet: it is cut short or damaged"),
-    ("JSON Lines broken in the middle", b'{"a": 1}\n{"a": 2}\n{"a": 3, oops}\n{"a": 4}\n', "broken.jsonl", "line 3, column 10 is not valid JSON"),
+    (
+        "binary garbage named .csv",
+        bytes(range(256)) * 8,
+        "garbage.csv",
+        "the file looks binary, not CSV text (a zero byte at line 1, column 1)",
+    ),
+    (
+        "ragged rows",
+        b"id,text\n1,a\n2,b,extra\n3,c\n",
+        "ragged.csv",
+        "line 3 has 3 values where the header has 2 columns",
+    ),
+    (
+        "unclosed quote",
+        b'id,text\n1,"never closed\n2,x\n',
+        "quote.csv",
+        'a quoted value is never closed: the " on line 2',
+    ),
+    (
+        "invalid UTF-8",
+        "id,text\n1,naïve\n2,caf\xe9\n".encode().replace(b"\xc3\xa9", b"\xe9"),
+        "bad.csv",
+        "line 3, column 6: byte 0xe9 is not valid UTF-8",
+    ),
+    (
+        "a 100 MB single cell",
+        gzip.compress(b"id,text\n1," + b"x" * (100 << 20) + b"\n", 1),
+        "huge.csv.gz",
+        "row 1 is too long to read",
+    ),
+    (
+        "50,000 columns",
+        b",".join(b"c%d" % i for i in range(50_000)) + b"\n" + b"1," * 49_999 + b"1\n",
+        "wide.csv",
+        "at most 1000 (EMBEDVIZ_MAX_COLUMNS)",
+    ),
+    (
+        "truncated Parquet",
+        parquet_bytes()[:-200],
+        "cut.parquet",
+        "could not read the file as Parquet: it is cut short or damaged",
+    ),
+    (
+        "JSON Lines broken in the middle",
+        b'{"a": 1}\n{"a": 2}\n{"a": 3, oops}\n{"a": 4}\n',
+        "broken.jsonl",
+        "line 3, column 10 is not valid JSON",
+    ),
     ("too many rows", gzip.compress(b"n\n" + b"1\n" * 100_001), "rows.csv.gz", "more than 100000 rows"),
 ]
 
 
 @pytest.mark.parametrize(("what", "data", "filename", "expected"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-async def test_bad_input_fails_clearly_and_leaves_nothing(stub, alice: User, service, what: str, data: bytes, filename: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_input_fails_clearly_and_leaves_nothing(
+    stub, alice: User, service, what: str, data: bytes, filename: str, expected: str
+) -> None:  # type: ignore[no-untyped-def]
     project = await new_project(stub, alice)
     if not data:  # an empty file cannot even be declared
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await send(stub, alice, project.name, data, filename)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "size_bytes must be positive" in err.value.details()
+        assert (
+            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "size_bytes must be positive" in err.value.details()
+        )
         return
     final, _ = await import_file(stub, alice, project.name, data, filename)
     assert final.job.state == job_pb2.JOB_STATE_FAILED
@@ -171,21 +223,31 @@ async def test_bad_chunks_and_early_finish_are_refused(stub, alice: User) -> Non
     project = await new_project(stub, alice)
     data = b"id,text\n1,hello\n2,world\n"
     upload = await stub.CreateUpload(
-        ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=len(data))),
+        ingest_pb2.CreateUploadRequest(
+            parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=len(data))
+        ),
         metadata=alice.metadata,
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:  # wrong checksum
         await stub.AppendUploadChunk(
-            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data, crc32c=crc32c(data) ^ 1), metadata=alice.metadata
+            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data, crc32c=crc32c(data) ^ 1),
+            metadata=alice.metadata,
         )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "damaged on the way; send it again" in err.value.details()
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "damaged on the way; send it again" in err.value.details()
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:  # past the declared size
         await stub.AppendUploadChunk(
             ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=10, data=data), metadata=alice.metadata
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"the chunk ends at byte {10 + len(data)}, past the declared size of {len(data)} bytes" in err.value.details()
-    await stub.AppendUploadChunk(ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data[:7]), metadata=alice.metadata)
+    assert (
+        f"the chunk ends at byte {10 + len(data)}, past the declared size of {len(data)} bytes" in err.value.details()
+    )
+    await stub.AppendUploadChunk(
+        ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data[:7]), metadata=alice.metadata
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:  # bytes missing
         await stub.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=alice.metadata)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -203,13 +265,18 @@ async def test_upload_limits_per_upload_and_per_user(stub, alice: User) -> None:
 
     async def create(size: int) -> ingest_pb2.Upload:
         return await stub.CreateUpload(
-            ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=size)),
+            ingest_pb2.CreateUploadRequest(
+                parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=size)
+            ),
             metadata=alice.metadata,
         )
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await create(MAX_UPLOAD + 1)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"takes files up to {MAX_UPLOAD} bytes" in err.value.details()
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and f"takes files up to {MAX_UPLOAD} bytes" in err.value.details()
+    )
     for _ in range(32):  # 32 x 2 MiB declared = the user's 64 MiB
         await create(MAX_UPLOAD)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -224,7 +291,12 @@ async def test_encodings_compression_and_column_names(stub, alice: User, service
     final, _ = await import_file(stub, alice, project.name, latin, "people.csv")
     assert final.job.state == job_pb2.JOB_STATE_SUCCEEDED, final.job.error
     assert (final.encoding, final.delimiter, final.quote_char, final.compression) == ("latin-1", ",", '"', "none")
-    assert [(c.name, c.source_name) for c in final.columns] == [("name", ""), ("column_2", ""), ("name_2", "name"), ("city", "")]
+    assert [(c.name, c.source_name) for c in final.columns] == [
+        ("name", ""),
+        ("column_2", ""),
+        ("name_2", "name"),
+        ("city", ""),
+    ]
     rows = await stub.ListRows(ingest_pb2.ListRowsRequest(parent=final.name, columns=["city"]), metadata=alice.metadata)
     assert [r.values[0].string_value for r in rows.rows] == ["Málaga", "Köln"]
     assert blob_files(service, final.name) == ["rows.parquet"]
@@ -247,7 +319,9 @@ async def test_encodings_compression_and_column_names(stub, alice: User, service
 async def test_watch_shows_bytes_and_rows_parsed(stub, alice: User) -> None:  # type: ignore[no-untyped-def]
     project = await new_project(stub, alice)
     # 30 MB of CSV in about 1 MB of gzip: long enough to parse that progress shows
-    body = b"".join(b'%d,"%s",%d.5\n' % (i, b"review number %d, with a comma; " % (i % 1000) * 10, i % 97) for i in range(90_000))
+    body = b"".join(
+        b'%d,"%s",%d.5\n' % (i, b"review number %d, with a comma; " % (i % 1000) * 10, i % 97) for i in range(90_000)
+    )
     data = gzip.compress(b"id,text,score\n" + body, 6)
     assert len(data) < MAX_UPLOAD
     final, events = await import_file(stub, alice, project.name, data, "many.csv.gz")
@@ -269,7 +343,9 @@ async def test_rows_filter_sort_and_page(stub, alice: User) -> None:  # type: ig
     async def rows(**request: object) -> ingest_pb2.ListRowsResponse:
         return await stub.ListRows(ingest_pb2.ListRowsRequest(parent=final.name, **request), metadata=alice.metadata)  # type: ignore[arg-type]
 
-    page = await rows(filter='stars >= 4 AND review contains "GREAT"', order_by="id desc", columns=["id", "stars"], page_size=3)
+    page = await rows(
+        filter='stars >= 4 AND review contains "GREAT"', order_by="id desc", columns=["id", "stars"], page_size=3
+    )
     expected = [i for i in range(49, -1, -1) if i % 3 == 0 and i % 5 + 1 >= 4]
     assert page.total_size == len(expected) and [int(r.values[0].number_value) for r in page.rows] == expected[:3]
     following = await rows(
@@ -278,7 +354,11 @@ async def test_rows_filter_sort_and_page(stub, alice: User) -> None:  # type: ig
     )
     assert [int(r.values[0].number_value) for r in following.rows] == expected[3:6]
     assert (await rows(filter="refund")).total_size == 50 - len(range(0, 50, 3))
-    for bad, message in [("stars >", "no value after '>'"), ("colour = red", "column 'colour' not found"), ("stars = many", "'many' is not a number")]:
+    for bad, message in [
+        ("stars >", "no value after '>'"),
+        ("colour = red", "column 'colour' not found"),
+        ("stars = many", "'many' is not a number"),
+    ]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await rows(filter=bad)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
@@ -288,20 +368,30 @@ async def test_append_rows_continues_the_index(stub, alice: User, service) -> No
     project = await new_project(stub, alice)
     final, _ = await import_file(stub, alice, project.name, b"id,text\n0,alpha\n1,beta\n", "part1.csv")
     upload = await send(stub, alice, project.name, gzip.compress(b"text,id\ngamma,2\ndelta,3\n"), "part2.csv.gz")
-    appending = await stub.AppendRows(ingest_pb2.AppendRowsRequest(dataset=final.name, upload=upload), metadata=alice.metadata)
+    appending = await stub.AppendRows(
+        ingest_pb2.AppendRowsRequest(dataset=final.name, upload=upload), metadata=alice.metadata
+    )
     assert appending.job.state == job_pb2.JOB_STATE_PENDING
     events = await wait_done(stub, alice, final.name)
     done = events[-1]
     assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED and done.append_error == "" and done.row_count == 4
     rows = await stub.ListRows(ingest_pb2.ListRowsRequest(parent=final.name), metadata=alice.metadata)
-    assert [(r.index, r.values[1].string_value) for r in rows.rows] == [(0, "alpha"), (1, "beta"), (2, "gamma"), (3, "delta")]
+    assert [(r.index, r.values[1].string_value) for r in rows.rows] == [
+        (0, "alpha"),
+        (1, "beta"),
+        (2, "gamma"),
+        (3, "delta"),
+    ]
     assert blob_files(service, final.name) == ["rows.parquet"]
 
     other = await send(stub, alice, project.name, b"id,body\n4,x\n", "part3.csv")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AppendRows(ingest_pb2.AppendRowsRequest(dataset=final.name, upload=other), metadata=alice.metadata)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "columns differ from the dataset's (missing 'text'; not in the dataset 'body'); the dataset has: id, text" in err.value.details()
+    assert (
+        "columns differ from the dataset's (missing 'text'; not in the dataset 'body'); the dataset has: id, text"
+        in err.value.details()
+    )
 
     # a bad row near the top is refused at once
     bad = await send(stub, alice, project.name, b"id,text\n4,x\n5,y,z\n", "part4.csv")
@@ -311,7 +401,9 @@ async def test_append_rows_continues_the_index(stub, alice: User, service) -> No
     assert "part4.csv: line 3 has 3 values where the header has 2 columns" in err.value.details()
 
     # a bad row deep in the file: the append fails in the job, the dataset keeps its four rows
-    good = b"".join(b"%d,a longer line of text to fill the first blocks quickly %d\n" % (i, i) for i in range(4, 60_000))
+    good = b"".join(
+        b"%d,a longer line of text to fill the first blocks quickly %d\n" % (i, i) for i in range(4, 60_000)
+    )
     deep = await send(stub, alice, project.name, gzip.compress(b"id,text\n" + good + b"60000,y,z\n"), "part5.csv.gz")
     await stub.AppendRows(ingest_pb2.AppendRowsRequest(dataset=final.name, upload=deep), metadata=alice.metadata)
     after = (await wait_done(stub, alice, final.name))[-1]
@@ -372,10 +464,14 @@ async def test_unfinished_uploads_expire_and_their_bytes_go(service, alice: User
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             project = await new_project(stub, alice)
             upload = await stub.CreateUpload(
-                ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=100)),
+                ingest_pb2.CreateUploadRequest(
+                    parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=100)
+                ),
                 metadata=alice.metadata,
             )
-            await stub.AppendUploadChunk(ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=b"x" * 50), metadata=alice.metadata)
+            await stub.AppendUploadChunk(
+                ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=b"x" * 50), metadata=alice.metadata
+            )
             part = blobs / "uploads" / f"{upload.name.rsplit('/', 1)[1]}.part"
             assert part.exists()
             deadline = time.monotonic() + 15
@@ -423,15 +519,20 @@ def test_generated_bad_files_never_break_the_service_or_leave_blobs(
             ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name="fuzz")), metadata=alice.metadata
         )
         upload = stub.CreateUpload(
-            ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename=filename, size_bytes=len(data))),
+            ingest_pb2.CreateUploadRequest(
+                parent=project.name, upload=ingest_pb2.Upload(filename=filename, size_bytes=len(data))
+            ),
             metadata=alice.metadata,
         )
         stub.AppendUploadChunk(
-            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data, crc32c=crc32c(data)), metadata=alice.metadata
+            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=data, crc32c=crc32c(data)),
+            metadata=alice.metadata,
         )
         dataset = stub.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=alice.metadata)
         final = None
-        for event in stub.WatchDataset(ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=alice.metadata, timeout=60):
+        for event in stub.WatchDataset(
+            ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=alice.metadata, timeout=60
+        ):
             final = event.dataset
         assert final is not None
         part = blobs / "uploads" / f"{upload.name.rsplit('/', 1)[1]}.part"

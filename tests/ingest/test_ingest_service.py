@@ -102,7 +102,10 @@ def ingest(infra: Stack) -> Iterator[dict[str, object]]:
         while True:
             assert proc.poll() is None, f"ingest exited: {log_path.read_text()[-3000:]}"
             try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     break
             except grpc.RpcError:
                 pass
@@ -120,7 +123,9 @@ def ingest(infra: Stack) -> Iterator[dict[str, object]]:
 
 
 @pytest.fixture
-async def stubs(ingest: dict[str, object]) -> AsyncIterator[tuple[ingest_pb2_grpc.IngestServiceStub, ingest_pb2_grpc.IngestInternalServiceStub]]:
+async def stubs(
+    ingest: dict[str, object],
+) -> AsyncIterator[tuple[ingest_pb2_grpc.IngestServiceStub, ingest_pb2_grpc.IngestInternalServiceStub]]:
     async with grpc.aio.insecure_channel(str(ingest["addr"])) as channel:
         yield ingest_pb2_grpc.IngestServiceStub(channel), ingest_pb2_grpc.IngestInternalServiceStub(channel)
 
@@ -154,9 +159,13 @@ def reviews_csv(copies: int = 1) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-async def upload_file(stub: ingest_pb2_grpc.IngestServiceStub, user: User, project: str, data: bytes, filename: str = "reviews.csv") -> ingest_pb2.Dataset:
+async def upload_file(
+    stub: ingest_pb2_grpc.IngestServiceStub, user: User, project: str, data: bytes, filename: str = "reviews.csv"
+) -> ingest_pb2.Dataset:
     upload = await stub.CreateUpload(
-        ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename=filename, size_bytes=len(data))),
+        ingest_pb2.CreateUploadRequest(
+            parent=project, upload=ingest_pb2.Upload(filename=filename, size_bytes=len(data))
+        ),
         metadata=user.metadata,
     )
     await stub.AppendUploadChunk(
@@ -174,7 +183,9 @@ async def wait_done(stub: ingest_pb2_grpc.IngestServiceStub, user: User, name: s
     return seen
 
 
-async def new_project(stub: ingest_pb2_grpc.IngestServiceStub, user: User, title: str = "Reviews") -> ingest_pb2.Project:
+async def new_project(
+    stub: ingest_pb2_grpc.IngestServiceStub, user: User, title: str = "Reviews"
+) -> ingest_pb2.Project:
     return await stub.CreateProject(
         ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name=title)), metadata=user.metadata
     )
@@ -186,7 +197,9 @@ async def test_upload_in_chunks_import_and_read_rows(stubs, alice: User, bob: Us
     assert project.role == ingest_pb2.ROLE_OWNER
     data = reviews_csv(copies=6)  # 30 rows
     upload = await stub.CreateUpload(
-        ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename="reviews.csv", size_bytes=len(data))),
+        ingest_pb2.CreateUploadRequest(
+            parent=project.name, upload=ingest_pb2.Upload(filename="reviews.csv", size_bytes=len(data))
+        ),
         metadata=alice.metadata,
     )
     cut1, cut2 = 500, 1200
@@ -225,17 +238,20 @@ async def test_upload_in_chunks_import_and_read_rows(stubs, alice: User, bob: Us
     assert first.rows[1].values[0].number_value == 1.0
     assert first.rows[1].values[1].string_value.startswith("Screen cracked")
     second = await stub.ListRows(
-        ingest_pb2.ListRowsRequest(parent=dataset.name, page_size=12, page_token=first.next_page_token), metadata=alice.metadata
+        ingest_pb2.ListRowsRequest(parent=dataset.name, page_size=12, page_token=first.next_page_token),
+        metadata=alice.metadata,
     )
     third = await stub.ListRows(
-        ingest_pb2.ListRowsRequest(parent=dataset.name, page_size=12, page_token=second.next_page_token), metadata=alice.metadata
+        ingest_pb2.ListRowsRequest(parent=dataset.name, page_size=12, page_token=second.next_page_token),
+        metadata=alice.metadata,
     )
     assert [r.index for r in second.rows] == list(range(12, 24))
     assert [r.index for r in third.rows] == list(range(24, 30)) and third.next_page_token == ""
 
     # sort and filter
     by_id = await stub.ListRows(
-        ingest_pb2.ListRowsRequest(parent=dataset.name, columns=["id"], order_by="id desc", page_size=3), metadata=alice.metadata
+        ingest_pb2.ListRowsRequest(parent=dataset.name, columns=["id"], order_by="id desc", page_size=3),
+        metadata=alice.metadata,
     )
     assert [r.values[0].number_value for r in by_id.rows] == [29.0, 28.0, 27.0]
     negative = await stub.ListRows(
@@ -245,12 +261,15 @@ async def test_upload_in_chunks_import_and_read_rows(stubs, alice: User, bob: Us
 
     # batch get, in the order asked
     got = await stub.BatchGetRows(
-        ingest_pb2.BatchGetRowsRequest(parent=dataset.name, indexes=[7, 2, 7], columns=["label", "id"]), metadata=alice.metadata
+        ingest_pb2.BatchGetRowsRequest(parent=dataset.name, indexes=[7, 2, 7], columns=["label", "id"]),
+        metadata=alice.metadata,
     )
     assert got.columns == ["label", "id"]
     assert [(r.index, r.values[1].number_value) for r in got.rows] == [(7, 7.0), (2, 2.0), (7, 7.0)]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.BatchGetRows(ingest_pb2.BatchGetRowsRequest(parent=dataset.name, indexes=[30]), metadata=alice.metadata)
+        await stub.BatchGetRows(
+            ingest_pb2.BatchGetRowsRequest(parent=dataset.name, indexes=[30]), metadata=alice.metadata
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "out of range" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ListRows(ingest_pb2.ListRowsRequest(parent=dataset.name, columns=["body"]), metadata=alice.metadata)
@@ -271,7 +290,9 @@ async def test_upload_in_chunks_import_and_read_rows(stubs, alice: User, bob: Us
     assert streamed.column("__row").to_pylist() == list(range(5, 30))
 
     # the role, for other services
-    role = await internal.GetProjectRole(ingest_pb2.GetProjectRoleRequest(project=project.name), metadata=alice.metadata)
+    role = await internal.GetProjectRole(
+        ingest_pb2.GetProjectRoleRequest(project=project.name), metadata=alice.metadata
+    )
     assert role.role == ingest_pb2.ROLE_OWNER and role.user == f"users/{alice.id}"
 
     # another user sees nothing of it
@@ -318,7 +339,9 @@ async def test_upload_requests_are_checked(stubs, alice: User) -> None:  # type:
     async def create(filename: str, size: int, sha: str = "") -> grpc.aio.AioRpcError:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.CreateUpload(
-                ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename=filename, size_bytes=size, sha256=sha)),
+                ingest_pb2.CreateUploadRequest(
+                    parent=project.name, upload=ingest_pb2.Upload(filename=filename, size_bytes=size, sha256=sha)
+                ),
                 metadata=alice.metadata,
             )
         return err.value
@@ -329,18 +352,28 @@ async def test_upload_requests_are_checked(stubs, alice: User) -> None:  # type:
     assert (await create("a.csv", 10, "xyz")).code() == grpc.StatusCode.INVALID_ARGUMENT
 
     upload = await stub.CreateUpload(
-        ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=10, sha256="0" * 64)),
+        ingest_pb2.CreateUploadRequest(
+            parent=project.name, upload=ingest_pb2.Upload(filename="a.csv", size_bytes=10, sha256="0" * 64)
+        ),
         metadata=alice.metadata,
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.AppendUploadChunk(ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=5, data=b"123456"), metadata=alice.metadata)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "past the declared size of 10 bytes" in err.value.details()
+        await stub.AppendUploadChunk(
+            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=5, data=b"123456"), metadata=alice.metadata
+        )
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "past the declared size of 10 bytes" in err.value.details()
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AppendUploadChunk(
-            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=b"a,b\n1,2\n33", crc32c=12345), metadata=alice.metadata
+            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=b"a,b\n1,2\n33", crc32c=12345),
+            metadata=alice.metadata,
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "crc32c" in err.value.details()
-    await stub.AppendUploadChunk(ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=b"a,b\n1,2\n33"), metadata=alice.metadata)
+    await stub.AppendUploadChunk(
+        ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=0, data=b"a,b\n1,2\n33"), metadata=alice.metadata
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=alice.metadata)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "SHA-256" in err.value.details()
@@ -353,7 +386,9 @@ async def test_projects_list_update_and_delete(stubs, alice: User) -> None:  # t
     made = [await new_project(stub, alice, f"P{i}") for i in range(5)]
     names, token = [], ""
     while True:
-        page = await stub.ListProjects(ingest_pb2.ListProjectsRequest(page_size=2, page_token=token), metadata=alice.metadata)
+        page = await stub.ListProjects(
+            ingest_pb2.ListProjectsRequest(page_size=2, page_token=token), metadata=alice.metadata
+        )
         names += [p.name for p in page.projects]
         token = page.next_page_token
         if not token:
@@ -361,7 +396,9 @@ async def test_projects_list_update_and_delete(stubs, alice: User) -> None:  # t
     assert names == [p.name for p in reversed(made)]
 
     updated = await stub.UpdateProject(
-        ingest_pb2.UpdateProjectRequest(project=ingest_pb2.Project(name=made[0].name, display_name="Renamed", description="d")),
+        ingest_pb2.UpdateProjectRequest(
+            project=ingest_pb2.Project(name=made[0].name, display_name="Renamed", description="d")
+        ),
         metadata=alice.metadata,
     )
     assert updated.display_name == "Renamed" and updated.description == "d"

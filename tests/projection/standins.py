@@ -35,12 +35,29 @@ PRIVATE_KEY = ec.generate_private_key(ec.SECP256R1())
 PUBLIC_JWK = jwt.PyJWK(
     {**jwt.algorithms.ECAlgorithm.to_jwk(PRIVATE_KEY.public_key(), as_dict=True), "kid": KID, "alg": "ES256"}
 )
-JWKS = {"keys": [{**jwt.algorithms.ECAlgorithm.to_jwk(PRIVATE_KEY.public_key(), as_dict=True), "kid": KID, "alg": "ES256", "use": "sig"}]}
+JWKS = {
+    "keys": [
+        {
+            **jwt.algorithms.ECAlgorithm.to_jwk(PRIVATE_KEY.public_key(), as_dict=True),
+            "kid": KID,
+            "alg": "ES256",
+            "use": "sig",
+        }
+    ]
+}
 
 
 def token(user: str, audience: str = "embedviz") -> str:
     now = int(time.time())
-    claims = {"iss": ISSUER, "aud": audience, "sub": user, "email": f"{user}@x", "iat": now, "nbf": now, "exp": now + 900}
+    claims = {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": user,
+        "email": f"{user}@x",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 900,
+    }
     return jwt.encode(claims, PRIVATE_KEY, algorithm="ES256", headers={"kid": KID})
 
 
@@ -122,7 +139,9 @@ class StandIns(
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, part.schema) as writer:
                 writer.write_table(part)
-            yield ingest_pb2.StreamRowsResponse(start_row=start, row_count=part.num_rows, arrow_ipc=sink.getvalue().to_pybytes())
+            yield ingest_pb2.StreamRowsResponse(
+                start_row=start, row_count=part.num_rows, arrow_ipc=sink.getvalue().to_pybytes()
+            )
 
     async def ListRows(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._visible(context, request.parent)
@@ -166,12 +185,15 @@ class StandIns(
         expires = Timestamp()
         expires.FromSeconds(int(time.time()) + 900)
         return auth_pb2.IssueDelegatedTokenResponse(
-            access_token=token(request.user.removeprefix("users/"), "embedviz-internal"), access_token_expire_time=expires
+            access_token=token(request.user.removeprefix("users/"), "embedviz-internal"),
+            access_token_expire_time=expires,
         )
 
 
 async def serve(world: World) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+    server = grpc.aio.server(
+        options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    )
     standins = StandIns(world)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(standins, server)
     ingest_pb2_grpc.add_IngestInternalServiceServicer_to_server(standins, server)

@@ -80,7 +80,9 @@ def world() -> standins.World:
 
     names, labels, texts = labelled_rows()
     model = SentenceTransformer(Settings.from_env().model_path, device="cpu")
-    world = standins.World(project=PROJECT, roles={OWNER: ingest_pb2.ROLE_OWNER, VIEWER: ingest_pb2.ROLE_VIEWER}, model=model)
+    world = standins.World(
+        project=PROJECT, roles={OWNER: ingest_pb2.ROLE_OWNER, VIEWER: ingest_pb2.ROLE_VIEWER}, model=model
+    )
     table = pa.table({"name": names, "section": labels, "summary": texts, "n": list(range(len(texts)))})
     world.datasets[DATASET] = standins.Dataset(table)
     world.embeddings[EMBEDDING] = (DATASET, world.embed(texts), job_pb2.JOB_STATE_SUCCEEDED, ["summary"])
@@ -94,7 +96,9 @@ class Service:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def service(infra: Stack, world: standins.World, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
+async def service(
+    infra: Stack, world: standins.World, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
     others, address = await standins.serve(world)
     settings = dataclasses.replace(
         Settings.from_env(),
@@ -132,9 +136,13 @@ def create(stub: projection_pb2_grpc.ProjectionServiceStub, parent: str = EMBEDD
     )
 
 
-async def finished(stub: projection_pb2_grpc.ProjectionServiceStub, name: str, stages: list[str] | None = None) -> projection_pb2.Projection:
+async def finished(
+    stub: projection_pb2_grpc.ProjectionServiceStub, name: str, stages: list[str] | None = None
+) -> projection_pb2.Projection:
     last = None
-    async for update in stub.WatchProjection(projection_pb2.WatchProjectionRequest(name=name), metadata=auth(VIEWER), timeout=300):
+    async for update in stub.WatchProjection(
+        projection_pb2.WatchProjectionRequest(name=name), metadata=auth(VIEWER), timeout=300
+    ):
         last = update.projection
         if stages is not None and (not stages or stages[-1] != last.job.stage):
             stages.append(last.job.stage)
@@ -190,7 +198,17 @@ async def test_map_neighbours_mostly_share_the_section_far_above_chance(
     nearest = np.argsort(distances, axis=1)[:, :10]
     assert abs(float((labels[nearest] == labels[:, None]).mean()) - quality.label_agreement) < 0.02
     # the job named its stages in order, as a watcher saw them
-    order = ["loading vectors", "pre-reduction", "neighbours", "optimisation", "clustering", "quality", "labelling", "saving", "done"]
+    order = [
+        "loading vectors",
+        "pre-reduction",
+        "neighbours",
+        "optimisation",
+        "clustering",
+        "quality",
+        "labelling",
+        "saving",
+        "done",
+    ]
     seen = [s for s in stages if s in order]
     assert seen == sorted(seen, key=order.index), stages
     assert {"clustering", "quality", "labelling", "done"} <= set(seen), stages
@@ -202,7 +220,9 @@ async def test_cluster_labels_are_words_found_in_the_clusters_texts(
     done, _ = labelled_map
     _, clusters = await points_of(service.stub, done.name)
     texts = world.datasets[DATASET].table.column("summary").to_pylist()
-    listed = await service.stub.ListClusters(projection_pb2.ListClustersRequest(parent=done.name), metadata=auth(VIEWER))
+    listed = await service.stub.ListClusters(
+        projection_pb2.ListClustersRequest(parent=done.name), metadata=auth(VIEWER)
+    )
     assert sum(c.size for c in listed.clusters) == len(texts)
     assert len(listed.clusters) == len(SECTIONS)
     for cluster in listed.clusters:
@@ -232,7 +252,8 @@ async def test_search_by_meaning_returns_rows_about_the_phrase_first_with_scores
     needle = "font" if "fonts" in sections else "bread"
     column = "name" if "fonts" in sections else "summary"
     found = await service.stub.SearchPoints(
-        projection_pb2.SearchPointsRequest(name=done.name, query=needle, column=column, limit=1000), metadata=auth(VIEWER)
+        projection_pb2.SearchPointsRequest(name=done.name, query=needle, column=column, limit=1000),
+        metadata=auth(VIEWER),
     )
     values = table.column(column).to_pylist()
     assert {m.row_index for m in found.matches} == {i for i, v in enumerate(values) if needle in v.lower()}
@@ -250,10 +271,13 @@ async def test_neighbours_of_a_row_include_its_near_duplicate(
         assert original not in [n.row_index for n in near.neighbors]
 
 
-async def _export(stub: projection_pb2_grpc.ProjectionServiceStub, name: str, file_format: int, columns: list[str], rows: list[int]) -> tuple[bytes, str, int]:
+async def _export(
+    stub: projection_pb2_grpc.ProjectionServiceStub, name: str, file_format: int, columns: list[str], rows: list[int]
+) -> tuple[bytes, str, int]:
     data, types, chunks = b"", set(), 0
     async for part in stub.ExportProjection(
-        projection_pb2.ExportProjectionRequest(name=name, format=file_format, columns=columns, row_indexes=rows), metadata=auth(VIEWER)
+        projection_pb2.ExportProjectionRequest(name=name, format=file_format, columns=columns, row_indexes=rows),
+        metadata=auth(VIEWER),
     ):
         data += part.data
         types.add(part.content_type)
@@ -268,7 +292,9 @@ async def test_export_of_a_selection_has_exactly_those_rows_and_columns(
     done, _ = labelled_map
     table = world.datasets[DATASET].table
     points, clusters = await points_of(service.stub, done.name)
-    listed = await service.stub.ListClusters(projection_pb2.ListClustersRequest(parent=done.name), metadata=auth(VIEWER))
+    listed = await service.stub.ListClusters(
+        projection_pb2.ListClustersRequest(parent=done.name), metadata=auth(VIEWER)
+    )
     label_of = {c.id: c.label for c in listed.clusters}
     selection = [250, 5, 2, 5, 120]
     wanted = [2, 5, 120, 250]
@@ -283,18 +309,29 @@ async def test_export_of_a_selection_has_exactly_those_rows_and_columns(
             assert r["cluster"] == clusters[i] and r["label"] == label_of[clusters[i]]
             assert abs(r["x"] - points[i, 0]) < 1e-4 and abs(r["y"] - points[i, 1]) < 1e-4
 
-    data, kind, _ = await _export(service.stub, done.name, projection_pb2.EXPORT_FORMAT_CSV, ["name", "section"], selection)
+    data, kind, _ = await _export(
+        service.stub, done.name, projection_pb2.EXPORT_FORMAT_CSV, ["name", "section"], selection
+    )
     assert kind == "text/csv"
     import csv
 
     rows = list(csv.DictReader(io.StringIO(data.decode())))
-    check([{**r, "row": int(r["row"]), "x": float(r["x"]), "y": float(r["y"]), "cluster": int(r["cluster"])} for r in rows])
+    check(
+        [
+            {**r, "row": int(r["row"]), "x": float(r["x"]), "y": float(r["y"]), "cluster": int(r["cluster"])}
+            for r in rows
+        ]
+    )
 
-    data, kind, _ = await _export(service.stub, done.name, projection_pb2.EXPORT_FORMAT_JSONL, ["name", "section"], selection)
+    data, kind, _ = await _export(
+        service.stub, done.name, projection_pb2.EXPORT_FORMAT_JSONL, ["name", "section"], selection
+    )
     assert kind == "application/jsonl"
     check([json.loads(line) for line in data.decode().splitlines()])
 
-    data, kind, _ = await _export(service.stub, done.name, projection_pb2.EXPORT_FORMAT_PARQUET, ["name", "section"], selection)
+    data, kind, _ = await _export(
+        service.stub, done.name, projection_pb2.EXPORT_FORMAT_PARQUET, ["name", "section"], selection
+    )
     assert kind == "application/vnd.apache.parquet"
     check(pq.read_table(pa.BufferReader(data)).to_pylist())
 
@@ -361,15 +398,29 @@ async def test_project_when_done_gets_a_default_projection_from_the_embedding_ev
     nc = await nats.connect(service.nats_url)
     js = nc.jetstream()
     try:
-        await js.publish(f"events.embedding.{asked.rsplit('/', 1)[1]}", event(asked, True, job_pb2.JOB_STATE_RUNNING), stream=EVENTS_STREAM)
-        await js.publish(f"events.embedding.{not_asked.rsplit('/', 1)[1]}", event(not_asked, False, job_pb2.JOB_STATE_SUCCEEDED), stream=EVENTS_STREAM)
+        await js.publish(
+            f"events.embedding.{asked.rsplit('/', 1)[1]}",
+            event(asked, True, job_pb2.JOB_STATE_RUNNING),
+            stream=EVENTS_STREAM,
+        )
+        await js.publish(
+            f"events.embedding.{not_asked.rsplit('/', 1)[1]}",
+            event(not_asked, False, job_pb2.JOB_STATE_SUCCEEDED),
+            stream=EVENTS_STREAM,
+        )
         for _ in range(2):  # delivered twice, made once
-            await js.publish(f"events.embedding.{asked.rsplit('/', 1)[1]}", event(asked, True, job_pb2.JOB_STATE_SUCCEEDED), stream=EVENTS_STREAM)
+            await js.publish(
+                f"events.embedding.{asked.rsplit('/', 1)[1]}",
+                event(asked, True, job_pb2.JOB_STATE_SUCCEEDED),
+                stream=EVENTS_STREAM,
+            )
     finally:
         await nc.close()
 
     async def listed(parent: str) -> list[projection_pb2.Projection]:
-        response = await service.stub.ListProjections(projection_pb2.ListProjectionsRequest(parent=parent), metadata=auth(VIEWER))
+        response = await service.stub.ListProjections(
+            projection_pb2.ListProjectionsRequest(parent=parent), metadata=auth(VIEWER)
+        )
         return list(response.projections)
 
     for _ in range(100):

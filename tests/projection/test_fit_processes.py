@@ -252,7 +252,9 @@ async def cancel_and_measure(setup: Setup, service: Service, name: str, child: i
 
     samples = [(0.0, tree_cpu(pid))]
     began = time.monotonic()
-    cancelled = await service.stub.CancelProjection(projection_pb2.CancelProjectionRequest(name=name), metadata=auth(OWNER))
+    cancelled = await service.stub.CancelProjection(
+        projection_pb2.CancelProjectionRequest(name=name), metadata=auth(OWNER)
+    )
     assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
     gone_after = None
     while time.monotonic() - began < 3.0:
@@ -304,7 +306,10 @@ async def test_a_fitting_process_killed_from_outside_fails_the_job_and_the_next_
     os.kill(child, signal.SIGKILL)
     began = time.monotonic()
     done = await finished(service, tsne.name, timeout=30)
-    print(f"\nfitting process killed from outside: the job ended {job_pb2.JobState.Name(done.job.state)} after {time.monotonic() - began:.2f} s: {done.job.error}")
+    print(
+        f"\nfitting process killed from outside: the job ended {job_pb2.JobState.Name(done.job.state)} "
+        f"after {time.monotonic() - began:.2f} s: {done.job.error}"
+    )
     assert done.job.state == job_pb2.JOB_STATE_FAILED
     assert "killed by SIGKILL" in done.job.error and "optimisation" in done.job.error, done.job.error
     assert job_folders(setup) == []

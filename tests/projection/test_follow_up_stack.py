@@ -24,7 +24,9 @@ async def test_an_embedding_with_project_when_done_gets_its_default_projection(s
         edge = EdgeClient(session, stack.edge_url)
         signed = await edge.unary(
             "/embedviz.v1.AuthService/SignUp",
-            auth_pb2.SignUpRequest(email=f"follow-{uuid.uuid4().hex[:8]}@example.org", password="correct horse battery"),
+            auth_pb2.SignUpRequest(
+                email=f"follow-{uuid.uuid4().hex[:8]}@example.org", password="correct horse battery"
+            ),
             auth_pb2.SignUpResponse,
         )
         logged = await edge.unary(
@@ -40,7 +42,9 @@ async def test_an_embedding_with_project_when_done_gets_its_default_projection(s
         )
         upload = await edge.unary(
             "/embedviz.v1.IngestService/CreateUpload",
-            ingest_pb2.CreateUploadRequest(parent=project.name, upload=ingest_pb2.Upload(filename="t.csv", size_bytes=len(data))),
+            ingest_pb2.CreateUploadRequest(
+                parent=project.name, upload=ingest_pb2.Upload(filename="t.csv", size_bytes=len(data))
+            ),
             ingest_pb2.Upload,
         )
         await edge.unary(
@@ -49,10 +53,14 @@ async def test_an_embedding_with_project_when_done_gets_its_default_projection(s
             ingest_pb2.AppendUploadChunkResponse,
         )
         dataset = await edge.unary(
-            "/embedviz.v1.IngestService/FinishUpload", ingest_pb2.FinishUploadRequest(name=upload.name), ingest_pb2.Dataset
+            "/embedviz.v1.IngestService/FinishUpload",
+            ingest_pb2.FinishUploadRequest(name=upload.name),
+            ingest_pb2.Dataset,
         )
         watched = await edge.stream(
-            "/embedviz.v1.IngestService/WatchDataset", ingest_pb2.WatchDatasetRequest(name=dataset.name), ingest_pb2.WatchDatasetResponse
+            "/embedviz.v1.IngestService/WatchDataset",
+            ingest_pb2.WatchDatasetRequest(name=dataset.name),
+            ingest_pb2.WatchDatasetResponse,
         )
         assert watched[-1].dataset.job.state == job_pb2.JOB_STATE_SUCCEEDED
         embedding = await edge.unary(

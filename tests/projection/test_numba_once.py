@@ -57,7 +57,9 @@ def test_a_new_process_loads_compiled_umap_from_the_disk_cache() -> None:
     cache = os.environ.get("NUMBA_CACHE_DIR") or maps.ensure_numba_cache()
     env = {**os.environ, "NUMBA_CACHE_DIR": cache}
     maps.warm_umap()  # this process has compiled, and so cached, all it can
-    second = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    second = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
     counts = json.loads(second.stdout.strip().splitlines()[-1])
     # numba re-compiles some pynndescent specialisations in every process (those that take
     # other jitted functions as arguments); the rest come from the disk cache

@@ -73,7 +73,15 @@ ROWS = pa.table({"text": TEXTS, "n": list(range(len(TEXTS)))})
 
 def token(user: str, audience: str = "embedviz") -> str:
     now = int(time.time())
-    claims = {"iss": ISSUER, "aud": audience, "sub": user, "email": f"{user}@x", "iat": now, "nbf": now, "exp": now + 900}
+    claims = {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": user,
+        "email": f"{user}@x",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 900,
+    }
     return jwt.encode(claims, PRIVATE_KEY, algorithm="ES256", headers={"kid": KID})
 
 
@@ -106,7 +114,9 @@ class StandInIngest(ingest_pb2_grpc.IngestServiceServicer, ingest_pb2_grpc.Inges
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, part.schema) as writer:
                 writer.write_table(part)
-            yield ingest_pb2.StreamRowsResponse(start_row=start, row_count=part.num_rows, arrow_ipc=sink.getvalue().to_pybytes())
+            yield ingest_pb2.StreamRowsResponse(
+                start_row=start, row_count=part.num_rows, arrow_ipc=sink.getvalue().to_pybytes()
+            )
 
     async def ListRows(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         hits = [i for i, t in enumerate(TEXTS) if request.filter.lower() in t.lower()]
@@ -123,7 +133,9 @@ def _value(text: str) -> Any:
     return struct_pb2.Value(string_value=text)
 
 
-class StandInEmbedding(embedding_pb2_grpc.EmbeddingServiceServicer, embedding_pb2_grpc.EmbeddingInternalServiceServicer):
+class StandInEmbedding(
+    embedding_pb2_grpc.EmbeddingServiceServicer, embedding_pb2_grpc.EmbeddingInternalServiceServicer
+):
     embeddings = {
         EMBEDDING: (VECTORS, job_pb2.JOB_STATE_SUCCEEDED),
         RUNNING_EMBEDDING: (VECTORS, job_pb2.JOB_STATE_RUNNING),
@@ -157,7 +169,8 @@ class StandInAuth(auth_pb2_grpc.AuthInternalServiceServicer):
         expires = Timestamp()
         expires.FromSeconds(int(time.time()) + 900)
         return auth_pb2.IssueDelegatedTokenResponse(
-            access_token=token(request.user.removeprefix("users/"), "embedviz-internal"), access_token_expire_time=expires
+            access_token=token(request.user.removeprefix("users/"), "embedviz-internal"),
+            access_token_expire_time=expires,
         )
 
 
@@ -166,7 +179,9 @@ async def _keys(kid: str) -> jwt.PyJWK | None:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def projections(infra: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[projection_pb2_grpc.ProjectionServiceStub]:
+async def projections(
+    infra: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[projection_pb2_grpc.ProjectionServiceStub]:
     others = grpc.aio.server()
     ingest, embedding = StandInIngest(), StandInEmbedding()
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, others)
@@ -213,7 +228,9 @@ async def expect_error(call: Any, code: grpc.StatusCode, text: str = "") -> None
     assert text in (info.value.details() or ""), info.value.details()
 
 
-def create(stub: projection_pb2_grpc.ProjectionServiceStub, parent: str = EMBEDDING, user: str = OWNER, **spec: Any) -> Any:
+def create(
+    stub: projection_pb2_grpc.ProjectionServiceStub, parent: str = EMBEDDING, user: str = OWNER, **spec: Any
+) -> Any:
     return stub.CreateProjection(
         projection_pb2.CreateProjectionRequest(parent=parent, projection=projection_pb2.Projection(**spec)),
         metadata=auth(user),
@@ -222,7 +239,9 @@ def create(stub: projection_pb2_grpc.ProjectionServiceStub, parent: str = EMBEDD
 
 async def finished(stub: projection_pb2_grpc.ProjectionServiceStub, name: str) -> projection_pb2.Projection:
     last = None
-    async for update in stub.WatchProjection(projection_pb2.WatchProjectionRequest(name=name), metadata=auth(VIEWER), timeout=180):
+    async for update in stub.WatchProjection(
+        projection_pb2.WatchProjectionRequest(name=name), metadata=auth(VIEWER), timeout=180
+    ):
         last = update.projection
     assert last is not None
     return last
@@ -242,7 +261,9 @@ async def test_create_refuses_what_cannot_be_projected(projections: projection_p
     await expect_error(create(projections, "projects/p1/nonsense"), grpc.StatusCode.INVALID_ARGUMENT)
 
 
-async def test_a_projection_makes_points_clusters_and_labels(projections: projection_pb2_grpc.ProjectionServiceStub) -> None:
+async def test_a_projection_makes_points_clusters_and_labels(
+    projections: projection_pb2_grpc.ProjectionServiceStub,
+) -> None:
     created = await create(
         projections,
         method=projection_pb2.PROJECTION_METHOD_PCA,
@@ -270,7 +291,9 @@ async def test_a_projection_makes_points_clusters_and_labels(projections: projec
     for topic in range(3):  # each topic is one cluster
         assert len(set(labels[TRUTH == topic].tolist())) == 1
 
-    listed = await projections.ListClusters(projection_pb2.ListClustersRequest(parent=created.name), metadata=auth(VIEWER))
+    listed = await projections.ListClusters(
+        projection_pb2.ListClustersRequest(parent=created.name), metadata=auth(VIEWER)
+    )
     assert sorted(c.size for c in listed.clusters) == [PER_TOPIC] * 3
     for cluster in listed.clusters:
         topic = int(TRUTH[labels == cluster.id][0])
@@ -283,7 +306,8 @@ async def test_a_projection_makes_points_clusters_and_labels(projections: projec
     )
     assert len(found.matches) == 5 and all(TRUTH[m.row_index] == 2 for m in found.matches)
     substring = await projections.SearchPoints(
-        projection_pb2.SearchPointsRequest(name=created.name, query="orchard", column="text", limit=1000), metadata=auth(VIEWER)
+        projection_pb2.SearchPointsRequest(name=created.name, query="orchard", column="text", limit=1000),
+        metadata=auth(VIEWER),
     )
     assert substring.matches and all("orchard" in TEXTS[m.row_index] and m.score == 1 for m in substring.matches)
 
@@ -293,23 +317,36 @@ async def test_a_projection_makes_points_clusters_and_labels(projections: projec
     assert len(near.neighbors) == 7 and 45 not in [n.row_index for n in near.neighbors]
     assert all(TRUTH[n.row_index] == TRUTH[45] for n in near.neighbors)
     await expect_error(
-        projections.FindNeighbors(projection_pb2.FindNeighborsRequest(name=created.name, row_index=len(TEXTS)), metadata=auth(VIEWER)),
+        projections.FindNeighbors(
+            projection_pb2.FindNeighborsRequest(name=created.name, row_index=len(TEXTS)), metadata=auth(VIEWER)
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "row_index is 120",
     )
 
     csv = b""
-    async for part in projections.ExportProjection(projection_pb2.ExportProjectionRequest(name=created.name), metadata=auth(VIEWER)):
+    async for part in projections.ExportProjection(
+        projection_pb2.ExportProjectionRequest(name=created.name), metadata=auth(VIEWER)
+    ):
         assert part.content_type == "text/csv"
         csv += part.data
     lines = csv.decode().splitlines()
     assert lines[0] == "row,x,y,cluster,label" and len(lines) == len(TEXTS) + 1
 
     # others' eyes and hands
-    await expect_error(projections.GetProjection(projection_pb2.GetProjectionRequest(name=created.name), metadata=auth(STRANGER)), grpc.StatusCode.NOT_FOUND)
-    await expect_error(projections.DeleteProjection(projection_pb2.DeleteProjectionRequest(name=created.name), metadata=auth(VIEWER)), grpc.StatusCode.PERMISSION_DENIED)
+    await expect_error(
+        projections.GetProjection(projection_pb2.GetProjectionRequest(name=created.name), metadata=auth(STRANGER)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect_error(
+        projections.DeleteProjection(projection_pb2.DeleteProjectionRequest(name=created.name), metadata=auth(VIEWER)),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
     await projections.DeleteProjection(projection_pb2.DeleteProjectionRequest(name=created.name), metadata=auth(OWNER))
-    await expect_error(projections.GetProjection(projection_pb2.GetProjectionRequest(name=created.name), metadata=auth(OWNER)), grpc.StatusCode.NOT_FOUND)
+    await expect_error(
+        projections.GetProjection(projection_pb2.GetProjectionRequest(name=created.name), metadata=auth(OWNER)),
+        grpc.StatusCode.NOT_FOUND,
+    )
 
 
 async def test_umap_3d_with_hdbscan_and_paging(projections: projection_pb2_grpc.ProjectionServiceStub) -> None:
@@ -318,17 +355,22 @@ async def test_umap_3d_with_hdbscan_and_paging(projections: projection_pb2_grpc.
         dimensions=3,
         seed=1,
         umap=projection_pb2.UmapParams(n_neighbors=10),
-        clustering=projection_pb2.ClusterParams(algorithm=projection_pb2.CLUSTER_ALGORITHM_HDBSCAN, min_cluster_size=10),
+        clustering=projection_pb2.ClusterParams(
+            algorithm=projection_pb2.CLUSTER_ALGORITHM_HDBSCAN, min_cluster_size=10
+        ),
     )
     done = await finished(projections, created.name)
     assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED, done.job.error
     assert done.dimensions == 3 and done.cluster_count >= 2
 
     second = await create(projections, method=projection_pb2.PROJECTION_METHOD_PCA)
-    page = await projections.ListProjections(projection_pb2.ListProjectionsRequest(parent=EMBEDDING, page_size=1), metadata=auth(VIEWER))
+    page = await projections.ListProjections(
+        projection_pb2.ListProjectionsRequest(parent=EMBEDDING, page_size=1), metadata=auth(VIEWER)
+    )
     assert len(page.projections) == 1 and page.next_page_token
     rest = await projections.ListProjections(
-        projection_pb2.ListProjectionsRequest(parent=EMBEDDING, page_size=100, page_token=page.next_page_token), metadata=auth(VIEWER)
+        projection_pb2.ListProjectionsRequest(parent=EMBEDDING, page_size=100, page_token=page.next_page_token),
+        metadata=auth(VIEWER),
     )
     names = {p.name for p in [*page.projections, *rest.projections]}
     assert {created.name, second.name} <= names
@@ -337,7 +379,9 @@ async def test_umap_3d_with_hdbscan_and_paging(projections: projection_pb2_grpc.
 
 async def test_cancelling_a_projection_stops_it(projections: projection_pb2_grpc.ProjectionServiceStub) -> None:
     created = await create(projections, method=projection_pb2.PROJECTION_METHOD_TSNE)
-    cancelled = await projections.CancelProjection(projection_pb2.CancelProjectionRequest(name=created.name), metadata=auth(OWNER))
+    cancelled = await projections.CancelProjection(
+        projection_pb2.CancelProjectionRequest(name=created.name), metadata=auth(OWNER)
+    )
     assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
     done = await finished(projections, created.name)
     assert done.job.state == job_pb2.JOB_STATE_CANCELLED

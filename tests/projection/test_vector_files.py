@@ -37,7 +37,9 @@ async def test_memory_mapped_vectors_answer_as_the_vectors_in_memory(tmp_path: P
     assert maps.nearest(unit, unit[9], 10, 9) == maps.nearest(maps.normalise(raw), maps.normalise(raw)[9], 10, 9)
 
     again = await files.get("projects/p/datasets/d/embeddings/e", 3000, loader(raw, fetched))
-    other_process = await VectorFiles(tmp_path, 1 << 30).get("projects/p/datasets/d/embeddings/e", 3000, loader(raw, fetched))
+    other_process = await VectorFiles(tmp_path, 1 << 30).get(
+        "projects/p/datasets/d/embeddings/e", 3000, loader(raw, fetched)
+    )
     assert again is unit and np.array_equal(other_process, unit)
     assert fetched == [3000]  # fetched once; the second reader opened the file
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left

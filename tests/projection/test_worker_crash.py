@@ -109,7 +109,11 @@ def workers(setup: Setup) -> Iterator[list[subprocess.Popen[bytes]]]:
 def start_worker(setup: Setup, started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
     log = open(setup.logs / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.projection", "worker"], cwd=ROOT, env=setup.env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "services.projection", "worker"],
+        cwd=ROOT,
+        env=setup.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     started.append(process)
     return process
@@ -129,7 +133,9 @@ async def test_a_job_whose_worker_was_killed_is_completed_by_a_new_worker(
     )
 
     async def state() -> projection_pb2.Projection:
-        return await setup.stub.GetProjection(projection_pb2.GetProjectionRequest(name=created.name), metadata=auth(OWNER))
+        return await setup.stub.GetProjection(
+            projection_pb2.GetProjectionRequest(name=created.name), metadata=auth(OWNER)
+        )
 
     seen: list[str] = []
     for _ in range(1200):  # until the first worker is making the map
@@ -156,6 +162,8 @@ async def test_a_job_whose_worker_was_killed_is_completed_by_a_new_worker(
     assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
     assert last.point_count == ROWS
     count = 0
-    async for chunk in setup.stub.StreamPoints(projection_pb2.StreamPointsRequest(name=created.name), metadata=auth(OWNER)):
+    async for chunk in setup.stub.StreamPoints(
+        projection_pb2.StreamPointsRequest(name=created.name), metadata=auth(OWNER)
+    ):
         count += chunk.count
     assert count == ROWS

@@ -53,7 +53,9 @@ class Person:
 
 class Stubs:
     def __init__(self, stack: Stack) -> None:
-        self.channels = {name: grpc.aio.insecure_channel(stack.addrs[name]) for name in ("auth", "ingest", "embedding", "projection")}
+        self.channels = {
+            name: grpc.aio.insecure_channel(stack.addrs[name]) for name in ("auth", "ingest", "embedding", "projection")
+        }
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channels["auth"])
         self.auth_internal = auth_pb2_grpc.AuthInternalServiceStub(self.channels["auth"])
         self.ingest = ingest_pb2_grpc.IngestServiceStub(self.channels["ingest"])
@@ -86,7 +88,9 @@ class Stubs:
     async def make_dataset(self, who: Person, project: str, n_rows: int = 100, wait: bool = True) -> str:
         data = csv_bytes(rows(n_rows))
         upload = await self.ingest.CreateUpload(
-            ingest_pb2.CreateUploadRequest(parent=project, upload=ingest_pb2.Upload(filename="notes.csv", size_bytes=len(data))),
+            ingest_pb2.CreateUploadRequest(
+                parent=project, upload=ingest_pb2.Upload(filename="notes.csv", size_bytes=len(data))
+            ),
             metadata=who.md,
         )
         await self.ingest.AppendUploadChunk(
@@ -95,19 +99,25 @@ class Stubs:
         dataset = await self.ingest.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=who.md)
         if wait:
             last = None
-            async for update in self.ingest.WatchDataset(ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=who.md, timeout=120):
+            async for update in self.ingest.WatchDataset(
+                ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=who.md, timeout=120
+            ):
                 last = update.dataset
             assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
         return dataset.name
 
     async def make_embedding(self, who: Person, dataset: str, wait: bool = True) -> str:
         made = await self.embedding.CreateEmbedding(
-            embedding_pb2.CreateEmbeddingRequest(parent=dataset, embedding=embedding_pb2.Embedding(text_columns=["text"])),
+            embedding_pb2.CreateEmbeddingRequest(
+                parent=dataset, embedding=embedding_pb2.Embedding(text_columns=["text"])
+            ),
             metadata=who.md,
         )
         if wait:
             last = None
-            async for update in self.embedding.WatchEmbedding(embedding_pb2.WatchEmbeddingRequest(name=made.name), metadata=who.md, timeout=180):
+            async for update in self.embedding.WatchEmbedding(
+                embedding_pb2.WatchEmbeddingRequest(name=made.name), metadata=who.md, timeout=180
+            ):
                 last = update.embedding
             assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
         return made.name
@@ -127,7 +137,9 @@ class Stubs:
         )
         if wait:
             last = None
-            async for update in self.projection.WatchProjection(projection_pb2.WatchProjectionRequest(name=made.name), metadata=who.md, timeout=180):
+            async for update in self.projection.WatchProjection(
+                projection_pb2.WatchProjectionRequest(name=made.name), metadata=who.md, timeout=180
+            ):
                 last = update.projection
             assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
         return made.name
