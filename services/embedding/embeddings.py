@@ -11,6 +11,7 @@ from typing import Protocol
 
 import pyarrow as pa
 from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from embedviz.v1 import embedding_pb2, ingest_pb2
 from services.common import paging
@@ -19,7 +20,7 @@ from services.common.blobs import BlobStore
 from services.common.clients import ProjectAccess
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, excerpt
-from services.common.events import EventBus
+from services.common.events import EVENTS_STREAM, EventBus, event_subject
 from services.common.jobs import CANCELLED, PENDING, SUCCEEDED, TERMINAL, job_to_proto, timestamp, utcnow
 from services.common.names import new_id, parse
 from services.common.outbox import Outbox
@@ -147,6 +148,13 @@ class Embeddings:
 
     async def publish(self, row: EmbeddingRow) -> None:
         await self.bus.publish_job_state(KIND, row.id, embedding_message(row).SerializeToString())
+
+    async def announce(self, session: AsyncSession, row: EmbeddingRow) -> None:
+        """The row's new state through the outbox, committed with it: for a state another
+        service acts on (a finished embedding that asks for its projection), which the best
+        effort `publish` could lose."""
+        message = embedding_message(row).SerializeToString()
+        await self.outbox.add(session, event_subject(KIND, row.id), EVENTS_STREAM, message)
 
     async def _find(self, name: str) -> EmbeddingRow:
         parts = parse(name, EMBEDDING_PATTERN)

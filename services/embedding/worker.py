@@ -537,6 +537,8 @@ class EmbeddingWorker:
             final.end_time = now
             final.update_time = now
             final.error = ""
+            if final.project_when_done:  # the projection service starts the map on this event
+                await self.embeddings.announce(session, final)
             await session.commit()
         await self.embeddings.publish(final)
         with contextlib.suppress(OSError):
