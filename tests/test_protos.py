@@ -21,9 +21,13 @@ def test_buf_lint_passes() -> None:
 def test_generated_python_is_current() -> None:
     protos = sorted(str(p.relative_to(REPO / "protos")) for p in (REPO / "protos").rglob("*.proto"))
     with tempfile.TemporaryDirectory() as out:
+        plugins = Path(sys.executable).parent  # mypy-protobuf's, as `make proto` uses them
         subprocess.run(
             [sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "protos"),
-             f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *protos],
+             f"--python_out={out}", f"--grpc_python_out={out}",
+             f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}", f"--mypy_out=quiet:{out}",
+             f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}", f"--mypy_grpc_out=quiet:{out}",
+             *protos],
             check=True, timeout=120,
         )
         fresh = {p.relative_to(out): p.read_bytes() for p in Path(out).rglob("*.py*")}
