@@ -813,7 +813,7 @@ const scenarios = {
       const csv = ["id,title,text,topic", ...many.map((r, i) => [i, r.title, r.text, r.topic].map((v) => `"${String(v).replace(/"/g, '""')}"`).join(","))].join("\n");
       const big = join(mkdtempSync(join(tmpdir(), "ws-")), "big.csv");
       writeFileSync(big, csv);
-      await page.goto(`${baseUrl}/#/${(await page.evaluate(() => location.hash)).split("/").slice(1, 3).join("/")}`);
+      await page.goto(`${baseUrl}/#/${(await page.evaluate(() => location.hash)).split("/").slice(1, 3).join("/")}?datasets`);
       await page.locator("#upload-input").waitFor();
       await uploadAndOpen(page, big);
       await page.click("#start-embedding-button");

@@ -53,3 +53,31 @@ export function formatDuration(seconds: number): string {
   if (m < 60) return `${m} min ${s} s`;
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
+
+/**
+ * A button that asks once more before it acts: the first click turns it into the question
+ * (which names what goes), a second click within 6 s runs `action`.
+ */
+export function confirmButton(attrs: Attrs, label: string, question: () => string, action: (button: HTMLButtonElement) => void): HTMLButtonElement {
+  const b = h("button", { type: "button", class: "secondary", ...attrs }, label);
+  let timer = 0;
+  b.addEventListener("click", () => {
+    if (b.dataset.armed !== "true") {
+      b.dataset.armed = "true";
+      b.textContent = question();
+      b.classList.add("danger");
+      timer = window.setTimeout(() => {
+        delete b.dataset.armed;
+        b.textContent = label;
+        b.classList.remove("danger");
+      }, 6000);
+      return;
+    }
+    clearTimeout(timer);
+    delete b.dataset.armed;
+    b.textContent = label;
+    b.classList.remove("danger");
+    action(b);
+  });
+  return b;
+}

@@ -1,8 +1,9 @@
 // embedviz web client: screens and routing (location.hash holds the resource name).
 
 import "./style.css";
-import { auth, errorMessage, ingest, setSignedOutHandler } from "./api";
-import { byId, formatBytes, formatCount, formatDuration, h } from "./dom";
+import { auth, embedding, errorMessage, ingest, projection, setSignedOutHandler } from "./api";
+import { byId, confirmButton, formatBytes, formatCount, formatDuration, h } from "./dom";
+import { Role } from "./gen/embedviz/v1/ingest_pb";
 import { followJob, JobState, ProgressBar } from "./jobs";
 import { clearSession, loadSession, saveSession } from "./session";
 import { renderApiKeys, renderMembers, type ScreenContext } from "./account";
@@ -226,6 +227,31 @@ async function renderProject(projectName: string): Promise<void> {
     ingest.listDatasets({ parent: projectName, pageSize: 1000 }, { signal: screenAbort.signal }),
   ]);
   title.textContent = project.displayName || project.name;
+  // Rename (editors and owners) and delete (owners), each saying what it does.
+  if (project.role === Role.OWNER || project.role === Role.EDITOR) {
+    const nameInput = h("input", { id: "rename-project-input", "data-testid": "rename-project-input", type: "text", value: project.displayName, "aria-label": "Project name" });
+    const rename = h("button", { id: "rename-project-button", "data-testid": "rename-project-button", type: "submit", class: "secondary" }, "Rename");
+    const renameForm = h("form", { class: "row", id: "rename-project-form" }, nameInput, rename);
+    renameForm.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      void act(rename, async () => {
+        const p = await ingest.updateProject({ project: { name: projectName, displayName: nameInput.value.trim() }, updateMask: { paths: ["display_name"] } });
+        title.textContent = p.displayName || p.name;
+      });
+    });
+    const manage = h("section", { class: "card", id: "manage-project" }, h("h2", {}, "Project"), renameForm);
+    if (project.role === Role.OWNER) {
+      manage.append(
+        confirmButton({ id: "delete-project-button", "data-testid": "delete-project-button" }, "Delete project", () => `Delete “${title.textContent}” with its ${datasets.datasets.length} dataset${datasets.datasets.length === 1 ? "" : "s"}, their embeddings and maps? Click again`, (b) =>
+          void act(b, async () => {
+            await ingest.deleteProject({ name: projectName });
+            go("#/projects");
+          }),
+        ),
+      );
+    }
+    app.append(manage);
+  }
   list.replaceChildren(
     ...(datasets.datasets.length
       ? datasets.datasets.map((d) =>
@@ -238,6 +264,20 @@ async function renderProject(projectName: string): Promise<void> {
         )
       : [h("li", { class: "muted" }, "No datasets yet.")]),
   );
+  // A project with a finished map opens on it (the workspace shows its newest map); the
+  // dataset list stays reachable as #/projects/{p}?datasets.
+  if (location.hash.includes("?datasets")) return;
+  for (const d of datasets.datasets.filter((x) => x.job?.state === JobState.SUCCEEDED).slice(0, 5)) {
+    const embs = await embedding.listEmbeddings({ parent: d.name, pageSize: 100 }, { signal: screenAbort.signal });
+    for (const e of embs.embeddings.filter((x) => x.job?.state === JobState.SUCCEEDED)) {
+      const projs = await projection.listProjections({ parent: e.name, pageSize: 100 }, { signal: screenAbort.signal });
+      if (projs.projections.some((x) => x.job?.state === JobState.SUCCEEDED)) {
+        history.replaceState(null, "", `#/${projectName}?datasets`);
+        go(`#/${d.name}`);
+        return;
+      }
+    }
+  }
 }
 
 // ---------- routing ----------

@@ -186,6 +186,8 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
     colorBy: "valueA",
     opacity: n > 100_000 ? 0.6 : 0.9,
     lassoOnLongPress: false,
+    // A little margin around the map, so edge points and their labels are not cut.
+    cameraDistance: 1.08,
   });
   cleanups.push(() => scatterplot.destroy());
 

@@ -6,7 +6,7 @@
 
 import { embedding, errorMessage, ingest, projection } from "./api";
 import type { ScreenContext } from "./account";
-import { byId, formatBytes, formatCount, h } from "./dom";
+import { byId, confirmButton, formatBytes, formatCount, h } from "./dom";
 import type { Embedding, Model } from "./gen/embedviz/v1/embedding_pb";
 import { Role, type Column, type Dataset } from "./gen/embedviz/v1/ingest_pb";
 import { ClusterAlgorithm, ProjectionMethod, type Projection } from "./gen/embedviz/v1/projection_pb";
@@ -72,18 +72,18 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
   const summary = h("span", { class: "muted", id: "dataset-summary" });
   const toolbar = h("div", { id: "map-toolbar", class: "map-toolbar" });
   const toggle = (id: string, label: string, panel: string) => {
-    const b = h("button", { id, type: "button", class: "secondary toggle", "aria-pressed": "true", "data-panel": panel }, label);
+    const b = h("button", { id, type: "button", class: "secondary toggle", "aria-pressed": "true", "data-panel": panel, title: `Show or hide the ${label.toLowerCase()} panel` }, label);
     b.addEventListener("click", () => setPanel(panel, ws.dataset[panel] === "closed"));
     return b;
   };
   const bar = h(
     "div",
     { class: "ws-bar" },
-    h("nav", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ", h("a", { href: `#/${projectName}`, id: "project-link" }, "Project"), " / "),
+    h("nav", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ", h("a", { href: `#/${projectName}?datasets`, id: "project-link" }, "Project"), " / "),
     title,
     summary,
     toolbar,
-    h("div", { class: "ws-toggles" }, toggle("toggle-data", "Data & jobs", "data"), toggle("toggle-side", "Legend & filters", "side"), toggle("toggle-table", "Table", "table")),
+    h("div", { class: "ws-toggles" }, toggle("toggle-data", "Data", "data"), toggle("toggle-side", "Legend", "side"), toggle("toggle-table", "Table", "table")),
   );
   const dataPanel = h("aside", { id: "panel-data", "data-testid": "panel-data", class: "ws-panel ws-left" });
   const stage = h("div", { id: "map-host", "data-testid": "map-host", class: "map-stage" });
@@ -151,6 +151,12 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
   projectionBar.el.hidden = true;
   importBar.el.hidden = true;
 
+  const deleteDataset = confirmButton({ id: "delete-dataset-button", "data-testid": "delete-dataset-button" }, "Delete this dataset", () => `Delete “${title.textContent}” with its rows, embeddings and maps? Click again`, (b) =>
+    void act(b, async () => {
+      await ingest.deleteDataset({ name: datasetName });
+      location.hash = `#/${projectName}?datasets`;
+    }),
+  );
   const uploadInput = h("input", { id: "upload-more-input", type: "file", accept: ".csv,.tsv,.parquet,.jsonl,.ndjson,.arrow,.feather", hidden: true });
   const uploadBar = new ProgressBar("upload-progress", "Upload");
   uploadBar.el.hidden = true;
@@ -179,10 +185,11 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
   );
   dataPanel.append(
     readOnlyNote,
-    h("section", { class: "panel-block" }, importBar.el, h("label", { class: "inline muted small", for: "upload-more-input" }, h("a", { href: `#/${projectName}` }, "Upload another dataset")), uploadInput, uploadBar.el),
+    h("section", { class: "panel-block" }, importBar.el, h("label", { class: "inline muted small", for: "upload-more-input" }, h("a", { href: `#/${projectName}?datasets` }, "Other datasets and uploads")), uploadInput, uploadBar.el),
     embedSection,
     projectSection,
     h("section", { class: "panel-block" }, h("h2", {}, "Maps of this dataset"), previous),
+    h("section", { class: "panel-block", id: "dataset-danger" }, deleteDataset),
   );
 
   ingest
@@ -193,6 +200,8 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
         // A viewer reads and exports; every write control says why it is off.
         readOnlyNote.hidden = false;
         readOnlyNote.textContent = "You are a viewer of this project: you can explore and export, not embed or make maps.";
+        deleteDataset.hidden = true;
+        for (const el of ws.querySelectorAll("[data-testid=delete-embedding], [data-testid=delete-projection]")) el.remove();
         for (const b of [embedButton, projectButton, cancelEmbedButton, cancelProjectionButton, retryButton]) {
           b.disabled = true;
           b.title = "Viewers cannot change this project";
@@ -325,20 +334,51 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
     embeddingSelect.replaceChildren(...done.map((e) => h("option", { value: e.name, selected: e.name === chosen }, `${e.textColumns.join(", ")}${e.template ? ` (${e.template})` : ""} · ${e.model || "default model"}`)));
     projectSection.hidden = done.length === 0;
     projectButton.disabled = done.length === 0 || !canWrite();
-    const items = [...embeddings.values()].sort(newestFirst).map((e) =>
-      h(
+    const items = [...embeddings.values()].sort(newestFirst).map((e) => {
+      const maps = (projections.get(e.name) ?? []).sort(newestFirst);
+      const what = `${e.textColumns.join(", ")} · ${e.model || "default model"}`;
+      return h(
         "li",
         { "data-testid": "embedding-item", "data-name": e.name, "data-state": stateWord(e.job?.state) },
-        h("div", {}, `${e.textColumns.join(", ")} · ${e.model || "default model"} · ${stateWord(e.job?.state)}`),
-        ...(projections.get(e.name) ?? []).sort(newestFirst).map((p) =>
+        h(
+          "div",
+          { class: "row between" },
+          h("span", {}, `${what} · ${stateWord(e.job?.state)}`),
+          canWrite()
+            ? confirmButton({ "data-testid": "delete-embedding", class: "secondary small-button", title: "Delete this embedding and its maps" }, "Delete", () => `Delete embedding “${what}” and its ${maps.length} map${maps.length === 1 ? "" : "s"}?`, (b) =>
+                void act(b, async () => {
+                  await embedding.deleteEmbedding({ name: e.name });
+                  embeddings.delete(e.name);
+                  projections.delete(e.name);
+                  if (maps.some((p) => p.name === mapOpen)) location.hash = `#/${datasetName}`;
+                  refreshLists();
+                }),
+              )
+            : null,
+        ),
+        ...maps.map((p) =>
           h(
-            "a",
-            { href: `#/${p.name}`, class: `pill${p.name === mapOpen ? " current" : ""}`, "data-testid": "projection-link", "data-state": stateWord(p.job?.state) },
-            `${ProjectionMethod[p.method] ?? "map"}${p.job?.state === JobState.SUCCEEDED ? "" : ` (${stateWord(p.job?.state)})`}`,
+            "span",
+            { class: "map-item" },
+            h(
+              "a",
+              { href: `#/${p.name}`, class: `pill${p.name === mapOpen ? " current" : ""}`, "data-testid": "projection-link", "data-state": stateWord(p.job?.state) },
+              `${ProjectionMethod[p.method] ?? "map"}${p.job?.state === JobState.SUCCEEDED ? "" : ` (${stateWord(p.job?.state)})`}`,
+            ),
+            canWrite()
+              ? confirmButton({ "data-testid": "delete-projection", class: "link", title: "Delete this map" }, "×", () => `Delete this ${ProjectionMethod[p.method] ?? ""} map?`, (b) =>
+                  void act(b, async () => {
+                    await projection.deleteProjection({ name: p.name });
+                    projections.set(e.name, (projections.get(e.name) ?? []).filter((x) => x.name !== p.name));
+                    if (p.name === mapOpen) location.hash = `#/${datasetName}`;
+                    refreshLists();
+                  }),
+                )
+              : null,
           ),
         ),
-      ),
-    );
+      );
+    });
     previous.replaceChildren(...(items.length ? items : [h("li", { class: "muted" }, "None yet.")]));
   };
 
