@@ -99,7 +99,7 @@ def not_utf8(open_source: Opener, compression: str) -> ImportFailed:
 def find_bad_json_line(open_source: Opener, compression: str, encoding: str) -> str | None:
     source = Source(open_source, compression)
     try:
-        text = io.TextIOWrapper(source.text, encoding=encoding, errors="strict", newline="")  # type: ignore[arg-type]
+        text = io.TextIOWrapper(source.text, encoding=encoding, errors="strict", newline="")
         for number, line in enumerate(text, start=1):
             if not line.strip():
                 continue
@@ -120,7 +120,7 @@ def find_ragged_line(open_source: Opener, options: Options) -> str:
     """'line N' of the first record whose number of values differs from the header's."""
     source = Source(open_source, options.compression)
     try:
-        text = io.TextIOWrapper(source.text, encoding=options.encoding, errors="replace", newline="")  # type: ignore[arg-type]
+        text = io.TextIOWrapper(source.text, encoding=options.encoding, errors="replace", newline="")
         reader = csv.reader(text, delimiter=options.delimiter, quotechar=options.quote_char)
         width, start = None, 1
         for record in reader:
@@ -141,7 +141,7 @@ def find_unclosed_quote(open_source: Opener, options: Options) -> str | None:
     (fine) or a quoted value that never ends (pyarrow silently takes the rest of the file)."""
     source = Source(open_source, options.compression)
     try:
-        text = io.TextIOWrapper(source.text, encoding=options.encoding, errors="replace", newline="")  # type: ignore[arg-type]
+        text = io.TextIOWrapper(source.text, encoding=options.encoding, errors="replace", newline="")
         reader = csv.reader(text, delimiter=options.delimiter, quotechar=options.quote_char, strict=True)
         last_line = 0
         try:

@@ -95,6 +95,11 @@ def unique_names(names: list[str]) -> list[str]:
     return result
 
 
+# pyarrow-stubs have no overloads of utf8_length and binary_length for a column of any
+# string or binary type (string views included): call those two untyped.
+_untyped_compute: Any = pc
+
+
 def _is_text(type_: pa.DataType) -> bool:
     return bool(pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_))
 
@@ -116,7 +121,7 @@ class _Stats:
         for i, column in enumerate(batch.columns):
             self.nulls[i] += column.null_count
             if _is_text(column.type):
-                lengths = pc.utf8_length(column)
+                lengths: pa.Array[Any] = _untyped_compute.utf8_length(column)
                 self.length_sum[i] += int(pc.sum(lengths).as_py() or 0)
                 self.non_null[i] += len(column) - column.null_count
                 room = SAMPLE_VALUES - len(self.samples[i])
@@ -334,7 +339,7 @@ def _check_cells(batch: pa.RecordBatch, rows_before: int, limits: Limits) -> Non
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         if not _is_bytes(column.type):
             continue
-        lengths = pc.binary_length(column)
+        lengths: pa.Array[Any] = _untyped_compute.binary_length(column)
         longest = pc.max(lengths).as_py()
         if longest is not None and longest > limits.max_cell_bytes:
             at = int(pc.index(lengths, longest).as_py())

@@ -7,7 +7,7 @@ import codecs
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, Literal, cast
 
 import numpy as np
 import pyarrow as pa
@@ -66,6 +66,8 @@ class CountingReader(io.RawIOBase):
     """A file wrapper that counts the bytes read and, when asked, one byte value (the
     quote character: an odd count is the cheap hint of an unclosed quote)."""
 
+    name = "the uploaded file"  # what TextIOWrapper shows as its name
+
     def __init__(self, inner: Any, count_byte: int | None = None) -> None:
         self._inner = inner
         self._count_byte = count_byte
@@ -97,7 +99,8 @@ class Source:
         self.raw = CountingReader(open_source())
         stream: Any = self.raw
         if compression != NONE:
-            stream = pa.CompressedInputStream(pa.PythonFile(self.raw, mode="r"), compression)
+            codec = cast("Literal['gzip', 'zstd']", compression)  # one of COMPRESSIONS (settle_options)
+            stream = pa.CompressedInputStream(pa.PythonFile(self.raw, mode="r"), codec)
         self.text = CountingReader(stream, count_byte)
 
     def close(self) -> None:
@@ -126,7 +129,7 @@ def open_csv(
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     block = options.block_bytes or SMALL_BLOCK
     reader = pacsv.open_csv(
-        source.text,
+        cast("IO[bytes]", source.text),  # pyarrow reads any file object; its stubs name only IO
         read_options=pacsv.ReadOptions(block_size=block, use_threads=True, encoding=options.encoding),
         parse_options=pacsv.ParseOptions(
             delimiter=options.delimiter, quote_char=options.quote_char, newlines_in_values=True

@@ -16,7 +16,6 @@ from services.common.errors import InvalidArgument, excerpt
 from services.ingest import filters
 from services.ingest.reading import ROW_COLUMN
 
-
 SortOrder = Literal["ascending", "descending"]
 
 
