@@ -4,7 +4,7 @@ Who may read is the records' rule (records.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 from sqlalchemy import select
@@ -114,7 +114,7 @@ class MapReads:
 
     async def export(
         self, identity: Identity, name: str, file_format: str, columns: list[str], row_indexes: list[int]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The map's rows as a file in chunks: `row`, x, y (, z), `cluster`, `label`, then the
         chosen dataset columns; all rows, or the selected ones in ascending row order."""
         if file_format not in exports.CONTENT_TYPES:

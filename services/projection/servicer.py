@@ -9,6 +9,7 @@ from google.protobuf import empty_pb2
 from embedviz.v1 import projection_pb2, projection_pb2_grpc
 from services.common.auth import current_identity
 from services.common.errors import InvalidArgument
+from services.common.rpc_types import Context
 from services.projection import exports, maps
 from services.projection.messages import cluster_to_proto, to_proto
 from services.projection.reads import MapReads
@@ -35,26 +36,36 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
         self._records = records
         self._reads = reads
 
-    async def CreateProjection(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateProjection(
+        self, request: projection_pb2.CreateProjectionRequest, context: Context
+    ) -> projection_pb2.Projection:
         row = await self._records.create(
             current_identity(), _required(request.parent, "parent"), request.projection
         )
         return to_proto(row)
 
-    async def GetProjection(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetProjection(
+        self, request: projection_pb2.GetProjectionRequest, context: Context
+    ) -> projection_pb2.Projection:
         return to_proto(await self._records.get(current_identity(), _required(request.name, "name")))
 
-    async def ListProjections(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListProjections(
+        self, request: projection_pb2.ListProjectionsRequest, context: Context
+    ) -> projection_pb2.ListProjectionsResponse:
         rows, token = await self._records.list(
             current_identity(), _required(request.parent, "parent"), request.page_size, request.page_token
         )
         return projection_pb2.ListProjectionsResponse(projections=[to_proto(r) for r in rows], next_page_token=token)
 
-    async def DeleteProjection(self, request, context):  # type: ignore[no-untyped-def]
+    async def DeleteProjection(
+        self, request: projection_pb2.DeleteProjectionRequest, context: Context
+    ) -> empty_pb2.Empty:
         await self._records.delete(current_identity(), _required(request.name, "name"))
         return empty_pb2.Empty()
 
-    async def WatchProjection(self, request, context) -> AsyncIterator[projection_pb2.WatchProjectionResponse]:  # type: ignore[no-untyped-def]
+    async def WatchProjection(
+        self, request: projection_pb2.WatchProjectionRequest, context: Context
+    ) -> AsyncIterator[projection_pb2.WatchProjectionResponse]:
         updates = self._records.watch(current_identity(), _required(request.name, "name"))
         try:
             async for projection in updates:
@@ -62,10 +73,14 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
         finally:
             await updates.aclose()
 
-    async def CancelProjection(self, request, context):  # type: ignore[no-untyped-def]
+    async def CancelProjection(
+        self, request: projection_pb2.CancelProjectionRequest, context: Context
+    ) -> projection_pb2.Projection:
         return to_proto(await self._records.cancel(current_identity(), _required(request.name, "name")))
 
-    async def StreamPoints(self, request, context) -> AsyncIterator[projection_pb2.StreamPointsResponse]:  # type: ignore[no-untyped-def]
+    async def StreamPoints(
+        self, request: projection_pb2.StreamPointsRequest, context: Context
+    ) -> AsyncIterator[projection_pb2.StreamPointsResponse]:
         if request.chunk_points < 0:
             raise InvalidArgument(f"chunk_points is {request.chunk_points}; use 0 (the default) or more")
         size = min(request.chunk_points or DEFAULT_CHUNK_POINTS, MAX_CHUNK_POINTS)
@@ -82,11 +97,15 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
                 total_count=total,
             )
 
-    async def ListClusters(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListClusters(
+        self, request: projection_pb2.ListClustersRequest, context: Context
+    ) -> projection_pb2.ListClustersResponse:
         clusters = await self._reads.clusters(current_identity(), _required(request.parent, "parent"))
         return projection_pb2.ListClustersResponse(clusters=[cluster_to_proto(c) for c in clusters])
 
-    async def SearchPoints(self, request, context):  # type: ignore[no-untyped-def]
+    async def SearchPoints(
+        self, request: projection_pb2.SearchPointsRequest, context: Context
+    ) -> projection_pb2.SearchPointsResponse:
         matches = await self._reads.search(
             current_identity(), _required(request.name, "name"), request.query, request.column, request.limit
         )
@@ -94,7 +113,9 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
             matches=[projection_pb2.PointMatch(row_index=r, score=s) for r, s in matches]
         )
 
-    async def FindNeighbors(self, request, context):  # type: ignore[no-untyped-def]
+    async def FindNeighbors(
+        self, request: projection_pb2.FindNeighborsRequest, context: Context
+    ) -> projection_pb2.FindNeighborsResponse:
         neighbors = await self._reads.neighbors(
             current_identity(), _required(request.name, "name"), request.row_index, request.limit
         )
@@ -102,7 +123,9 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
             neighbors=[projection_pb2.PointMatch(row_index=r, score=s) for r, s in neighbors]
         )
 
-    async def ExportProjection(self, request, context) -> AsyncIterator[projection_pb2.ExportProjectionResponse]:  # type: ignore[no-untyped-def]
+    async def ExportProjection(
+        self, request: projection_pb2.ExportProjectionRequest, context: Context
+    ) -> AsyncIterator[projection_pb2.ExportProjectionResponse]:
         file_format = _EXPORT_FORMATS.get(request.format)
         if file_format is None:
             raise InvalidArgument(f"unknown export format {request.format}; use CSV, JSONL or PARQUET")

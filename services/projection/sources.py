@@ -4,7 +4,7 @@ the embedding service, row texts from ingest. gRPC failures become domain errors
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -150,7 +150,7 @@ class Sources:
 
     async def stream_rows(
         self, identity: Identity, dataset: str, columns: list[str], start_row: int, row_count: int
-    ) -> AsyncIterator[tuple[int, pa.Table]]:
+    ) -> AsyncGenerator[tuple[int, pa.Table], None]:
         """(first row index, Arrow table) of each batch of rows in [start_row, start_row + row_count)."""
         stream = self._ingest_internal().StreamRows(
             ingest_pb2.StreamRowsRequest(
