@@ -7,6 +7,7 @@ python -m services.auth rotate-key    publish a new key now and sign with it aft
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from services.auth.key_encryption import KeyEncryption, KeyEncryptionError
 from services.auth.keys import KeyRing
 from services.auth.models import SCHEMA
 from services.auth.server import build
-from services.common.app import run
+from services.auth.settings import AuthSettings
+from services.common.app import read_settings, run
 from services.common.config import Settings
 from services.common.db import Database, migrate
 from services.common.jobs import utcnow
@@ -50,6 +52,7 @@ if __name__ == "__main__":
         if sys.argv[1:] == ["rotate-key"]:
             asyncio.run(rotate_key())
         else:
-            run("auth", SCHEMA, MIGRATIONS, build)
+            own = read_settings("auth", AuthSettings.from_env)
+            run("auth", SCHEMA, MIGRATIONS, functools.partial(build, own=own))
     except KeyEncryptionError as exc:
         sys.exit(f"auth cannot start: {exc}")

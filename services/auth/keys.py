@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.auth.key_encryption import KeyEncryption, is_plaintext
 from services.auth.models import SigningKey
+from services.common.config import SettingsError, number
 from services.common.jobs import utcnow
 
 ALGORITHM = "ES256"
@@ -41,15 +42,23 @@ JWKS_FRESH_SECONDS = 1.0
 
 
 def reload_seconds() -> float:
-    """How often a replica looks at the key table again (a rotation by another process)."""
-    return float(os.environ.get("EMBEDVIZ_KEY_RELOAD_SECONDS") or 30)
+    """How often a replica looks at the key table again (a rotation by another process):
+    EMBEDVIZ_KEY_RELOAD_SECONDS (30)."""
+    return number(os.environ, "EMBEDVIZ_KEY_RELOAD_SECONDS", 30.0, minimum=0.1)
+
+
+def retention_setting() -> float | None:
+    """EMBEDVIZ_KEY_RETENTION_SECONDS, when set (see retention_seconds)."""
+    if not os.environ.get("EMBEDVIZ_KEY_RETENTION_SECONDS", "").strip():
+        return None
+    return number(os.environ, "EMBEDVIZ_KEY_RETENTION_SECONDS", 0.0, minimum=0.0)
 
 
 def retention_seconds(access_ttl: int) -> float:
     """How long a retired key stays published: EMBEDVIZ_KEY_RETENTION_SECONDS, or long
     enough for every token it signed to expire."""
-    given = os.environ.get("EMBEDVIZ_KEY_RETENTION_SECONDS", "")
-    return float(given) if given else float(max(access_ttl, LONGEST_DELEGATED_TTL) + 60)
+    given = retention_setting()
+    return given if given is not None else float(max(access_ttl, LONGEST_DELEGATED_TTL) + 60)
 
 
 def delegated_token_ttl() -> int:
@@ -63,7 +72,7 @@ def delegated_token_ttl() -> int:
     except ValueError:
         seconds = 0
     if not 2 <= seconds <= LONGEST_DELEGATED_TTL:
-        raise ValueError(
+        raise SettingsError(
             f"EMBEDVIZ_DELEGATED_TOKEN_TTL must be a whole number of seconds from 2 to {LONGEST_DELEGATED_TTL} "
             f"(got {given!r}); leave it unset for {DEFAULT_DELEGATED_TTL}"
         )
@@ -81,7 +90,7 @@ def publish_ahead_seconds() -> float:
     except ValueError:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(
+        raise SettingsError(
             f"EMBEDVIZ_KEY_PUBLISH_AHEAD_SECONDS must be a number of seconds, 0 or more (got {given!r}); "
             "leave it unset for 30"
         )
@@ -123,6 +132,7 @@ class KeyRing:
         publish_ahead: float | None = None,
         *,
         sealing: KeyEncryption,
+        reload_every: float | None = None,
     ) -> None:
         self._sessions = sessions
         self._sealing = sealing
@@ -131,7 +141,7 @@ class KeyRing:
         self._keys: list[_Key] = []  # newest first
         self._signers: dict[str, Signer] = {}
         self._loaded_at = 0.0
-        self._reload_every = reload_seconds()
+        self._reload_every = reload_every if reload_every is not None else reload_seconds()
 
     async def ensure_key(self) -> None:
         """At start: seal keys stored in plaintext by an earlier version (and re-seal those

@@ -12,7 +12,8 @@ from services.auth.accounts import Accounts
 from services.auth.key_encryption import KeyEncryption
 from services.auth.keys import KeyRing
 from services.auth.servicer import AuthInternalServicer, AuthServicer
-from services.auth.throttle import Limits, LoginThrottle
+from services.auth.settings import AuthSettings
+from services.auth.throttle import LoginThrottle
 from services.common import revocations
 from services.common.app import Built, Deps, new_server
 
@@ -51,9 +52,18 @@ async def start_jwks_http(keys: KeyRing, addr: str) -> web.AppRunner:
     return runner
 
 
-async def build(deps: Deps) -> Built:
+async def build(deps: Deps, own: AuthSettings | None = None) -> Built:
+    """`own`: this service's settings, read when the process started (else now)."""
     settings = deps.settings
-    keys = KeyRing(deps.db.sessions, settings.access_token_ttl, sealing=KeyEncryption.from_env())
+    own = own or AuthSettings.from_env()
+    keys = KeyRing(
+        deps.db.sessions,
+        settings.access_token_ttl,
+        own.key_retention_seconds,
+        own.key_publish_ahead_seconds,
+        sealing=KeyEncryption.from_env(),
+        reload_every=own.key_reload_seconds,
+    )
     await keys.ensure_key()
     accounts = Accounts(
         deps.db.sessions,
@@ -63,7 +73,8 @@ async def build(deps: Deps) -> Built:
         internal_audience=settings.internal_audience,
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
-        throttle=LoginThrottle(Limits.from_env()),
+        throttle=LoginThrottle(own.login),
+        delegated_ttl=own.delegated_token_ttl,
         revoke=lambda kind, ident: revocations.publish(deps.bus, kind, ident),
     )
     # The auth service trusts its own key ring directly, not its HTTP port.

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
+from services.common.config import Environ, number, whole
 from services.common.errors import ResourceExhausted
 
 
@@ -32,12 +33,12 @@ class Limits:
     window_seconds: float = 900.0
 
     @classmethod
-    def from_env(cls) -> Limits:
-        env = os.environ
+    def from_env(cls, env: Environ | None = None) -> Limits:
+        env = os.environ if env is None else env
         return cls(
-            per_account=int(env.get("EMBEDVIZ_LOGIN_MAX_FAILURES_PER_ACCOUNT") or cls.per_account),
-            per_address=int(env.get("EMBEDVIZ_LOGIN_MAX_FAILURES_PER_ADDRESS") or cls.per_address),
-            window_seconds=float(env.get("EMBEDVIZ_LOGIN_FAILURE_WINDOW") or cls.window_seconds),
+            per_account=whole(env, "EMBEDVIZ_LOGIN_MAX_FAILURES_PER_ACCOUNT", cls.per_account, minimum=1),
+            per_address=whole(env, "EMBEDVIZ_LOGIN_MAX_FAILURES_PER_ADDRESS", cls.per_address, minimum=1),
+            window_seconds=number(env, "EMBEDVIZ_LOGIN_FAILURE_WINDOW", cls.window_seconds, minimum=1.0),
         )
 
 

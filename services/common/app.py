@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import jwt
@@ -19,7 +20,7 @@ from services.common.auth import JwksKeys, TokenVerifier
 from services.common.authz import RoleLookup, check_complete
 from services.common.blobs import BlobStore
 from services.common.clients import Channels, DelegatedTokens, ProjectAccess
-from services.common.config import Settings
+from services.common.config import Settings, SettingsError
 from services.common.db import Database, migrate
 from services.common.events import EventBus
 from services.common.revocations import Revocations
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KeyLookup = Callable[[str], Awaitable[jwt.PyJWK | None]]
 Background = Callable[[asyncio.Event], Awaitable[None]]
+S = TypeVar("S")
 
 
 @dataclass
@@ -97,9 +99,7 @@ async def open_deps(
     bus = await EventBus.connect(settings.nats_url, f"embedviz-{name}", settings.nats_user, settings.nats_password)
     blobs = BlobStore(settings.blob_root)
     channels = Channels()
-    # EMBEDVIZ_JWKS_MAX_AGE: seconds a fetched JWKS is trusted before it is fetched again
-    # (an unknown kid refetches sooner); a retired key is refused at most this long after it left.
-    max_age = float(os.environ.get("EMBEDVIZ_JWKS_MAX_AGE") or 300)
+    max_age = settings.jwks_max_age
     lookup = keys if keys is not None else JwksKeys(settings.jwks_url, max_age=max_age, min_refetch=min(5.0, max_age)).get
     # Logged-out sessions and deleted API keys, followed live: their tokens stop at once.
     revoked = Revocations()
@@ -132,8 +132,9 @@ async def serve(
     schema: str,
     migrations_dir: Path,
     build: Callable[[Deps], Awaitable[Built]],
+    settings: Settings | None = None,
 ) -> None:
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     deps = await open_deps(name, settings, schema, migrations_dir)
     try:
@@ -148,10 +149,23 @@ async def serve(
     log.info("%s stopped", name)
 
 
+def read_settings(name: str, reader: Callable[[], S]) -> S:
+    """Settings read once when the process starts. A value that cannot be used ends the
+    process here, before anything is opened, with a message naming the variable."""
+    try:
+        return reader()
+    except SettingsError as exc:
+        print(f"{name} cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def run(
     name: str,
     schema: str,
     migrations_dir: Path,
     build: Callable[[Deps], Awaitable[Built]],
 ) -> None:
-    asyncio.run(serve(name, schema, migrations_dir, build))
+    """Serve `name` until SIGTERM; the shared settings are read and checked first (a
+    service reads its own with `read_settings` before calling this)."""
+    settings = read_settings(name, Settings.from_env)
+    asyncio.run(serve(name, schema, migrations_dir, build, settings))

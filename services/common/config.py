@@ -1,17 +1,90 @@
-"""Settings from environment variables (see docs/architecture.md for the table)."""
+"""Settings from environment variables (see docs/architecture.md for the table): the
+shared ones here, each service's own in services/<name>/settings.py. Each process reads
+them once when it starts (services/common/app.py `run`); a value that cannot be used stops
+the start with a SettingsError naming the variable."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+Environ = Mapping[str, str]
+
+
+class SettingsError(ValueError):
+    """A setting's value cannot be used; the message names the variable and what it takes."""
+
+
+def _shown(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:40] + "…")
+
+
+def text(env: Environ, name: str, default: str = "") -> str:
+    """The variable as it is; unset or empty: `default`."""
+    value = env.get(name, "")
+    return value if value else default
+
+
+def whole(env: Environ, name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole number; unset or blank: `default`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} is {_shown(raw)}; it must be a whole number (unset: {default})") from None
+    _check_range(name, value, minimum, maximum, default)
+    return value
+
+
+def number(
+    env: Environ, name: str, default: float, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    """A finite number; unset or blank: `default`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} is {_shown(raw)}; it must be a number (unset: {default:g})")
+    _check_range(name, value, minimum, maximum, default)
+    return value
+
+
+def flag(env: Environ, name: str, default: bool) -> bool:
+    """1/true/yes/on or 0/false/no/off; unset or blank: `default`."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} is {_shown(raw)}; use 1 or 0 (true or false)")
+
+
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None, default: float) -> None:
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            wanted = f"from {minimum:g} to {maximum:g}"
+        elif minimum is not None:
+            wanted = f"{minimum:g} or more"
+        else:
+            wanted = f"{maximum:g} or less"
+        raise SettingsError(f"{name} is {value:g}; use {wanted} (unset: {default:g})")
+
 
 def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "")
-    return value if value else default
+    return text(os.environ, name, default)
 
 
 def _secret(name: str) -> str:
@@ -21,7 +94,7 @@ def _secret(name: str) -> str:
         try:
             return Path(path).read_text().strip()
         except OSError as exc:
-            raise ValueError(f"{name}_FILE names {path}, which cannot be read: {exc.strerror or exc}") from exc
+            raise SettingsError(f"{name}_FILE names {path}, which cannot be read: {exc.strerror or exc}") from exc
     return os.environ.get(name, "")
 
 
@@ -61,6 +134,9 @@ class Settings:
     # The service's own NATS user (services/common/nats_access.py); empty: the URL says.
     nats_user: str = ""
     nats_password: str = field(default="", repr=False)
+    # EMBEDVIZ_JWKS_MAX_AGE: seconds a fetched JWKS is trusted before it is fetched again
+    # (an unknown kid refetches sooner); a retired key is refused at most this long after it left.
+    jwks_max_age: float = 300.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -86,14 +162,15 @@ class Settings:
             jwt_audience=_env("EMBEDVIZ_JWT_AUDIENCE", "embedviz"),
             internal_audience=_env("EMBEDVIZ_INTERNAL_AUDIENCE", "embedviz-internal"),
             internal_secret=_env("EMBEDVIZ_INTERNAL_SECRET", ""),
-            access_token_ttl=int(_env("EMBEDVIZ_ACCESS_TOKEN_TTL", "900")),
-            refresh_token_ttl=int(_env("EMBEDVIZ_REFRESH_TOKEN_TTL", "2592000")),
+            access_token_ttl=whole(os.environ, "EMBEDVIZ_ACCESS_TOKEN_TTL", 900, minimum=1),
+            refresh_token_ttl=whole(os.environ, "EMBEDVIZ_REFRESH_TOKEN_TTL", 2592000, minimum=1),
             model_path=_env("EMBEDVIZ_MODEL_PATH", "") or _default_model_path(),
-            workers=int(_env("EMBEDVIZ_WORKERS", "1")),
+            workers=whole(os.environ, "EMBEDVIZ_WORKERS", 1, minimum=0),
             web_dist=_env("EMBEDVIZ_WEB_DIST", str(REPO_ROOT / "gateway" / "web" / "dist")),
             log_level=_env("EMBEDVIZ_LOG_LEVEL", "INFO"),
             nats_user=_env("EMBEDVIZ_NATS_USER", ""),
             nats_password=_secret("EMBEDVIZ_NATS_PASSWORD"),
+            jwks_max_age=number(os.environ, "EMBEDVIZ_JWKS_MAX_AGE", 300.0, minimum=0.1),
         )
 
     def listen_addr(self, own_addr: str) -> str:

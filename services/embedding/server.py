@@ -56,8 +56,9 @@ def workers(embeddings: Embeddings, deps: Deps, settings: EmbeddingSettings, cou
     return [EmbeddingWorker(embeddings, deps.delegated, settings, slot) for slot in range(count)]
 
 
-async def build(deps: Deps) -> Built:
-    settings = EmbeddingSettings.from_env()
+async def build(deps: Deps, own: EmbeddingSettings | None = None) -> Built:
+    """`own`: this service's settings, read when the process started (else now)."""
+    settings = own or EmbeddingSettings.from_env()
     embeddings = make_embeddings(deps, settings)
     server, health = new_server(deps, SERVICE_NAMES)
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(embeddings), server)
@@ -87,9 +88,9 @@ async def build(deps: Deps) -> Built:
     )
 
 
-async def serve_workers() -> None:
+async def serve_workers(settings: Settings | None = None, own: EmbeddingSettings | None = None) -> None:
     """Job workers only, no gRPC server: a replica that adds embedding capacity."""
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     deps = await open_deps("embedding-worker", settings, "embedding", MIGRATIONS)
     stop = asyncio.Event()
@@ -97,7 +98,7 @@ async def serve_workers() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        embedding_settings = EmbeddingSettings.from_env()
+        embedding_settings = own or EmbeddingSettings.from_env()
         embeddings = make_embeddings(deps, embedding_settings)
         await preload(embeddings)
         tasks = [

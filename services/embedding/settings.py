@@ -6,15 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-
-def _int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else default
-
-
-def _float(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else default
+from services.common.config import Environ, number, text, whole
 
 
 @dataclass(frozen=True)
@@ -35,20 +27,21 @@ class EmbeddingSettings:
     workers: int  # EMBEDVIZ_EMBED_WORKERS: job workers of this service; -1: EMBEDVIZ_WORKERS
 
     @classmethod
-    def from_env(cls) -> EmbeddingSettings:
+    def from_env(cls, env: Environ | None = None) -> EmbeddingSettings:
+        env = os.environ if env is None else env
         return cls(
-            models=os.environ.get("EMBEDVIZ_MODELS", ""),
-            openai_base_url=os.environ.get("EMBEDVIZ_OPENAI_BASE_URL", ""),
-            openai_model=os.environ.get("EMBEDVIZ_OPENAI_MODEL", ""),
-            openai_api_key=os.environ.get("EMBEDVIZ_OPENAI_API_KEY", ""),
-            openai_dimension=_int("EMBEDVIZ_OPENAI_DIMENSION", 0),
-            checkpoint_rows=max(1, _int("EMBEDVIZ_EMBED_CHECKPOINT_ROWS", 4096)),
-            shard_rows=max(1, _int("EMBEDVIZ_EMBED_SHARD_ROWS", 50_000)),
-            batch_tokens=max(64, _int("EMBEDVIZ_EMBED_BATCH_TOKENS", 16_384)),
-            ack_wait=max(2.0, _float("EMBEDVIZ_EMBED_ACK_WAIT", 60.0)),
-            heartbeat=max(0.1, _float("EMBEDVIZ_EMBED_HEARTBEAT", 1.0)),
-            device=os.environ.get("EMBEDVIZ_EMBED_DEVICE", "auto") or "auto",
-            precision=os.environ.get("EMBEDVIZ_EMBED_PRECISION", "auto") or "auto",
-            torch_threads=_int("EMBEDVIZ_TORCH_THREADS", 0),
-            workers=_int("EMBEDVIZ_EMBED_WORKERS", -1),
+            models=text(env, "EMBEDVIZ_MODELS"),
+            openai_base_url=text(env, "EMBEDVIZ_OPENAI_BASE_URL"),
+            openai_model=text(env, "EMBEDVIZ_OPENAI_MODEL"),
+            openai_api_key=text(env, "EMBEDVIZ_OPENAI_API_KEY"),
+            openai_dimension=whole(env, "EMBEDVIZ_OPENAI_DIMENSION", 0, minimum=0),
+            checkpoint_rows=whole(env, "EMBEDVIZ_EMBED_CHECKPOINT_ROWS", 4096, minimum=1),
+            shard_rows=whole(env, "EMBEDVIZ_EMBED_SHARD_ROWS", 50_000, minimum=1),
+            batch_tokens=whole(env, "EMBEDVIZ_EMBED_BATCH_TOKENS", 16_384, minimum=64),
+            ack_wait=number(env, "EMBEDVIZ_EMBED_ACK_WAIT", 60.0, minimum=2.0),
+            heartbeat=number(env, "EMBEDVIZ_EMBED_HEARTBEAT", 1.0, minimum=0.1),
+            device=text(env, "EMBEDVIZ_EMBED_DEVICE", "auto"),
+            precision=text(env, "EMBEDVIZ_EMBED_PRECISION", "auto"),
+            torch_threads=whole(env, "EMBEDVIZ_TORCH_THREADS", 0, minimum=0),
+            workers=whole(env, "EMBEDVIZ_EMBED_WORKERS", -1, minimum=-1),
         )

@@ -1,9 +1,12 @@
 """python -m services.ingest"""
 
+import functools
 from pathlib import Path
 
-from services.common.app import run
+from services.common.app import read_settings, run
 from services.ingest.server import build
+from services.ingest.settings import IngestSettings
 
 if __name__ == "__main__":
-    run("ingest", "ingest", Path(__file__).parent / "migrations", build)
+    own = read_settings("ingest", IngestSettings.from_env)
+    run("ingest", "ingest", Path(__file__).parent / "migrations", functools.partial(build, own=own))

@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -40,10 +39,10 @@ from services.ingest.reading import (
     QUOTES,
     ImportFailed,
     ImportStopped,
-    Limits,
     Options,
 )
 from services.ingest.models import Dataset, Upload
+from services.ingest.settings import IngestSettings
 from services.ingest.projects import EDITOR, VIEWER, require
 
 log = logging.getLogger(__name__)
@@ -51,48 +50,6 @@ log = logging.getLogger(__name__)
 KIND = "dataset"
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 HASH_BLOCK = 1 << 20
-GIB = 1024**3
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be positive, got {number}")
-    return number
-
-
-@dataclass
-class IngestSettings:
-    """Limits and upload housekeeping, from EMBEDVIZ_* variables (docs/ingest.md)."""
-
-    max_upload_bytes: int = 2 * GIB
-    max_user_bytes: int = 50 * GIB
-    upload_ttl: timedelta = timedelta(hours=24)
-    sweep_interval: float = 300.0
-    progress_interval: float = 0.5
-    limits: Limits = field(default_factory=Limits)
-
-    @classmethod
-    def from_env(cls) -> IngestSettings:
-        default = Limits()
-        return cls(
-            max_upload_bytes=_env_int("EMBEDVIZ_MAX_UPLOAD_BYTES", 2 * GIB),
-            max_user_bytes=_env_int("EMBEDVIZ_MAX_USER_BYTES", 50 * GIB),
-            upload_ttl=timedelta(seconds=_env_int("EMBEDVIZ_UPLOAD_TTL_SECONDS", 24 * 3600)),
-            sweep_interval=float(_env_int("EMBEDVIZ_UPLOAD_SWEEP_MS", 300_000)) / 1000,
-            progress_interval=float(_env_int("EMBEDVIZ_PROGRESS_INTERVAL_MS", 500)) / 1000,
-            limits=Limits(
-                max_rows=_env_int("EMBEDVIZ_MAX_ROWS", default.max_rows),
-                max_columns=_env_int("EMBEDVIZ_MAX_COLUMNS", default.max_columns),
-                max_cell_bytes=_env_int("EMBEDVIZ_MAX_CELL_BYTES", default.max_cell_bytes),
-            ),
-        )
 
 
 def part_key(upload_id: str) -> str:

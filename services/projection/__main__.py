@@ -4,28 +4,29 @@ python -m services.projection worker   job workers only, no gRPC server: scale t
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from services.common.app import close_deps, open_deps, run
+from services.common.app import close_deps, open_deps, read_settings, run
 from services.common.config import Settings
 from services.common.server import configure_logging
 from services.projection.maps import ensure_numba_cache
 from services.projection.server import build
+from services.projection.settings import ProjectionSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("services.projection")
 
 
-async def work() -> None:
-    settings = Settings.from_env()
+async def work(settings: Settings, own: ProjectionSettings) -> None:
     settings = dataclasses.replace(settings, workers=max(1, settings.workers))
     configure_logging(settings.log_level)
     deps = await open_deps("projection-worker", settings, "projection", MIGRATIONS)
     try:
-        built = await build(deps)
+        built = await build(deps, own)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,9 +43,10 @@ async def work() -> None:
 
 if __name__ == "__main__":
     ensure_numba_cache()  # before anything imports numba
-    if sys.argv[1:] == ["worker"]:
-        asyncio.run(work())
-    elif sys.argv[1:]:
+    if sys.argv[1:] and sys.argv[1:] != ["worker"]:
         sys.exit(f"usage: python -m services.projection [worker]; got {' '.join(sys.argv[1:])}")
+    own = read_settings("projection", ProjectionSettings.from_env)
+    if sys.argv[1:] == ["worker"]:
+        asyncio.run(work(read_settings("projection", Settings.from_env), own))
     else:
-        run("projection", "projection", MIGRATIONS, build)
+        run("projection", "projection", MIGRATIONS, functools.partial(build, own=own))

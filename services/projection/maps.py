@@ -40,7 +40,7 @@ STAGE_NEIGHBOURS = "neighbours"
 STAGE_OPTIMISATION = "optimisation"
 STAGE_PLACING = "placing"  # rows outside the fitted sample, put in with `transform`
 
-# Defaults of the scale settings; environment variables override them per process.
+# Defaults of the scale settings (services/projection/settings.py reads the variables).
 DEFAULT_FIT_ROWS = 200_000  # EMBEDVIZ_PROJECTION_FIT_ROWS: above this, fit on a sample
 DEFAULT_PCA_DIMS = 50  # EMBEDVIZ_PROJECTION_PCA_DIMS: pre-reduce wider vectors (0: never)
 DEFAULT_PCA_MIN_ROWS = 5_000  # EMBEDVIZ_PROJECTION_PCA_MIN_ROWS: below this, UMAP skips PCA
@@ -49,26 +49,6 @@ QUALITY_SAMPLE_ROWS = 2_000
 QUALITY_NEIGHBOURS = 10
 
 StageCallback = Callable[[str, int, int], object]  # (stage, done, total)
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name} is {raw!r}; it must be a whole number") from None
-
-
-def fit_rows_setting() -> int:
-    return max(0, _env_int("EMBEDVIZ_PROJECTION_FIT_ROWS", DEFAULT_FIT_ROWS))
-
-
-def pca_dims_setting() -> int:
-    return max(0, _env_int("EMBEDVIZ_PROJECTION_PCA_DIMS", DEFAULT_PCA_DIMS))
-
-
-def pca_min_rows_setting() -> int:
-    return max(0, _env_int("EMBEDVIZ_PROJECTION_PCA_MIN_ROWS", DEFAULT_PCA_MIN_ROWS))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from services.projection.rules import (
 )
 from services.common.outbox import Outbox
 from services.projection.sources import Sources
+from services.projection.settings import ProjectionSettings
 from services.projection.vectors import VectorFiles
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,10 @@ class ProjectionRecords:
         blobs: BlobStore,
         sources: Sources,
         vector_files: VectorFiles,
+        settings: ProjectionSettings,
     ) -> None:
-        """`vector_files`: the memory-mapped vectors behind search, forgotten with their embedding."""
+        """`vector_files`: the memory-mapped vectors behind search, forgotten with their
+        embedding; `settings`: the scale of fits stored with each new projection."""
         self._sessions = sessions
         self._bus = bus
         self.outbox = Outbox(sessions, bus, "projection")  # map work, sent with the commit that makes it
@@ -63,6 +66,7 @@ class ProjectionRecords:
         self._blobs = blobs
         self._sources = sources
         self._vector_files = vector_files
+        self._settings = settings
 
     async def publish(self, row: ProjectionRow) -> None:
         await self._bus.publish_job_state(KIND, row.id, to_proto(row).SerializeToString())
@@ -105,7 +109,7 @@ class ProjectionRecords:
             raise FailedPrecondition(
                 f"{parent} is {embedding.state_name}; a projection needs a finished embedding (WatchEmbedding)"
             )
-        params = map_params(spec, embedding.row_count)
+        params = map_params(spec, embedding.row_count, self._settings)
         label_column = spec.label_column.strip()
         if label_column:
             columns = await self._sources.dataset_columns(identity, f"projects/{parts['project']}/datasets/{parts['dataset']}")

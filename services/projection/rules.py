@@ -11,6 +11,7 @@ from services.common import paging
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.projection import maps
 from services.projection.models import ProjectionRow
+from services.projection.settings import ProjectionSettings
 
 KIND = "projection"
 EMBEDDING_PATTERN = "projects/{project}/datasets/{dataset}/embeddings/{embedding}"
@@ -57,9 +58,12 @@ def projection_name(row: ProjectionRow) -> str:
     return f"{embedding_name(row)}/projections/{row.id}"
 
 
-def map_params(spec: projection_pb2.Projection, rows: int) -> maps.MapParams:
+def map_params(
+    spec: projection_pb2.Projection, rows: int, settings: ProjectionSettings | None = None
+) -> maps.MapParams:
     """The request's parameters with defaults filled in, or INVALID_ARGUMENT saying what
-    to change. `rows` is the embedding's row count."""
+    to change. `rows` is the embedding's row count; `settings` gives the scale of the fit."""
+    scale = settings or ProjectionSettings()
     method = _METHOD_NAMES.get(spec.method)
     if method is None:
         raise InvalidArgument(f"unknown projection method {spec.method}; use UMAP, PCA or TSNE")
@@ -116,9 +120,9 @@ def map_params(spec: projection_pb2.Projection, rows: int) -> maps.MapParams:
         k=k or (maps.default_k(rows) if algorithm == maps.KMEANS else 0),
         min_cluster_size=min_cluster_size,
         space=space,
-        fit_rows=maps.fit_rows_setting(),
-        pca_dims=maps.pca_dims_setting(),
-        pca_min_rows=maps.pca_min_rows_setting(),
+        fit_rows=scale.fit_rows,
+        pca_dims=scale.pca_dims,
+        pca_min_rows=scale.pca_min_rows,
     )
 
 

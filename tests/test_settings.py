@@ -1,0 +1,78 @@
+"""Settings are read once when a service starts: a value that cannot be used stops the
+start with a message naming the variable, before the service opens anything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.auth.key_encryption import new_key_text
+from services.common.config import SettingsError, flag, number, whole
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Nothing listens here: a start that got past its settings would fail on the database instead.
+UNREACHABLE = {
+    "EMBEDVIZ_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:9/none",
+    "EMBEDVIZ_NATS_URL": "nats://127.0.0.1:9",
+}
+
+
+def _start(module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDVIZ_")}
+    environ.update(UNREACHABLE, **env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "variable", "value", "words"),
+    [
+        ("services.embedding", (), "EMBEDVIZ_EMBED_SHARD_ROWS", "abc", "must be a whole number"),
+        ("services.embedding", ("worker",), "EMBEDVIZ_EMBED_SHARD_ROWS", "-5", "use 1 or more"),
+        ("services.embedding", (), "EMBEDVIZ_EMBED_ACK_WAIT", "soon", "must be a number"),
+        ("services.ingest", (), "EMBEDVIZ_MAX_ROWS", "abc", "must be a whole number"),
+        ("services.ingest", (), "EMBEDVIZ_UPLOAD_TTL_SECONDS", "0", "use 1 or more"),
+        ("services.projection", (), "EMBEDVIZ_PROJECTION_FIT_ROWS", "-1", "use 0 or more"),
+        ("services.projection", ("worker",), "EMBEDVIZ_PROJECTION_WARM_UP", "maybe", "use 1 or 0"),
+        ("services.projection", (), "EMBEDVIZ_PROJECTION_VECTOR_CACHE_MB", "1e3", "must be a whole number"),
+        ("services.auth", (), "EMBEDVIZ_DELEGATED_TOKEN_TTL", "soon", "from 2 to 3600"),
+        ("services.auth", (), "EMBEDVIZ_LOGIN_FAILURE_WINDOW", "-1", "use 1 or more"),
+        ("services.ingest", (), "EMBEDVIZ_WORKERS", "many", "must be a whole number"),
+        ("services.projection", (), "EMBEDVIZ_ACCESS_TOKEN_TTL", "0", "use 1 or more"),
+        ("services.auth", (), "EMBEDVIZ_JWKS_MAX_AGE", "nan", "must be a number"),
+    ],
+)
+def test_a_bad_setting_stops_the_start_naming_the_variable(
+    module: str, args: tuple[str, ...], variable: str, value: str, words: str
+) -> None:
+    started = _start(module, *args, **{variable: value, "EMBEDVIZ_KEY_ENCRYPTION_KEY": new_key_text()})
+    assert started.returncode != 0
+    assert variable in started.stderr and words in started.stderr, started.stderr
+    assert "cannot start" in started.stderr
+    assert "Traceback" not in started.stderr, started.stderr
+
+
+def test_the_parsers_name_the_variable_and_keep_the_default_when_unset() -> None:
+    env = {"A": " 12 ", "B": "", "C": "1.5", "D": "off", "E": "inf"}
+    assert whole(env, "A", 3, minimum=1) == 12
+    assert whole(env, "B", 3) == 3
+    assert whole(env, "MISSING", 7) == 7
+    assert number(env, "C", 0.0) == 1.5
+    assert flag(env, "D", True) is False
+    with pytest.raises(SettingsError, match="^E is 'inf'; it must be a number"):
+        number(env, "E", 1.0)
+    with pytest.raises(SettingsError, match="^A is 12; use from 1 to 10"):
+        whole(env, "A", 3, minimum=1, maximum=10)
+    with pytest.raises(SettingsError, match="^C is '1.5'; it must be a whole number"):
+        whole(env, "C", 3)
