@@ -6,6 +6,7 @@ import hmac
 from datetime import datetime
 
 from google.protobuf import empty_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from embedviz.v1 import auth_pb2, auth_pb2_grpc
 from services.auth import models
@@ -64,7 +65,7 @@ def client_address(context: Context) -> str:
     return peer
 
 
-def _ts(value: datetime):  # type: ignore[no-untyped-def]
+def _ts(value: datetime) -> Timestamp | None:
     return timestamp(value)
 
 

@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def run_env() -> None:
     schema = config.attributes["schema"]
     target_metadata = config.attributes.get("target_metadata")
 
-    def run(connection) -> None:  # type: ignore[no-untyped-def]
+    def run(connection: Connection) -> None:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -6,6 +6,7 @@ becomes INTERNAL with a generic message and a logged traceback."""
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message import Message
 
 # How much of a caller's input an error message quotes (characters), and how long a status
 # message may be at all (UTF-8 bytes): gRPC percent-encodes it into a trailer and copies it
@@ -32,7 +33,7 @@ def capped(message: str, max_bytes: int = MAX_MESSAGE_BYTES) -> str:
 class DomainError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     # Extra google.rpc detail messages (e.g. RetryInfo) sent beside the ErrorInfo.
-    details: tuple[object, ...] = ()
+    details: tuple[Message, ...] = ()
 
     def __init__(self, message: str, reason: str = "") -> None:
         super().__init__(message)

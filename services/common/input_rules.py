@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -87,11 +88,12 @@ def _check_count(field: FieldDescriptor, count: int, path: str) -> None:
         raise InvalidArgument(f"{path} holds {count} values; at most {limit} are accepted", "TOO_MANY_VALUES")
 
 
-def _check_value(field: FieldDescriptor, value: object, path: str) -> None:
+def _check_value(field: FieldDescriptor, value: Any, path: str) -> None:
+    # `value` is what protobuf holds for the field: a str for a string, a Message for a message.
     if field.type == FieldDescriptor.TYPE_STRING:
-        check_string(value, path, _string_rule(field))  # type: ignore[arg-type]
+        check_string(value, path, _string_rule(field))
     elif field.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
-        _check_message(value, f"{path}.")  # type: ignore[arg-type]
+        _check_message(value, f"{path}.")
 
 
 def _check_message(message: Message, prefix: str) -> None:

@@ -17,6 +17,7 @@ import time
 
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 
 from services.common.events import EventBus
 
@@ -54,7 +55,7 @@ class Revocations:
     def __init__(self) -> None:
         self._revoked: dict[tuple[str, str], float] = {}
         self._seen_seq = 0
-        self._subscription: object | None = None
+        self._subscription: JetStreamContext.PushSubscription | None = None
 
     def is_revoked(self, kind: str, ident: str) -> bool:
         return bool(ident) and (kind, ident) in self._revoked
@@ -91,4 +92,4 @@ class Revocations:
     async def close(self) -> None:
         if self._subscription is not None:
             with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()  # type: ignore[attr-defined]
+                await self._subscription.unsubscribe()

@@ -119,7 +119,7 @@ async def _abort_for(exc: BaseException, context: Context, method: str) -> None:
         status.details.append(detail)
         for extra in exc.details:
             packed = any_pb2.Any()
-            packed.Pack(extra)  # type: ignore[arg-type]
+            packed.Pack(extra)
             status.details.append(packed)
         rich = rpc_status.to_status(status)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)

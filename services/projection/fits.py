@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -101,8 +101,12 @@ class _Pickler(pickle.Pickler):
         return ("npy", str(path))
 
 
+# How np.load maps a saved array: read-only, read-write, or copy-on-write.
+MmapMode = Literal["r", "r+", "c"]
+
+
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: IO[bytes], mmap_mode: str | None) -> None:
+    def __init__(self, file: IO[bytes], mmap_mode: MmapMode | None) -> None:
         super().__init__(file)
         self._mmap_mode = mmap_mode
 
@@ -110,7 +114,7 @@ class _Unpickler(pickle.Unpickler):
         kind, path = pid
         if kind != "npy":
             raise pickle.UnpicklingError(f"unknown reference {kind!r}")
-        return np.load(path, mmap_mode=self._mmap_mode, allow_pickle=False)  # type: ignore[arg-type]
+        return np.load(path, mmap_mode=self._mmap_mode, allow_pickle=False)
 
 
 def _dump(path: Path, value: Any, known: dict[int, tuple[np.ndarray, str]] | None = None) -> None:
@@ -118,7 +122,7 @@ def _dump(path: Path, value: Any, known: dict[int, tuple[np.ndarray, str]] | Non
         _Pickler(file, path.parent, known or {}).dump(value)
 
 
-def _load(path: Path, mmap_mode: str | None) -> Any:
+def _load(path: Path, mmap_mode: MmapMode | None) -> Any:
     with open(path, "rb") as file:
         return _Unpickler(file, mmap_mode).load()
 

@@ -21,6 +21,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class VectorFiles:
     async def _write(self, path: Path, load: Load) -> None:
         self._folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.part.npy")
-        opened: list[np.ndarray] = []
+        opened: list[np.memmap[Any, Any]] = []
 
         def allocate(rows: int, width: int) -> np.ndarray:
             array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(rows, width))
@@ -107,18 +108,18 @@ class VectorFiles:
             filled = await load(allocate)
             if not opened or filled is not opened[-1]:
                 raise RuntimeError("the vectors were not loaded into the file given")
-            await asyncio.to_thread(self._finish, filled, partial, path)
+            await asyncio.to_thread(self._finish, opened[-1], partial, path)  # the same array, as a memmap
         finally:
             opened.clear()
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
 
-    def _finish(self, array: np.ndarray, partial: Path, path: Path) -> None:
+    def _finish(self, array: np.memmap[Any, Any], partial: Path, path: Path) -> None:
         for start in range(0, array.shape[0], NORMALISE_ROWS):
             block = array[start : start + NORMALISE_ROWS]
             norms = np.linalg.norm(block, axis=1, keepdims=True)
             block /= np.maximum(norms, 1e-12)
-        array.flush()  # type: ignore[attr-defined]
+        array.flush()
         del array
         os.replace(partial, path)
         self._evict(keep=path)
