@@ -26,13 +26,15 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import nats.errors
 import pyarrow.fs as pafs
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
 from services.common.blobs import BlobStore
-from services.common.events import EVENTS_STREAM, EventBus
+from services.common.db import is_outage
+from services.common.events import EVENTS_STREAM, EventBus, describe
 from services.common.outbox import positive_seconds
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,13 @@ class Reconciler:
                 removed += await sweep()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s reconciler: %s failed; trying again next round", self.name,
-                              getattr(sweep, "__qualname__", "a sweep"))
+            except Exception as exc:
+                what = getattr(sweep, "__name__", "a sweep")
+                if is_outage(exc) or isinstance(exc, (TimeoutError, nats.errors.Error)):  # away for a while
+                    log.warning("%s reconciler: %s skipped, NATS or PostgreSQL is away (%s)", self.name, what,
+                                describe(exc))
+                else:
+                    log.exception("%s reconciler: %s failed; trying again next round", self.name, what)
         return removed
 
     async def run(self, stop: asyncio.Event) -> None:
