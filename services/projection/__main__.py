@@ -31,7 +31,7 @@ async def work(settings: Settings, own: ProjectionSettings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(job(stop)) for job in built.background]
+        tasks = [asyncio.ensure_future(job(stop)) for job in built.background]
         log.info("projection worker running %d job workers", settings.workers)
         await stop.wait()
         await asyncio.wait(tasks, timeout=10)

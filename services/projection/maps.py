@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -294,7 +295,12 @@ def _place_with_transform(
 
 
 def _place_by_neighbours(
-    data: np.ndarray, sample: np.ndarray, fitted: np.ndarray, fitted_points: np.ndarray, report: StageCallback, k: int = 10
+    data: np.ndarray,
+    sample: np.ndarray,
+    fitted: np.ndarray,
+    fitted_points: np.ndarray,
+    report: StageCallback,
+    k: int = 10,
 ) -> np.ndarray:
     from sklearn.neighbors import NearestNeighbors
 
@@ -311,7 +317,8 @@ def _place_by_neighbours(
         distances, neighbours = index.kneighbors(data[rows])
         weights = 1.0 / np.maximum(distances, 1e-6)
         weights /= weights.sum(axis=1, keepdims=True)
-        return np.einsum("rk,rkd->rd", weights, fitted_points[neighbours]).astype(np.float32)
+        placed: np.ndarray = np.einsum("rk,rkd->rd", weights, fitted_points[neighbours]).astype(np.float32)
+        return placed
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(batches), os.cpu_count() or 1))) as pool:
         for rows, placed in zip(batches, pool.map(place, batches), strict=True):
@@ -336,22 +343,38 @@ class Quality:
     labelled_rows: int = 0
 
 
-def trustworthiness(vectors: np.ndarray, points: np.ndarray, metric: str, seed: int | None, sample_rows: int = QUALITY_SAMPLE_ROWS, k: int = QUALITY_NEIGHBOURS) -> tuple[float, int]:
+def trustworthiness(
+    vectors: np.ndarray,
+    points: np.ndarray,
+    metric: str,
+    seed: int | None,
+    sample_rows: int = QUALITY_SAMPLE_ROWS,
+    k: int = QUALITY_NEIGHBOURS,
+) -> tuple[float, int]:
     from sklearn.manifold import trustworthiness as sk_trustworthiness
 
     n = points.shape[0]
     rows = np.arange(n)
     if n > sample_rows:
-        rows = np.sort(np.random.default_rng(seed if seed is not None else 0).choice(n, size=sample_rows, replace=False))
+        rows = np.sort(
+            np.random.default_rng(seed if seed is not None else 0).choice(n, size=sample_rows, replace=False)
+        )
     k = max(1, min(k, (rows.shape[0] - 1) // 2 - 1))
     if k < 1 or rows.shape[0] < 4:
         return 1.0, int(rows.shape[0])
     high = np.asarray(vectors[rows], dtype=np.float64)
-    value = sk_trustworthiness(high, np.asarray(points[rows], dtype=np.float64), n_neighbors=k, metric=metric if metric in PRE_REDUCIBLE else "euclidean")
+    value = sk_trustworthiness(
+        high,
+        np.asarray(points[rows], dtype=np.float64),
+        n_neighbors=k,
+        metric=metric if metric in PRE_REDUCIBLE else "euclidean",
+    )
     return float(value), int(rows.shape[0])
 
 
-def label_agreement(points: np.ndarray, labels: np.ndarray, seed: int | None, k: int = QUALITY_NEIGHBOURS) -> tuple[float, float, int]:
+def label_agreement(
+    points: np.ndarray, labels: np.ndarray, seed: int | None, k: int = QUALITY_NEIGHBOURS
+) -> tuple[float, float, int]:
     """(agreement, shuffled agreement, labelled rows) over the rows whose label is not
     empty; neighbours are looked for among those rows."""
     from sklearn.neighbors import NearestNeighbors
@@ -483,7 +506,7 @@ def points_table(points: np.ndarray, labels: np.ndarray, rows: np.ndarray | None
     """The points file's table: `row` uint32, `x`, `y` (, `z`) float32, `cluster` int32."""
     n = points.shape[0]
     row_index = np.arange(n, dtype=np.uint32) if rows is None else rows.astype(np.uint32)
-    columns: dict[str, pa.Array] = {"row": pa.array(row_index, type=pa.uint32())}
+    columns: dict[str, pa.Array[Any]] = {"row": pa.array(row_index, type=pa.uint32())}
     for axis, name in enumerate("xyz"[: points.shape[1]]):
         columns[name] = pa.array(np.ascontiguousarray(points[:, axis], dtype=np.float32), type=pa.float32())
     columns["cluster"] = pa.array(labels.astype(np.int32), type=pa.int32())
@@ -561,10 +584,13 @@ def unpack(chunk: PointChunk) -> Points:
 def normalise(vectors: np.ndarray) -> np.ndarray:
     """Unit-length rows (zero rows stay zero), for cosine similarity by dot product."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    unit: np.ndarray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return unit
 
 
-def nearest(unit_vectors: np.ndarray, query: np.ndarray, limit: int, exclude: int | None = None) -> list[tuple[int, float]]:
+def nearest(
+    unit_vectors: np.ndarray, query: np.ndarray, limit: int, exclude: int | None = None
+) -> list[tuple[int, float]]:
     """Rows most similar to `query` by cosine, best first: (row, similarity)."""
     q = query.astype(np.float32).ravel()
     q = q / max(float(np.linalg.norm(q)), 1e-12)
