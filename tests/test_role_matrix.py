@@ -160,6 +160,9 @@ REQUESTS: dict[str, Build] = {
     "/embedviz.v1.IngestService/BatchGetRows": lambda w, r: ingest_pb2.BatchGetRowsRequest(
         parent=w.dataset, indexes=[0, 1]
     ),
+    "/embedviz.v1.IngestService/ReadColumns": lambda w, r: ingest_pb2.ReadColumnsRequest(
+        dataset=w.dataset, columns=["text"]
+    ),
     "/embedviz.v1.IngestService/AppendRows": lambda w, r: ingest_pb2.AppendRowsRequest(
         dataset=w.dataset, upload=w.upload
     ),

@@ -115,6 +115,7 @@ RULES: dict[str, Rule] = {
     _I + "WatchDataset": project("name", VIEWER),
     _I + "ListRows": project("parent", VIEWER),
     _I + "BatchGetRows": project("parent", VIEWER),
+    _I + "ReadColumns": project("dataset", VIEWER),
     # The upload must be of the same project: the handler checks that (NOT_FOUND otherwise).
     _I + "AppendRows": project("dataset", EDITOR),
     _I + "AppendRows": project("dataset", EDITOR),  # the upload must be in the same project

@@ -173,3 +173,74 @@ def stream_batches(
             piece = table.slice(at, min(batch_rows, hi - at))
             for batch in piece.combine_chunks().to_batches():
                 yield group_start + at, batch
+
+
+# ReadColumns: a string column becomes dictionary<int32, string> when it has at most this
+# many distinct values and at most one per two rows (a category, not free text).
+MAX_DICTIONARY_VALUES = 10_000
+# A ReadColumns message holds about this many bytes of column data at most.
+COLUMN_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+def _is_string(field_type: pa.DataType) -> bool:
+    return bool(pa.types.is_string(field_type) or pa.types.is_large_string(field_type))
+
+
+def category_dictionaries(parquet: pq.ParquetFile, names: list[str]) -> dict[str, pa.Array[Any]]:
+    """For each string column of `names` that is a category (see MAX_DICTIONARY_VALUES):
+    its distinct values, most frequent first (ties by value). One pass over the column, one
+    row group at a time; a column stops being counted once it has too many values."""
+    total = parquet.metadata.num_rows
+    limit = min(MAX_DICTIONARY_VALUES, max(1, total // 2))
+    counting = [n for n in names if _is_string(parquet.schema_arrow.field(n).type)]
+    counts: dict[str, dict[str, int]] = {n: {} for n in counting}
+    compute: Any = pc  # pyarrow-stubs do not type value_counts' struct result
+    for g in range(parquet.metadata.num_row_groups):
+        if not counting:
+            break
+        group = parquet.read_row_group(g, columns=counting)
+        for name in list(counting):
+            tally = counts[name]
+            for item in compute.value_counts(group.column(name)).to_pylist():
+                value = item["values"]
+                if value is not None:
+                    tally[value] = tally.get(value, 0) + int(item["counts"])
+            if len(tally) > limit:
+                counting.remove(name)
+                del counts[name]
+    return {
+        name: pa.array(sorted(tally, key=lambda v: (-tally[v], v)), pa.string())
+        for name, tally in counts.items()
+    }
+
+
+def _encoded(column: pa.ChunkedArray[Any], dictionary: pa.Array[Any] | None) -> pa.Array[Any]:
+    values = column.combine_chunks()
+    if dictionary is None:
+        return values
+    compute: Any = pc  # index_in's stubs want a SetLookupOptions we build from the values
+    indices = compute.index_in(values.cast(pa.string()), value_set=dictionary).cast(pa.int32())
+    return pa.DictionaryArray.from_arrays(indices, dictionary)
+
+
+def read_columns(
+    parquet: pq.ParquetFile, columns: list[str], batch_rows: int
+) -> Generator[tuple[int, pa.RecordBatch], None, None]:
+    """Every row of `columns` (in the order asked, without `__row`), in row order, in
+    batches of at most `batch_rows` rows and about COLUMN_MESSAGE_BYTES; category strings
+    dictionary-encoded with the same dictionary in every batch (`category_dictionaries`)."""
+    names = check_columns(parquet, columns)
+    dictionaries = category_dictionaries(parquet, names)
+    position = 0
+    for g in range(parquet.metadata.num_row_groups):
+        group = parquet.read_row_group(g, columns=names)
+        arrays = [_encoded(group.column(n), dictionaries.get(n)) for n in names]
+        table = pa.Table.from_arrays(arrays, names=names)
+        rows = table.num_rows
+        per_row = max(1, table.nbytes // max(1, rows))
+        step = max(1, min(batch_rows, COLUMN_MESSAGE_BYTES // per_row))
+        for at in range(0, rows, step):
+            piece = table.slice(at, step).combine_chunks()
+            for batch in piece.to_batches():
+                yield position + at, batch
+        position += rows

@@ -21,6 +21,9 @@ MAX_ROWS_PAGE = 1000
 MAX_BATCH_GET = 1000
 DEFAULT_STREAM_BATCH = 8192
 MAX_STREAM_BATCH = 65536
+MAX_READ_COLUMNS = 32
+DEFAULT_COLUMN_BATCH = 65536
+MAX_COLUMN_BATCH = 262144
 
 
 def _role(value: int) -> str:
@@ -41,6 +44,14 @@ def _columns(values: list[str]) -> list[str]:
     if len(set(values)) != len(values):
         raise InvalidArgument("columns names a column twice")
     return list(values)
+
+
+def _ipc(batch: pa.RecordBatch) -> bytes:
+    """One self-contained Arrow IPC stream holding `batch`."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -214,6 +225,40 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
         names, found = await asyncio.to_thread(fetch)
         return ingest_pb2.BatchGetRowsResponse(columns=names, rows=[messages.row(i, v) for i, v in found])
+
+    async def ReadColumns(
+        self, request: ingest_pb2.ReadColumnsRequest, context: Context
+    ) -> AsyncIterator[ingest_pb2.ReadColumnsResponse]:
+        if not request.columns:
+            raise InvalidArgument("columns is required: the columns to read (1 to 32)")
+        if len(request.columns) > MAX_READ_COLUMNS:
+            raise InvalidArgument(
+                f"columns names {len(request.columns)} columns; at most {MAX_READ_COLUMNS} a call"
+            )
+        if request.batch_rows < 0 or request.batch_rows > MAX_COLUMN_BATCH:
+            raise InvalidArgument(
+                f"batch_rows must be between 1 and {MAX_COLUMN_BATCH} (0: {DEFAULT_COLUMN_BATCH}); "
+                f"got {request.batch_rows}"
+            )
+        columns = _columns(list(request.columns))
+        parquet = await self._datasets.open_rows(current_identity(), request.dataset)
+        total = parquet.metadata.num_rows
+        batches = rows.read_columns(parquet, columns, request.batch_rows or DEFAULT_COLUMN_BATCH)
+
+        def next_message() -> ingest_pb2.ReadColumnsResponse | None:
+            item = next(batches, None)  # the first call checks the columns (INVALID_ARGUMENT)
+            if item is None:
+                return None
+            start, batch = item
+            return ingest_pb2.ReadColumnsResponse(
+                start_row=start, row_count=batch.num_rows, total_rows=total, arrow_ipc=_ipc(batch)
+            )
+
+        try:
+            while (message := await asyncio.to_thread(next_message)) is not None:
+                yield message
+        finally:
+            batches.close()
 
 
 class IngestInternalServicer(ingest_pb2_grpc.IngestInternalServiceServicer):
