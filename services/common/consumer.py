@@ -32,7 +32,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.errors import DomainError, Unavailable
-from services.common.events import EventBus, describe
+from services.common.events import EVENTS_STREAM, EventBus, describe
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +224,25 @@ def describe_for_person(exc: BaseException) -> str:
     if isinstance(exc, DomainError):
         return exc.message[:LAST_ERROR_CHARS]
     return describe(exc)[:LAST_ERROR_CHARS]
+
+
+def event_consumer(
+    bus: EventBus,
+    subject: str,
+    durable: str,
+    handle: Callable[[P], Awaitable[object]],
+    *,
+    decode: Callable[[bytes], P],
+    classify: Classify = always_retry,
+    settings: ConsumerSettings = ConsumerSettings(batch=16),
+) -> Consumer[P]:
+    """A durable consumer of the events stream (e.g. `events.dataset-deleted.>`, one name
+    per service), so events published while the service was down are handled when it comes
+    back. An event is acked after `handle` returned; by default a failure is retried with
+    backoff until the last delivery, so handlers must be idempotent."""
+
+    async def handler(payload: P, delivery: Delivery) -> None:
+        await handle(payload)
+
+    return Consumer(bus, stream=EVENTS_STREAM, subject=subject, durable=durable, handler=handler, decode=decode,
+                    classify=classify, settings=settings)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic
 
+import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -58,21 +59,9 @@ from services.common.jobs import (
     Row,
     utcnow,
 )
+from services.common.outbox import positive_seconds
 
 log = logging.getLogger(__name__)
-
-
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} is {raw!r}; it must be a number of seconds") from None
-    if value <= 0:
-        raise ValueError(f"{name} is {raw!r}; it must be more than 0 seconds")
-    return value
 
 
 @dataclass(frozen=True)
@@ -96,8 +85,8 @@ class RunnerSettings:
     def from_env(cls, ack_wait: float | None = None) -> RunnerSettings:
         """EMBEDVIZ_JOB_ACK_WAIT (60), EMBEDVIZ_JOB_STALE_AFTER (5 × ack wait),
         EMBEDVIZ_JOB_SWEEP_EVERY (stale after / 10), EMBEDVIZ_JOB_CANCEL_GRACE (10)."""
-        wait = ack_wait if ack_wait is not None else _env_seconds("EMBEDVIZ_JOB_ACK_WAIT", 60.0)
-        stale = _env_seconds("EMBEDVIZ_JOB_STALE_AFTER", 5 * wait)
+        wait = ack_wait if ack_wait is not None else positive_seconds("EMBEDVIZ_JOB_ACK_WAIT", 60.0)
+        stale = positive_seconds("EMBEDVIZ_JOB_STALE_AFTER", 5 * wait)
         if stale < 2 * wait:
             raise ValueError(
                 f"EMBEDVIZ_JOB_STALE_AFTER is {stale:g} s; it must be at least twice the ack wait ({wait:g} s), "
@@ -106,8 +95,8 @@ class RunnerSettings:
         return cls(
             ack_wait=wait,
             stale_after=stale,
-            sweep_every=_env_seconds("EMBEDVIZ_JOB_SWEEP_EVERY", max(1.0, stale / 10)),
-            cancel_grace=_env_seconds("EMBEDVIZ_JOB_CANCEL_GRACE", 10.0),
+            sweep_every=positive_seconds("EMBEDVIZ_JOB_SWEEP_EVERY", max(1.0, stale / 10)),
+            cancel_grace=positive_seconds("EMBEDVIZ_JOB_CANCEL_GRACE", 10.0),
         )
 
     def consumer(self) -> ConsumerSettings:
@@ -130,6 +119,18 @@ class Job:
 # A kind's work: given the job and its reporter, it makes the result (and calls
 # reporter.succeed), raises JobCancelled / JobGone when told to stop, and raises anything else.
 JobRun = Callable[[Job, JobReporter[Row]], Coroutine[Any, Any, None]]
+
+
+def runner_columns() -> list[sa.Column[Any]]:
+    """The columns the runner keeps on every job table (JobColumns), for the migrations
+    that add them (each service's `0004_job_runner`)."""
+    return [
+        sa.Column("heartbeat_time", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text, nullable=False, server_default=""),
+        sa.Column("worker", sa.String(200), nullable=False, server_default=""),
+        sa.Column("work", sa.JSON, nullable=True),
+    ]
 
 
 def crash_message(what: str, attempts: int, last_error: str | None) -> str:

@@ -9,9 +9,9 @@ import signal
 from pathlib import Path
 
 from embedviz.v1 import embedding_pb2, embedding_pb2_grpc
-from services.common.app import Built, Deps, close_deps, new_server, open_deps
+from services.common.app import Background, Built, Deps, close_deps, new_server, open_deps
 from services.common.config import Settings
-from services.common.events import run_event_consumer
+from services.common.consumer import event_consumer, json_object
 from services.common.outbox import Outbox
 from services.common.reconcile import ReconcileSettings
 from services.embedding import orphans
@@ -65,20 +65,22 @@ async def build(deps: Deps, own: EmbeddingSettings | None = None) -> Built:
     embedding_pb2_grpc.add_EmbeddingInternalServiceServicer_to_server(EmbeddingInternalServicer(embeddings), server)
 
     async def follow_dataset_deletions(stop: asyncio.Event) -> None:
-        await run_event_consumer(
-            deps.bus, "events.dataset-deleted.>", "embedding-dataset-deleted", embeddings.remove_for_dataset, stop
-        )
+        await event_consumer(
+            deps.bus, "events.dataset-deleted.>", "embedding-dataset-deleted", embeddings.remove_for_dataset,
+            decode=json_object,
+        ).run(stop)
 
     count = settings.workers if settings.workers >= 0 else deps.settings.workers
     # the outbox's relay: work and deletion events, after their commit
-    background = [follow_dataset_deletions, embeddings.outbox.relay]
+    background: list[Background] = [follow_dataset_deletions, embeddings.outbox.relay]
     background.append(orphans.reconciler(embeddings, ReconcileSettings.from_env()).run)  # a deleted dataset's leftovers
     if count > 0:
 
         async def warm(stop: asyncio.Event) -> None:
             await preload(embeddings)
 
-        background += [warm, *(w.run for w in workers(embeddings, deps, settings, count))]
+        slots = workers(embeddings, deps, settings, count)
+        background += [warm, *(w.run for w in slots), slots[0].sweep]  # sweep: stalled jobs (runner.py)
     return Built(
         server=server,
         health=health,
@@ -106,6 +108,7 @@ async def serve_workers(settings: Settings | None = None, own: EmbeddingSettings
             for w in workers(embeddings, deps, embedding_settings, max(1, embedding_settings.workers, settings.workers))
         ]
         tasks.append(asyncio.create_task(embeddings.outbox.relay(stop)))  # the shards this process queues
+        tasks.append(asyncio.create_task(EmbeddingWorker(embeddings, deps.delegated, embedding_settings).sweep(stop)))
         await stop.wait()
         log.info("embedding worker stopping")
         for task in tasks:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -26,16 +25,11 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import pyarrow as pa
-from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import func, select
 
 from services.common.auth import Identity
 from services.common.clients import DelegatedTokens
-from services.common.errors import DomainError, Unavailable
 from services.common.db import through_outages
-from services.common.events import MAX_DELIVER, retry_delay, WORK_STREAM, work_subject
 from services.common.jobs import (
     CANCELLED,
     PENDING,
@@ -47,6 +41,7 @@ from services.common.jobs import (
     JobReporter,
     utcnow,
 )
+from services.common.runner import Job, JobKind, JobRunner, JobSweeper, RunnerSettings
 from services.embedding.embeddings import KIND, Embeddings
 from services.embedding.encoder import Encoder
 from services.embedding.models import EmbeddingRow, ShardRow
@@ -64,9 +59,20 @@ from services.embedding.vectors import (
 log = logging.getLogger(__name__)
 
 STAGE = "embedding"
-DURABLE = f"{KIND}-workers"
 DONE = "DONE"
 T = TypeVar("T")
+
+
+def _is_open(row: EmbeddingRow, payload: dict[str, Any]) -> bool:
+    if row.state in TERMINAL:
+        return False
+    return "generation" not in payload or int(payload["generation"]) == row.generation
+
+
+def _plan_message(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the sweeper queues again for a stalled embedding: its plan, which queues every
+    shard not yet done (each resumes at its checkpoint)."""
+    return {"id": payload.get("id", ""), "owner": payload.get("owner", "")}
 
 
 class LeaseLost(Exception):
@@ -85,6 +91,8 @@ class EmbeddingWorker:
         self.delegated = delegated
         self.settings = settings
         self.name = f"{socket.gethostname()}/{os.getpid()}/{slot}"
+        self.slot = slot
+        self.runner_settings = RunnerSettings.from_env(ack_wait=settings.ack_wait)
         self.lease = timedelta(seconds=settings.ack_wait / 2)
         # One thread does this worker's heavy work, so its memory comes from one malloc
         # arena instead of one per pool thread (what keeps peak memory flat over a long job).
@@ -93,110 +101,51 @@ class EmbeddingWorker:
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
-    # --- the queue --------------------------------------------------------------------------
+    # --- the job (services/common/runner.py runs it) ------------------------------------------
+
+    def runner(self) -> JobRunner[EmbeddingRow]:
+        """This worker's slot as the shared job runner's embedding kind: plan and shard
+        messages of one job are worked on by many workers at once (parallel)."""
+        kind: JobKind[EmbeddingRow] = JobKind(
+            kind=KIND, model=EmbeddingRow, publish=self.embeddings.publish, run=self.run_job,
+            what="embedding this dataset", clean_up=self._clean_up, is_open=_is_open, requeue=_plan_message,
+            parallel=True,
+        )
+        return JobRunner(self.embeddings.db.sessions, self.embeddings.bus, kind, self.runner_settings, self.slot)
+
+    async def sweep(self, stop: asyncio.Event) -> None:
+        """The service's sweeper (one per process): stalled embeddings are queued again or failed."""
+        await JobSweeper([self.runner()], self.runner_settings.sweep_every).run(stop)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take messages from the embedding work queue one at a time until `stop` is set."""
-        js = self.embeddings.bus.js
-        config = ConsumerConfig(
-            durable_name=DURABLE,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait,
-            max_deliver=MAX_DELIVER,
-            filter_subject=work_subject(KIND),
-        )
-        try:
-            await js.add_consumer(WORK_STREAM, config)  # creates it, or updates its ack_wait
-        except Exception as exc:
-            log.warning("could not create or update the consumer %s: %s", DURABLE, exc)
-        psub = await js.pull_subscribe(work_subject(KIND), durable=DURABLE, stream=WORK_STREAM)
         log.info("embedding worker %s is taking work", self.name)
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await psub.fetch(1, timeout=2)
-                except NatsTimeoutError:
-                    continue
-                except Exception as exc:  # NATS reconnecting; try again shortly
-                    log.warning("fetching embedding work failed: %s", exc)
-                    await asyncio.sleep(1)
-                    continue
-                for msg in msgs:
-                    await self._deliver(msg)
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        await self.runner().run(stop)
 
-    async def _deliver(self, msg: Msg) -> None:
-        async def keep_alive() -> None:
-            while True:
-                await asyncio.sleep(self.settings.ack_wait / 3)
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-
-        try:
-            payload = json.loads(msg.data)
-        except ValueError:
-            log.error("dropping a malformed embedding work message")
-            await msg.term()
-            return
-        alive = asyncio.create_task(keep_alive())
-        try:
-            await self.handle(payload, msg.metadata.num_delivered)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await msg.nak()  # this worker is stopping: the work resumes elsewhere at once
-            raise
-        except Exception:
-            log.exception("embedding work %s crashed; it will be retried", payload)
-            with contextlib.suppress(Exception):
-                # backing off: a neighbour (auth, ingest) that is away for minutes is waited out
-                await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
-            return
-        finally:
-            alive.cancel()
-        await msg.ack()
-
-    # --- one message ------------------------------------------------------------------------
-
-    def _reporter(self, job_id: str) -> JobReporter[EmbeddingRow]:
-        return JobReporter(self.embeddings.db.sessions, EmbeddingRow, job_id, self.embeddings.publish)
-
-    async def handle(self, payload: dict[str, Any], delivery: int) -> None:
-        job_id = str(payload.get("id", ""))
+    async def run_job(self, job: Job, reporter: JobReporter[EmbeddingRow]) -> None:
+        """One plan or shard message. An error that may pass (a neighbour away) is retried by
+        the runner, any other ends the job FAILED there, with the partial vectors removed."""
         async with self.embeddings.db.sessions() as session:
-            row = await session.get(EmbeddingRow, job_id)
-        if row is None or row.state in TERMINAL:
-            return  # deleted or cancelled before a worker got to it
-        if "generation" in payload and int(payload["generation"]) != row.generation:
-            return  # a shard of a run that was given up
-        owner = str(payload.get("owner", "")) or row.owner
-        if delivery >= MAX_DELIVER:
-            await self._reporter(job_id).fail(
-                f"the embedding workers stopped {delivery - 1} times while working on this job; it was "
-                "given up. Try again, perhaps with fewer rows"
-            )
-            return
+            row = await session.get(EmbeddingRow, job.id)
+        if row is None or not _is_open(row, job.payload):
+            return  # deleted or cancelled meanwhile, or a shard of a run that was given up
+        owner = job.owner or row.owner
         try:
-            if "shard" in payload:
-                await self._shard(row, owner, int(payload["shard"]))
+            if "shard" in job.payload:
+                await self._shard(row, owner, int(job.payload["shard"]))
             else:
                 await self._plan(row, owner)
         except LeaseLost:
-            log.warning("embedding %s: another worker took over shard %s", job_id, payload.get("shard"))
+            log.warning("embedding %s: another worker took over shard %s", job.id, job.payload.get("shard"))
         except (JobCancelled, JobGone, Superseded) as exc:
-            log.info("embedding %s stopped: %s", job_id, type(exc).__name__)
+            log.info("embedding %s stopped: %s", job.id, type(exc).__name__)
             await asyncio.to_thread(self._remove_partial, row, isinstance(exc, Superseded))
-        except Unavailable:
-            raise  # another service is away for a moment: the message is retried
-        except DomainError as exc:
+
+    async def _clean_up(self, job_id: str, payload: dict[str, Any]) -> None:
+        async with self.embeddings.db.sessions() as session:
+            row = await session.get(EmbeddingRow, job_id)
+        if row is not None:
             await asyncio.to_thread(self._remove_partial, row, False)
-            await self._reporter(job_id).fail(exc.message)
-        except Exception:
-            ref = uuid.uuid4().hex[:12]
-            log.exception("embedding %s failed (ref %s)", job_id, ref)
-            await asyncio.to_thread(self._remove_partial, row, False)
-            await self._reporter(job_id).fail(f"embedding failed unexpectedly (ref {ref}); the server log has the details")
 
     def _remove_partial(self, row: EmbeddingRow, run_only: bool) -> None:
         """Drop the parts of the run; of a first run that ended, everything."""

@@ -13,19 +13,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.blobs import BlobStore
 from services.common.clients import DelegatedTokens, JobCredentials
-from services.common.errors import DomainError, FailedPrecondition
-from services.common.events import crash_message
+from services.common.consumer import retryable
+from services.common.errors import FailedPrecondition
 from services.common.jobs import CANCELLED, TERMINAL, JobCancelled, JobGone, JobReporter
+from services.common.runner import Job, JobKind
 from services.projection import fits, maps
 from services.projection.models import ClusterRow, ProjectionRow
-from services.projection.rules import MIN_ROWS, dataset_name, embedding_name, params_of, points_key
+from services.projection.rules import KIND, MIN_ROWS, dataset_name, embedding_name, params_of, points_key
 from services.projection.sources import EmbeddingInfo, Sources
+from services.projection.stages import LABELS, POINTS, QUALITY, TERMS, MapStages
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,13 @@ STAGE_POLL_SECONDS = 0.25
 CANCEL_POLL_SECONDS = 0.5  # how often a job in a fit reads its state: a cancel kills the fit within this
 
 T = TypeVar("T")
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Worth a later try: a neighbour away, also when its error comes as a gRPC status."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return retryable(exc)
 
 
 class MapJobs:
@@ -55,53 +65,35 @@ class MapJobs:
         self._fits = fit_pool
         self._publish = publish
 
-    async def run_job(self, payload: dict[str, Any], delivery: int) -> None:
-        projection_id = str(payload.get("id", ""))
-        owner = str(payload.get("owner", ""))
+    def map_job(self) -> JobKind[ProjectionRow]:
+        """The map as a kind of job of the shared runner (services/common/runner.py)."""
+        return JobKind(kind=KIND, model=ProjectionRow, publish=self._publish, run=self.run_job,
+                       what="making this map", clean_up=self._clean_up, classify=_retryable)
+
+    async def run_job(self, job: Job, reporter: JobReporter[ProjectionRow]) -> None:
+        """Make the map. A neighbour that is away is retried by the runner; any other error
+        ends the job FAILED there, with what was written removed."""
         async with self._sessions() as session:
-            row = await session.get(ProjectionRow, projection_id)
+            row = await session.get(ProjectionRow, job.id)
         if row is None or row.state in TERMINAL:
             return  # deleted or already finished (a redelivery after the ack was lost)
-        reporter: JobReporter[ProjectionRow] = JobReporter(
-            self._sessions, ProjectionRow, projection_id, self._publish
-        )
         try:
-            await self._make_map(row, owner or row.owner, reporter)
+            await self._make_map(row, job.owner or row.owner, reporter)
         except (JobCancelled, JobGone):
-            log.info("projection %s stopped: cancelled or deleted", projection_id)
-            await asyncio.to_thread(self._remove_blobs, projection_id)
+            log.info("projection %s stopped: cancelled or deleted", job.id)
+            await asyncio.to_thread(self._remove_blobs, job.id)
         except fits.FitsStopping:
             # this process is stopping and killed the fit: the queue hands the job out again at once
-            log.info("projection %s handed back: the service is stopping", projection_id)
+            log.info("projection %s handed back: the service is stopping", job.id)
             raise asyncio.CancelledError() from None
         except fits.FitDied as exc:
-            log.error("projection %s failed: %s", projection_id, exc)
-            await asyncio.to_thread(self._remove_blobs, projection_id)
-            await reporter.fail(f"the map could not be made: {exc}; try again, and if it fails the same way, the worker needs more memory for this many rows")
-        except DomainError as exc:
-            await asyncio.to_thread(self._remove_blobs, projection_id)
-            if exc.code.name == "UNAVAILABLE" and delivery < 5:
-                raise  # a service this job needs is down: let the queue hand it out again
-            await reporter.fail(exc.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("projection %s failed", projection_id)
-            await asyncio.to_thread(self._remove_blobs, projection_id)
-            details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-            await reporter.fail(f"the projection failed: {details or type(exc).__name__}")
+            log.error("projection %s failed: %s", job.id, exc)
+            await asyncio.to_thread(self._remove_blobs, job.id)
+            await reporter.fail(f"the map could not be made: {exc}; try again, and if it fails the same way, "
+                                "the worker needs more memory for this many rows")
 
-    async def give_up(self, payload: dict[str, Any], attempts: int, last_error: str | None) -> None:
-        """The map's last delivery (services/common/events.py): its worker died or failed on
-        every attempt, so the projection ends FAILED and leaves nothing behind."""
-        projection_id = str(payload.get("id", ""))
-        async with self._sessions() as session:
-            row = await session.get(ProjectionRow, projection_id)
-        if row is None or row.state in TERMINAL:
-            return
+    async def _clean_up(self, projection_id: str, payload: dict[str, Any]) -> None:
         await asyncio.to_thread(self._remove_blobs, projection_id)
-        reporter: JobReporter[ProjectionRow] = JobReporter(self._sessions, ProjectionRow, projection_id, self._publish)
-        await reporter.fail(crash_message("making this map", attempts, last_error))
 
     def _remove_blobs(self, projection_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -148,46 +140,66 @@ class MapJobs:
         if params.algorithm == maps.KMEANS:
             params = replace(params, k=min(params.k or maps.default_k(rows), rows))
 
+        # what an earlier delivery of this job finished (its worker was killed) is not made again
+        stages = MapStages(self._sessions, self._blobs, row.id, row.stages)
+        if stages.finished:
+            log.info("resuming projection %s: %s already made", row.id, ", ".join(stages.finished))
         first = maps.STAGE_PRE_REDUCTION if params.method != maps.PCA else "pca"
         status = StageStatus(first, 0, rows)
-        await reporter.progress(0, total=rows, stage=first)
-        points = await self._in_child(fit, reporter, status, row.id, maps.reduce, vectors, params, progress=True)
+        if stages.has(POINTS):
+            points = await stages.array(POINTS)
+        else:
+            await reporter.progress(0, total=rows, stage=first)
+            points = await self._in_child(fit, reporter, status, row.id, maps.reduce, vectors, params, progress=True)
+            await stages.keep_array(POINTS, points)
         sample = maps.fit_sample(rows, params)
         fitted_rows = rows if sample is None else int(sample.shape[0])
         pre_reduced = maps.pre_reduce_dims(vectors.shape, params, fitted_rows)
 
-        status.update("clustering", 0, rows)
-        await reporter.progress(0, total=rows, stage="clustering")
-        labels = await self._in_child(fit, reporter, status, row.id, maps.cluster, points, vectors, params)
+        if stages.has(LABELS):
+            labels = await stages.array(LABELS)
+        else:
+            status.update("clustering", 0, rows)
+            await reporter.progress(0, total=rows, stage="clustering")
+            labels = await self._in_child(fit, reporter, status, row.id, maps.cluster, points, vectors, params)
+            await stages.keep_array(LABELS, labels)
         summaries = maps.summarise(points, labels)
 
-        status.update("quality", 0, rows)
-        await reporter.progress(0, total=rows, stage="quality")
-        label_column = str((row.params or {}).get("label_column", ""))
-        truth = (
-            await credentials.call(
-                lambda identity: self._sources.load_texts(identity, dataset_name(row), [label_column], rows),
-                f"reading the labels of {dataset_name(row)}",
+        if stages.has(QUALITY):
+            quality = dict(stages.value(QUALITY))
+        else:
+            status.update("quality", 0, rows)
+            await reporter.progress(0, total=rows, stage="quality")
+            label_column = str((row.params or {}).get("label_column", ""))
+            truth = (
+                await credentials.call(
+                    lambda identity: self._sources.load_texts(identity, dataset_name(row), [label_column], rows),
+                    f"reading the labels of {dataset_name(row)}",
+                )
+                if label_column
+                else None
             )
-            if label_column
-            else None
-        )
-        quality = await self._in_child(fit, reporter, status, row.id, maps.measure, vectors, points, params, truth)
-        quality.update(fitted_rows=fitted_rows, pre_reduction_dimensions=pre_reduced)
+            quality = await self._in_child(fit, reporter, status, row.id, maps.measure, vectors, points, params, truth)
+            quality.update(fitted_rows=fitted_rows, pre_reduction_dimensions=pre_reduced)
+            await stages.keep(QUALITY, quality)
         del vectors
 
-        status.update("labelling", 0, rows)
-        await reporter.progress(0, total=rows, stage="labelling")
-        columns = embedding.text_columns
-        texts = (
-            await credentials.call(
-                lambda identity: self._sources.load_texts(identity, dataset_name(row), columns, rows),
-                f"reading the texts of {dataset_name(row)}",
+        if stages.has(TERMS):
+            terms = {int(cluster): list(words) for cluster, words in stages.value(TERMS).items()}
+        else:
+            status.update("labelling", 0, rows)
+            await reporter.progress(0, total=rows, stage="labelling")
+            columns = embedding.text_columns
+            texts = (
+                await credentials.call(
+                    lambda identity: self._sources.load_texts(identity, dataset_name(row), columns, rows),
+                    f"reading the texts of {dataset_name(row)}",
+                )
+                if columns
+                else [""] * rows
             )
-            if columns
-            else [""] * rows
-        )
-        terms = await self._in_child(fit, reporter, status, row.id, maps.cluster_terms, texts, labels)
+            terms = await self._in_child(fit, reporter, status, row.id, maps.cluster_terms, texts, labels)
+            await stages.keep(TERMS, {str(cluster): words for cluster, words in terms.items()})
         for summary in summaries:
             summary.terms = terms.get(summary.id, [])
             summary.label = maps.label_of(summary.terms, summary.id)
@@ -210,8 +222,9 @@ class MapJobs:
             await session.commit()
         cluster_count = sum(1 for s in summaries if s.id != maps.NOISE)
         await reporter.succeed(
-            point_count=rows, cluster_count=cluster_count, done=rows, total=rows, quality=quality
+            point_count=rows, cluster_count=cluster_count, done=rows, total=rows, quality=quality, stages=None
         )
+        await stages.forget()
 
     def _write_points(self, projection_id: str, points: np.ndarray, labels: np.ndarray) -> None:
         key = points_key(projection_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,7 @@ from services.common.clients import DelegatedTokens, ProjectAccess
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.events import EventBus
 from services.common.jobs import PENDING, SUCCEEDED, cancel_job, watch
+from services.common.outbox import Outbox
 from services.projection.messages import to_proto
 from services.projection.models import ClusterRow, ProjectionRow
 from services.projection.rules import (
@@ -36,9 +37,8 @@ from services.projection.rules import (
     map_params,
     params_json,
 )
-from services.common.outbox import Outbox
-from services.projection.sources import Sources
 from services.projection.settings import ProjectionSettings
+from services.projection.sources import Sources
 from services.projection.vectors import VectorFiles
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,9 @@ class ProjectionRecords:
         params = map_params(spec, embedding.row_count, self._settings)
         label_column = spec.label_column.strip()
         if label_column:
-            columns = await self._sources.dataset_columns(identity, f"projects/{parts['project']}/datasets/{parts['dataset']}")
+            columns = await self._sources.dataset_columns(
+                identity, f"projects/{parts['project']}/datasets/{parts['dataset']}"
+            )
             if label_column not in columns:
                 raise InvalidArgument(
                     f"label_column '{label_column}' not found; the dataset has: {', '.join(columns)}"
@@ -166,7 +168,9 @@ class ProjectionRecords:
         credentials = self._delegated.for_job(embedding.creator)
         try:
             return await credentials.call(
-                lambda identity: self.create(identity, embedding.name, follow_up_spec(int(embedding.row_count)), projection_id),
+                lambda identity: self.create(
+                    identity, embedding.name, follow_up_spec(int(embedding.row_count)), projection_id
+                ),
                 f"starting the projection that follows {embedding.name}",
             )
         except IntegrityError:
@@ -239,7 +243,7 @@ class ProjectionRecords:
         await self.publish(cancelled)
         return cancelled
 
-    async def watch(self, identity: Identity, name: str) -> AsyncIterator[projection_pb2.Projection]:
+    async def watch(self, identity: Identity, name: str) -> AsyncGenerator[projection_pb2.Projection, None]:
         row = await self.readable(identity, name)
         parts = names.parse(name, PROJECTION_PATTERN)
 

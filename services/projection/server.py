@@ -9,14 +9,14 @@ import logging
 
 from embedviz.v1 import projection_pb2, projection_pb2_grpc
 from services.common.app import Background, Built, Deps, new_server
-from services.common.events import run_event_consumer, run_work_queue
+from services.common.consumer import event_consumer, json_object
 from services.common.reconcile import ReconcileSettings
+from services.common.runner import JobRunner, JobSweeper, RunnerSettings
 from services.projection import fits, maps, orphans, vectors
-from services.projection.follow_ups import run_follow_ups
+from services.projection.follow_ups import follow_ups
 from services.projection.job import MapJobs
 from services.projection.reads import MapReads
 from services.projection.records import ProjectionRecords
-from services.projection.rules import KIND
 from services.projection.servicer import ProjectionServicer
 from services.projection.settings import ProjectionSettings
 from services.projection.sources import Sources
@@ -45,9 +45,10 @@ async def build(deps: Deps, own: ProjectionSettings | None = None) -> Built:
     projection_pb2_grpc.add_ProjectionServiceServicer_to_server(ProjectionServicer(records, reads), server)
 
     async def follow_embedding_deletions(stop: asyncio.Event) -> None:
-        await run_event_consumer(
-            deps.bus, "events.embedding-deleted.>", "projection-embedding-deleted", records.remove_for_embedding, stop
-        )
+        await event_consumer(
+            deps.bus, "events.embedding-deleted.>", "projection-embedding-deleted", records.remove_for_embedding,
+            decode=json_object,
+        ).run(stop)
 
     background: list[Background] = [follow_embedding_deletions, records.outbox.relay]
     reconciler = orphans.reconciler(
@@ -59,18 +60,17 @@ async def build(deps: Deps, own: ProjectionSettings | None = None) -> Built:
         async def fitting_processes(stop: asyncio.Event) -> None:
             await fit_pool.run(stop)  # starts (and warms) one child per worker; kills them on stop
 
-        def worker() -> Background:
-            async def work(stop: asyncio.Event) -> None:
-                await run_work_queue(deps.bus, KIND, jobs.run_job, stop, give_up=jobs.give_up)
+        async def follow_up_projections(stop: asyncio.Event) -> None:
+            await follow_ups(deps.bus, records.follow_up).run(stop)
 
-            return work
-
-        async def follow_ups(stop: asyncio.Event) -> None:
-            await run_follow_ups(deps.bus, records.follow_up, stop)
-
+        runner_settings = RunnerSettings.from_env()
+        mappers = [JobRunner(sessions, deps.bus, jobs.map_job(), runner_settings, slot)
+                   for slot in range(settings.workers)]
         background.append(fitting_processes)
-        background.append(follow_ups)
-        background.extend(worker() for _ in range(settings.workers))
+        background.append(follow_up_projections)
+        background.extend(mapper.run for mapper in mappers)
+        # stalled maps are queued again or failed (services/common/runner.py)
+        background.append(JobSweeper(mappers[:1], runner_settings.sweep_every).run)
 
     return Built(
         server=server,

@@ -78,22 +78,26 @@ async def until(condition: Any, within: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_a_job_that_fails_every_time_ends_failed_with_its_last_error(
-    infra: Stack, database_url: str, db: Database, tmp_path: Path
-) -> None:
+async def run_to_the_end(infra: Stack, database_url: str, db: Database, behaviour: str, marker: Path) -> CountingJob:
+    """One job, and a worker process that does `behaviour` on each delivery until it ended."""
     bus = await EventBus.connect(infra.nats_url, name="test-runner")
-    kind = f"test-fails-{uuid.uuid4().hex[:6]}"
-    marker = tmp_path / "attempts"
+    kind = f"test-{behaviour}-{uuid.uuid4().hex[:6]}"
     try:
         job_id = await new_job(db, bus, kind)
-        worker = await start_worker(infra, database_url, "unavailable", kind, marker, max_deliver=3, seconds=10)
+        worker = await start_worker(infra, database_url, behaviour, kind, marker, max_deliver=3, seconds=10)
         await until(lambda: _ended(db, job_id), 30, "the job to end")
         worker.send_signal(signal.SIGTERM)
         await asyncio.wait_for(worker.wait(), timeout=20)
     finally:
         await bus.close()
-    row = await job_of(db, job_id)
-    assert attempts_noted(marker) == ["1", "2"], "the last delivery is given up, not run"
+    return await job_of(db, job_id)
+
+
+async def test_a_job_that_fails_every_time_ends_failed_with_its_last_error(
+    infra: Stack, database_url: str, db: Database, tmp_path: Path
+) -> None:
+    row = await run_to_the_end(infra, database_url, db, "unavailable", tmp_path / "attempts")
+    assert attempts_noted(tmp_path / "attempts") == ["1", "2"], "the last delivery is given up, not run"
     assert row.state == FAILED
     assert row.error == ("counting the rows failed 2 times and was given up; "
                          "the last error: the dataset service is away")
@@ -102,19 +106,8 @@ async def test_a_job_that_fails_every_time_ends_failed_with_its_last_error(
 async def test_a_job_with_a_bad_request_fails_at_once_with_its_message(
     infra: Stack, database_url: str, db: Database, tmp_path: Path
 ) -> None:
-    bus = await EventBus.connect(infra.nats_url, name="test-runner")
-    kind = f"test-invalid-{uuid.uuid4().hex[:6]}"
-    marker = tmp_path / "attempts"
-    try:
-        job_id = await new_job(db, bus, kind)
-        worker = await start_worker(infra, database_url, "invalid", kind, marker, seconds=10)
-        await until(lambda: _ended(db, job_id), 30, "the job to end")
-        worker.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(worker.wait(), timeout=20)
-    finally:
-        await bus.close()
-    row = await job_of(db, job_id)
-    assert attempts_noted(marker) == ["1"], "a verdict on the request is not retried"
+    row = await run_to_the_end(infra, database_url, db, "invalid", tmp_path / "attempts")
+    assert attempts_noted(tmp_path / "attempts") == ["1"], "a verdict on the request is not retried"
     assert (row.state, row.error) == (FAILED, "column 'body' not found; the dataset has: title, text")
 
 

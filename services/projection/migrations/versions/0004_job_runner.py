@@ -7,26 +7,21 @@ Revises: 0003
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
+
+from services.common.runner import runner_columns
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SCHEMA = "projection"
-TABLE = "projections"
-
 
 def upgrade() -> None:
-    op.add_column(TABLE, sa.Column("heartbeat_time", sa.DateTime(timezone=True), nullable=True), schema=SCHEMA)
-    op.add_column(TABLE, sa.Column("attempts", sa.Integer, nullable=False, server_default="0"), schema=SCHEMA)
-    op.add_column(TABLE, sa.Column("last_error", sa.Text, nullable=False, server_default=""), schema=SCHEMA)
-    op.add_column(TABLE, sa.Column("worker", sa.String(200), nullable=False, server_default=""), schema=SCHEMA)
-    op.add_column(TABLE, sa.Column("work", sa.JSON, nullable=True), schema=SCHEMA)
+    for column in runner_columns():
+        op.add_column("projections", column, schema="projection")
 
 
 def downgrade() -> None:
-    for column in ("work", "worker", "last_error", "attempts", "heartbeat_time"):
-        op.drop_column(TABLE, column, schema=SCHEMA)
+    for column in reversed(runner_columns()):
+        op.drop_column("projections", column.name, schema="projection")
