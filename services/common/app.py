@@ -100,7 +100,9 @@ async def open_deps(
     blobs = BlobStore(settings.blob_root)
     channels = Channels()
     max_age = settings.jwks_max_age
-    lookup = keys if keys is not None else JwksKeys(settings.jwks_url, max_age=max_age, min_refetch=min(5.0, max_age)).get
+    lookup = (
+        keys if keys is not None else JwksKeys(settings.jwks_url, max_age=max_age, min_refetch=min(5.0, max_age)).get
+    )
     # Logged-out sessions and deleted API keys, followed live: their tokens stop at once.
     revoked = Revocations()
     await revoked.follow(bus)
