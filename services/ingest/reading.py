@@ -7,7 +7,7 @@ import codecs
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Literal, cast
+from typing import IO, Any, BinaryIO, Literal, TypeAlias, cast
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +59,8 @@ class Options:
     block_bytes: int = 0  # the text readers' block (0: SMALL_BLOCK); set by a retry, not by users
 
 
-Opener = Callable[[], BinaryIO]
+# Opens the uploaded file: a blob store stream (pyarrow) or, in tests, a Python file.
+Opener: TypeAlias = "Callable[[], pa.NativeFile | BinaryIO]"
 
 
 class CountingReader(io.RawIOBase):
