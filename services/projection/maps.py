@@ -581,6 +581,48 @@ def unpack(chunk: PointChunk) -> Points:
     )
 
 
+# POINT_ENCODING_PACKED: the cluster as uint16, noise as its largest value.
+PACKED_NOISE = 0xFFFF
+MAX_PACKED_CLUSTER = PACKED_NOISE - 1
+
+
+def record_dtype(dimensions: int) -> np.dtype[Any]:
+    """One packed point: x, y (, z) float32, cluster uint16, 2 zero bytes (4-byte aligned
+    records, so a client can view them as Float32Array / Uint16Array or hand them to WebGL)."""
+    axes: list[tuple[str, str]] = [(axis, "<f4") for axis in "xyz"[:dimensions]]
+    return np.dtype([*axes, ("cluster", "<u2"), ("pad", "<u2")])
+
+
+def pack_records(points: Points, start: int, stop: int) -> bytes:
+    """points[start:stop] as packed records (record_dtype); the row index is implicit:
+    record i is row start + i, which holds for every points file (written in row order)."""
+    rows = points.rows[start:stop]
+    if rows.shape[0] and (int(rows[0]) != start or int(rows[-1]) != stop - 1):
+        raise ValueError(f"the points file is not in row order at {start}; make the map again")
+    clusters = points.clusters[start:stop]
+    if clusters.shape[0] and int(clusters.max()) > MAX_PACKED_CLUSTER:
+        raise ValueError(
+            f"cluster {int(clusters.max())} does not fit the packed encoding (at most {MAX_PACKED_CLUSTER})"
+        )
+    records = np.zeros(stop - start, dtype=record_dtype(points.dimensions))
+    for axis, name in enumerate("xyz"[: points.dimensions]):
+        records[name] = points.coordinates[start:stop, axis]
+    records["cluster"] = np.where(clusters < 0, PACKED_NOISE, clusters).astype("<u2")
+    return records.tobytes()
+
+
+def unpack_records(packed: bytes, dimensions: int, start: int) -> Points:
+    """The inverse of `pack_records`, as a client reads a chunk."""
+    records = np.frombuffer(packed, dtype=record_dtype(dimensions))
+    coordinates = np.column_stack([records[name] for name in "xyz"[:dimensions]]).astype(np.float32)
+    cluster = records["cluster"].astype(np.int32)
+    return Points(
+        rows=np.arange(start, start + records.shape[0], dtype=np.uint32),
+        coordinates=coordinates,
+        clusters=np.where(cluster == PACKED_NOISE, NOISE, cluster).astype(np.int32),
+    )
+
+
 def normalise(vectors: np.ndarray) -> np.ndarray:
     """Unit-length rows (zero rows stay zero), for cosine similarity by dot product."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

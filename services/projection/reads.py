@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.common.auth import Identity
 from services.common.blobs import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.projection import exports, maps
+from services.projection import exports, maps, text_search
 from services.projection.models import ClusterRow, ProjectionRow
 from services.projection.records import ProjectionRecords
 from services.projection.rules import dataset_name, embedding_name, points_key
@@ -87,10 +87,7 @@ class MapReads:
         limit = min(limit or 20, 1000)
         row = await self._records.succeeded(identity, name)
         if column:
-            found = self._sources.rows_containing(
-                identity, dataset_name(row), column, query, limit, int(row.point_count)
-            )
-            return [(index, 1.0) async for index in found]
+            return await self._search_column(identity, row, column, query, limit)
         embedding, vectors = await self._unit_vectors(identity, row)
         vector = await self._sources.embed_query(identity, embedding.model, query)
         if vector.shape[0] != vectors.shape[1]:
@@ -99,6 +96,22 @@ class MapReads:
                 f"{vectors.shape[1]}; the embedding's model may be gone"
             )
         return await asyncio.to_thread(maps.nearest, vectors, vector, limit)
+
+    async def _search_column(
+        self, identity: Identity, row: ProjectionRow, column: str, query: str, limit: int
+    ) -> list[tuple[int, float]]:
+        """Rows of the map whose `column` holds `query`, best match first (text_search.py):
+        the column streamed once from ingest, in bounded batches."""
+        ranking = text_search.Ranking(limit)
+        total = int(row.point_count)
+        batches = self._sources.stream_rows(identity, dataset_name(row), [column], 0, total)
+        try:
+            async for first, table in batches:
+                positions, scores = await asyncio.to_thread(text_search.scores, table.column(column), query)
+                ranking.add(positions + first, scores)
+        finally:
+            await batches.aclose()
+        return ranking.best()
 
     async def neighbors(self, identity: Identity, name: str, row_index: int, limit: int) -> list[tuple[int, float]]:
         if limit < 0:

@@ -8,7 +8,7 @@ from google.protobuf import empty_pb2
 
 from embedviz.v1 import projection_pb2, projection_pb2_grpc
 from services.common.auth import current_identity
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.rpc_types import Context
 from services.projection import exports, maps
 from services.projection.messages import cluster_to_proto, to_proto
@@ -21,6 +21,7 @@ _EXPORT_FORMATS = {
     projection_pb2.EXPORT_FORMAT_JSONL: exports.JSONL,
     projection_pb2.EXPORT_FORMAT_PARQUET: exports.PARQUET,
 }
+_POINT_ENCODINGS = (projection_pb2.POINT_ENCODING_UNSPECIFIED, projection_pb2.POINT_ENCODING_PACKED)
 DEFAULT_CHUNK_POINTS = 65536
 MAX_CHUNK_POINTS = 1 << 20
 
@@ -83,10 +84,24 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
     ) -> AsyncIterator[projection_pb2.StreamPointsResponse]:
         if request.chunk_points < 0:
             raise InvalidArgument(f"chunk_points is {request.chunk_points}; use 0 (the default) or more")
+        if request.encoding not in _POINT_ENCODINGS:
+            raise InvalidArgument(
+                f"encoding {request.encoding} is not a PointEncoding; use POINT_ENCODING_UNSPECIFIED or "
+                "POINT_ENCODING_PACKED"
+            )
         size = min(request.chunk_points or DEFAULT_CHUNK_POINTS, MAX_CHUNK_POINTS)
         points = await self._reads.points(current_identity(), _required(request.name, "name"))
         total = len(points)
         for start, stop in maps.chunk_bounds(points, size):
+            if request.encoding == projection_pb2.POINT_ENCODING_PACKED:
+                try:
+                    packed = maps.pack_records(points, start, stop)
+                except ValueError as exc:
+                    raise FailedPrecondition(f"{exc}; stream this map with POINT_ENCODING_UNSPECIFIED") from None
+                yield projection_pb2.StreamPointsResponse(
+                    count=stop - start, dimensions=points.dimensions, total_count=total, start=start, packed=packed
+                )
+                continue
             chunk = maps.pack(points, start, stop)
             yield projection_pb2.StreamPointsResponse(
                 count=chunk.count,
@@ -95,6 +110,7 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
                 coordinates=chunk.coordinates,
                 cluster_ids=chunk.cluster_ids,
                 total_count=total,
+                start=start,
             )
 
     async def ListClusters(

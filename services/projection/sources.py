@@ -4,7 +4,7 @@ the embedding service, row texts from ingest. gRPC failures become domain errors
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -209,38 +209,3 @@ class Sources:
         except grpc.aio.AioRpcError as exc:
             raise _domain_error(exc, "embedding the query") from None
         return np.frombuffer(response.vectors, dtype="<f4")[: response.dimension].copy()
-
-    async def rows_containing(
-        self, identity: Identity, dataset: str, column: str, query: str, limit: int, max_rows: int
-    ) -> AsyncIterator[int]:
-        """Rows whose `column` contains `query` (case-insensitive), in row order."""
-        needle = query.casefold()
-        token = ""
-        found = 0
-        for _ in range(100):  # bounded: at most 100 pages of 1000
-            try:
-                page = await self._ingest().ListRows(
-                    ingest_pb2.ListRowsRequest(
-                        parent=dataset, page_size=1000, page_token=token, columns=[column], filter=query
-                    ),
-                    metadata=identity.metadata(),
-                    timeout=30,
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise _domain_error(exc, f"searching {dataset}") from None
-            position = list(page.columns).index(column) if column in page.columns else 0
-            for row in page.rows:
-                if row.index >= max_rows or position >= len(row.values):
-                    continue
-                value = row.values[position]
-                text = value.string_value if value.HasField("string_value") else str(
-                    value.number_value if value.HasField("number_value") else ""
-                )
-                if needle in text.casefold():
-                    yield int(row.index)
-                    found += 1
-                    if found >= limit:
-                        return
-            token = page.next_page_token
-            if not token:
-                return

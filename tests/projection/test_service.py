@@ -309,7 +309,9 @@ async def test_a_projection_makes_points_clusters_and_labels(
         projection_pb2.SearchPointsRequest(name=created.name, query="orchard", column="text", limit=1000),
         metadata=auth(VIEWER),
     )
-    assert substring.matches and all("orchard" in TEXTS[m.row_index] and m.score == 1 for m in substring.matches)
+    assert {m.row_index for m in substring.matches} == {i for i, t in enumerate(TEXTS) if "orchard" in t}
+    scores = [m.score for m in substring.matches]  # ranked: best first, each in (0, 1]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores) and len(set(scores)) > 1
 
     near = await projections.FindNeighbors(
         projection_pb2.FindNeighborsRequest(name=created.name, row_index=45, limit=7), metadata=auth(VIEWER)
