@@ -153,7 +153,7 @@ def test_map_colour_search_neighbours_lasso_and_export(stack: Stack, tmp_path: P
 
 
 def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, tmp_path: Path) -> None:
-    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,reloaded}.png."""
+    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,3d,reloaded}.png."""
     summary = _scenario(stack, tmp_path, "workspace", timeout_s=600)
     assert summary["mapFraction"] >= 0.7
     before, after = summary["labels"]
@@ -161,4 +161,5 @@ def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, 
     assert summary["legendPixels"][1] < summary["legendPixels"][0] * 0.1
     assert summary["lassoSelected"] > 1
     assert summary["filtered"]["visible"] < ROWS
+    assert summary["view3d"]["points"] == ROWS
     assert summary["afterReload"] in ("running", "pending", "succeeded")

@@ -658,10 +658,12 @@ const scenarios = {
       const big = before[0];
       const box = await page.locator("#map-canvas").boundingBox();
       await page.mouse.move(box.x + big.left + big.width / 2, box.y + big.top + big.height / 2);
-      for (let k = 0; k < 6; k++) {
-        await page.mouse.wheel(0, -240);
-        await page.waitForTimeout(120);
+      // Zoom in about twice: enough for finer labels, not so far that clusters leave the view.
+      for (let k = 0; k < 12 && (await page.evaluate(() => window.__embedviz.camera().distance)) > 0.55; k++) {
+        await page.mouse.wheel(0, -60);
+        await page.waitForTimeout(150);
       }
+      summary.zoomDistance = await page.evaluate(() => window.__embedviz.camera().distance);
       await page.waitForTimeout(700);
       const after = await page.evaluate(() => window.__embedviz.labels);
       check(!overlap(after), "labels overlap after zooming");
@@ -806,10 +808,33 @@ const scenarios = {
       await other.screenshot({ path: shot("reopened") });
       await other.close();
     });
+    await step("a 3-D map draws and rotates", async () => {
+      await page.click("#toggle-data");
+      await page.selectOption("#projection-dimensions", "3");
+      await page.selectOption("#projection-method", { label: "PCA" });
+      await page.click("#start-projection-button");
+      await until(page, () => window.__embedviz?.ready === true && window.__embedviz.view3d === true, null, "the 3-D map", 120_000);
+      await page.waitForTimeout(300);
+      const png1 = await page.locator("#map-canvas").screenshot();
+      const box = await page.locator("#map-canvas").boundingBox();
+      const yaw0 = await page.evaluate(() => window.__embedviz.orbit().yaw);
+      await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+      await page.mouse.down();
+      await page.mouse.move(box.x + box.width / 2 + 150, box.y + box.height / 2 + 40, { steps: 8 });
+      await page.mouse.up();
+      await page.waitForTimeout(300);
+      const png2 = await page.locator("#map-canvas").screenshot();
+      const yaw1 = await page.evaluate(() => window.__embedviz.orbit().yaw);
+      check(yaw1 > yaw0 + 0.5, `yaw ${yaw0} → ${yaw1}`);
+      check(!png1.equals(png2), "the picture did not change when rotating");
+      summary.view3d = { points: await page.evaluate(() => window.__embedviz.pointCount), yaw: [yaw0, yaw1] };
+      check(summary.view3d.points === rows.length, `the 3-D map has ${summary.view3d.points} points`);
+      await page.screenshot({ path: shot("3d") });
+    });
     await step("a reload during an embedding shows its progress again, then a usable result", async () => {
       // A bigger file so the embedding runs long enough to reload in the middle of it.
       const many = [];
-      for (let k = 0; k < 15; k++) for (const r of rows) many.push({ ...r, text: `${r.text} (${k})` });
+      for (let k = 0; k < 5; k++) for (const r of rows) many.push({ ...r, text: `${r.text} (${k})` });
       const csv = ["id,title,text,topic", ...many.map((r, i) => [i, r.title, r.text, r.topic].map((v) => `"${String(v).replace(/"/g, '""')}"`).join(","))].join("\n");
       const big = join(mkdtempSync(join(tmpdir(), "ws-")), "big.csv");
       writeFileSync(big, csv);
@@ -817,7 +842,7 @@ const scenarios = {
       await page.locator("#upload-input").waitFor();
       await uploadAndOpen(page, big);
       await page.click("#start-embedding-button");
-      await until(page, () => ["running", "pending"].includes(document.getElementById("embedding-progress")?.dataset.state), null, "embedding started", 30_000);
+      await until(page, () => !document.getElementById("embedding-progress")?.hidden && ["running", "pending"].includes(document.getElementById("embedding-progress")?.dataset.state) && !document.getElementById("cancel-embedding-button")?.hidden, null, "embedding started", 30_000);
       await page.reload();
       const seen = await until(page, () => document.getElementById("embedding-progress")?.dataset.state && !document.getElementById("embedding-progress").hidden && document.getElementById("embedding-progress").dataset.state, null, "progress after the reload", 30_000);
       summary.afterReload = seen;

@@ -503,7 +503,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
         cands.push({ text, key: `c${c.id}`, x: sx, y: sy, width: ctx.measureText(text).width + 6, height: mainSize + 4, priority: 1e9 + c.size });
       }
       // Finer labels (the cluster's next terms at the centres of its parts) once zoomed in.
-      if (distance < 0.6) {
+      if (distance < 0.7) {
         ctx.font = labelFont(11, 500);
         for (const sc of subCentroids(x, y, points.clusters, centres, Math.max(3, Math.round(n / 400)), mask)) {
           const terms = clusters.find((c) => c.id === sc.id)?.terms ?? [];

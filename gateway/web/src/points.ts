@@ -8,6 +8,15 @@ export interface PointChunk {
   coordinates: Uint8Array;
   clusterIds: Uint8Array;
   totalCount: bigint | number;
+  /** POINT_ENCODING_PACKED: `count` records of x, y (, z) float32 and a uint16 cluster. */
+  packed?: Uint8Array;
+  /** Row index of the chunk's first point (packed chunks: point i is row start + i). */
+  start?: bigint | number;
+}
+
+/** Bytes a packed record takes: 12 for 2-D, 16 for 3-D. */
+export function packedRecordSize(dimensions: number): number {
+  return dimensions * 4 + 4;
 }
 
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
@@ -71,9 +80,29 @@ export class PointSet {
     if (this.length === 0) this.dimensions = dims;
     else if (dims !== this.dimensions) throw new Error(`chunk has ${dims} dimensions, expected ${this.dimensions}`);
     this.reserve(Math.max(Number(chunk.totalCount), this.length + n));
+    if (chunk.packed && chunk.packed.byteLength) {
+      this.addPacked(chunk.packed, n, dims, Number(chunk.start ?? 0));
+      return;
+    }
     copyWords(this.rows, this.length, chunk.rowIndexes, n, "row_indexes");
     copyWords(this.coords, this.length * dims, chunk.coordinates, n * dims, "coordinates");
     copyWords(this.clusters, this.length, chunk.clusterIds, n, "cluster_ids");
+    this.length += n;
+  }
+
+  /** 12-byte (2-D) or 16-byte (3-D) records; the row is implicit: start + i. */
+  private addPacked(bytes: Uint8Array, n: number, dims: number, start: number): void {
+    const size = packedRecordSize(dims);
+    if (bytes.byteLength !== n * size) throw new Error(`packed: expected ${n * size} bytes, got ${bytes.byteLength}`);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const at = this.length;
+    for (let i = 0; i < n; i++) {
+      const o = i * size;
+      this.rows[at + i] = start + i;
+      for (let a = 0; a < dims; a++) this.coords[(at + i) * dims + a] = view.getFloat32(o + 4 * a, true);
+      const c = view.getUint16(o + 4 * dims, true);
+      this.clusters[at + i] = c === 0xffff ? -1 : c;
+    }
     this.length += n;
   }
 

@@ -12,6 +12,7 @@ import { Role, type Column, type Dataset } from "./gen/embedviz/v1/ingest_pb";
 import { ClusterAlgorithm, ProjectionMethod, type Projection } from "./gen/embedviz/v1/projection_pb";
 import { followJob, isTerminal, JobState, ProgressBar } from "./jobs";
 import { showMap } from "./map";
+import { show3d } from "./view3d";
 import { dataTable, valueOf } from "./table";
 import { cellText, columnsForTemplate, renderText } from "./template";
 import { uploadFile } from "./upload";
@@ -142,6 +143,7 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
   const preview = h("ol", { id: "template-preview", "data-testid": "template-preview", class: "preview" });
   const embeddingSelect = h("select", { id: "embedding-select", "data-testid": "embedding-select", "aria-label": "Embedding to map" });
   const methodSelect = h("select", { id: "projection-method", "data-testid": "projection-method" }, h("option", { value: String(ProjectionMethod.UMAP) }, "UMAP"), h("option", { value: String(ProjectionMethod.PCA) }, "PCA"), h("option", { value: String(ProjectionMethod.TSNE) }, "t-SNE"));
+  const dimSelect = h("select", { id: "projection-dimensions", "data-testid": "projection-dimensions", "aria-label": "Dimensions" }, h("option", { value: "2" }, "2-D"), h("option", { value: "3" }, "3-D"));
   const kInput = h("input", { id: "cluster-k", "data-testid": "cluster-k", type: "number", min: 1, max: 200, placeholder: "auto" });
   const projectButton = h("button", { id: "start-projection-button", "data-testid": "start-projection-button", type: "button", disabled: true }, "Create map");
   const projectionBar = new ProgressBar("projection-progress", "Projection");
@@ -179,7 +181,7 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
     { class: "panel-block", id: "projection-section", hidden: true },
     h("h2", {}, "2. Map"),
     h("label", {}, "Embedding ", embeddingSelect),
-    h("div", { class: "row" }, h("label", {}, "Method ", methodSelect), h("label", {}, "Clusters ", kInput)),
+    h("div", { class: "row" }, h("label", {}, "Method ", methodSelect), h("label", {}, "View ", dimSelect), h("label", {}, "Clusters ", kInput)),
     h("div", { class: "row" }, projectButton, cancelProjectionButton),
     projectionBar.el,
   );
@@ -382,6 +384,18 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
     previous.replaceChildren(...(items.length ? items : [h("li", { class: "muted" }, "None yet.")]));
   };
 
+  /** Every finished map of the dataset, 2-D and 3-D: switching opens the other one. */
+  const mapSwitch = () => {
+    const maps = [...projections.values()].flat().filter((p) => p.job?.state === JobState.SUCCEEDED).sort(newestFirst);
+    const select = h(
+      "select",
+      { id: "map-switch", "data-testid": "map-switch", "aria-label": "Map" },
+      ...maps.map((p, i) => h("option", { value: p.name, selected: p.name === mapOpen }, `${ProjectionMethod[p.method] ?? "map"} ${p.dimensions === 3 ? "3-D" : "2-D"}${maps.length > 1 ? ` #${maps.length - i}` : ""}`)),
+    );
+    select.addEventListener("change", () => (location.hash = `#/${select.value}`));
+    return select;
+  };
+
   const openMap = async (emb: Embedding, proj: Projection) => {
     teardownMap?.();
     teardownMap = null;
@@ -392,7 +406,14 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
     setPanel("data", false);
     showTab("linked");
     refreshLists();
+    if (proj.dimensions === 3) {
+      toolbar.replaceChildren(mapSwitch());
+      linkedHost.replaceChildren();
+      teardownMap = await show3d({ projectionName: proj.name, datasetName, textColumns: emb.textColumns, stage, side, onError: showError });
+      return;
+    }
     teardownMap = await showMap({ store, projectionName: proj.name, datasetName, textColumns: emb.textColumns, columns: dataset.columns, stage, toolbar, side, table: linkedHost, onError: showError, onClearError: clearError });
+    toolbar.prepend(mapSwitch());
   };
 
   const retryEmbedding = (emb: Embedding) => async () => {
@@ -413,6 +434,9 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
     embedBar.setJob(emb.job);
     cancelEmbedButton.hidden = false;
     cancelEmbedButton.disabled = !canWrite();
+    // One embedding at a time from this form: its progress is right here.
+    embedButton.disabled = true;
+    embedButton.title = "An embedding of this dataset is running; cancel it or wait for it to finish";
     cancelEmbedButton.onclick = () => void act(cancelEmbedButton, async () => embedBar.setJob((await embedding.cancelEmbedding({ name: emb.name })).job));
     if (!mapOpen) {
       setState("running", "Embedding the texts; the map comes next.");
@@ -445,6 +469,8 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
       refreshLists();
     } finally {
       cancelEmbedButton.hidden = true;
+      embedButton.disabled = !canWrite();
+      embedButton.title = "";
     }
   };
 
@@ -500,7 +526,7 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
       const k = Number.parseInt(kInput.value, 10);
       const proj = await projection.createProjection({
         parent: emb.name,
-        projection: { method: Number(methodSelect.value) as ProjectionMethod, dimensions: 2, clustering: { algorithm: ClusterAlgorithm.KMEANS, k: Number.isFinite(k) && k > 0 ? k : 0 } },
+        projection: { method: Number(methodSelect.value) as ProjectionMethod, dimensions: Number(dimSelect.value), clustering: { algorithm: ClusterAlgorithm.KMEANS, k: Number.isFinite(k) && k > 0 ? k : 0 } },
       });
       mapOpen = "";
       teardownMap?.();
