@@ -146,9 +146,8 @@ class MapJobs:
             log.info("resuming projection %s: %s already made", row.id, ", ".join(stages.finished))
         first = maps.STAGE_PRE_REDUCTION if params.method != maps.PCA else "pca"
         status = StageStatus(first, 0, rows)
-        if stages.has(POINTS):
-            points = await stages.array(POINTS)
-        else:
+        points = await stages.array(POINTS)
+        if points is None:
             await reporter.progress(0, total=rows, stage=first)
             points = await self._in_child(fit, reporter, status, row.id, maps.reduce, vectors, params, progress=True)
             await stages.keep_array(POINTS, points)
@@ -156,9 +155,8 @@ class MapJobs:
         fitted_rows = rows if sample is None else int(sample.shape[0])
         pre_reduced = maps.pre_reduce_dims(vectors.shape, params, fitted_rows)
 
-        if stages.has(LABELS):
-            labels = await stages.array(LABELS)
-        else:
+        labels = await stages.array(LABELS)
+        if labels is None:
             status.update("clustering", 0, rows)
             await reporter.progress(0, total=rows, stage="clustering")
             labels = await self._in_child(fit, reporter, status, row.id, maps.cluster, points, vectors, params)
