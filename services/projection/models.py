@@ -32,6 +32,8 @@ class ProjectionRow(JobColumns, Base):
     # trustworthiness, sample_rows, neighbours, label_agreement, shuffled_label_agreement,
     # labelled_rows, fitted_rows, pre_reduction_dimensions (set when the job succeeds)
     quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the stages a running job has finished (stages.py): a re-delivered job resumes after them
+    stages: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ClusterRow(Base):
