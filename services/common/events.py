@@ -3,12 +3,11 @@ consumer: services/common/consumer.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import nats
@@ -88,6 +87,8 @@ class EventBus:
         """Make the stream as `config` says, or leave it be if it is so already. Only auth's
         NATS user may create or change streams (services/common/nats_access.py): the other
         services find them made, since they start after auth."""
+        if config.name is None:
+            raise ValueError("a stream's config needs a name")
         try:
             have: StreamConfig | None = (await self.js.stream_info(config.name)).config
         except NotFoundError:
@@ -102,7 +103,7 @@ class EventBus:
                 await self.js.add_stream(config)
             else:
                 await self.js.update_stream(config)
-        except (NatsTimeoutError, asyncio.TimeoutError) as exc:  # a request NATS refused gets no answer
+        except (TimeoutError, NatsTimeoutError) as exc:  # a request NATS refused gets no answer
             if have is None:
                 raise RuntimeError(
                     f"the NATS stream {config.name} does not exist and could not be created: only the auth "
@@ -124,9 +125,11 @@ class EventBus:
             now = time.monotonic()
             if now - self._last_publish_warning > 10:
                 self._last_publish_warning = now
-                log.warning("could not publish %s %s's state (%s); Watch streams will reload it", kind, job_id, describe(exc))
+                log.warning(
+                    "could not publish %s %s's state (%s); Watch streams will reload it", kind, job_id, describe(exc)
+                )
 
-    async def follow_events(self, kind: str, job_id: str) -> AsyncIterator[bytes | None]:
+    async def follow_events(self, kind: str, job_id: str) -> AsyncGenerator[bytes | None, None]:
         """The job's last event, then every new one. Yields None when `idle` seconds pass
         without an event, so a caller can send a heartbeat."""
         try:
@@ -142,11 +145,13 @@ class EventBus:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=15)
-                except (NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeoutError):
                     yield None
                     continue
                 except Exception as exc:
-                    raise Unavailable("the live updates of this job were cut (the event bus restarted); watch again") from exc
+                    raise Unavailable(
+                        "the live updates of this job were cut (the event bus restarted); watch again"
+                    ) from exc
                 yield msg.data
         finally:
             with contextlib.suppress(Exception):

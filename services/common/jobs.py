@@ -7,9 +7,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -63,6 +63,12 @@ class JobColumns:
     work: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
+@overload
+def timestamp(value: datetime) -> Timestamp: ...
+@overload
+def timestamp(value: None) -> None: ...
+@overload
+def timestamp(value: datetime | None) -> Timestamp | None: ...
 def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
@@ -231,7 +237,7 @@ async def watch(
     load: Callable[[], Awaitable[M]],
     decode: Callable[[bytes], M],
     job_of: Callable[[M], job_pb2.Job],
-) -> AsyncIterator[M]:
+) -> AsyncGenerator[M, None]:
     """Current state first, then every change, ending after a terminal state. When
     nothing happens for a while the current state is sent again as a heartbeat."""
     current = await load()

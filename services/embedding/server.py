@@ -14,8 +14,8 @@ from services.common.config import Settings
 from services.common.consumer import event_consumer, json_object
 from services.common.outbox import Outbox
 from services.common.reconcile import ReconcileSettings
-from services.embedding import orphans
 from services.common.server import configure_logging
+from services.embedding import orphans
 from services.embedding.datasets import IngestDatasets
 from services.embedding.embeddings import Embeddings
 from services.embedding.encoder import ModelRegistry
