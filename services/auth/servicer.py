@@ -65,7 +65,7 @@ def client_address(context: Context) -> str:
     return peer
 
 
-def _ts(value: datetime) -> Timestamp | None:
+def _ts(value: datetime) -> Timestamp:
     return timestamp(value)
 
 

@@ -182,9 +182,11 @@ class EmbeddingWorker:
                 ).all()
             )
             if not shards:
-                first = await session.scalar(
-                    select(func.coalesce(func.max(ShardRow.index), -1)).where(ShardRow.embedding_id == row.id)
-                )
+                first = (
+                    await session.execute(
+                        select(func.coalesce(func.max(ShardRow.index), -1)).where(ShardRow.embedding_id == row.id)
+                    )
+                ).scalar_one()  # an aggregate: always one row
                 step = self.settings.shard_rows
                 for k, start in enumerate(range(current.extend_from, total, step)):
                     shard = ShardRow(
@@ -207,7 +209,9 @@ class EmbeddingWorker:
             for shard in shards:  # committed with the shards (the outbox), so none is planned but never queued
                 if shard.state != DONE:
                     await self.embeddings.outbox.add_work(
-                        session, KIND, {"id": row.id, "owner": owner, "shard": shard.index, "generation": shard.generation}
+                        session,
+                        KIND,
+                        {"id": row.id, "owner": owner, "shard": shard.index, "generation": shard.generation},
                     )
             await session.commit()
         await self.embeddings.publish(current)
@@ -235,9 +239,13 @@ class EmbeddingWorker:
             if shard.worker and shard.worker != self.name and shard.lease_until and shard.lease_until > now:
                 return None
             if shard.worker and shard.worker != self.name:
-                log.warning("embedding %s shard %d: taking over from %s at row %d", row.id, index, shard.worker, shard.done_row)
+                log.warning(
+                    "embedding %s shard %d: taking over from %s at row %d", row.id, index, shard.worker, shard.done_row
+                )
             shard.worker = self.name
-            shard.workers = [*(shard.workers or []), self.name] if self.name not in (shard.workers or []) else shard.workers
+            shard.workers = (
+                [*(shard.workers or []), self.name] if self.name not in (shard.workers or []) else shard.workers
+            )
             shard.lease_until = now + self.lease
             shard.state = RUNNING
             shard.seen_row = shard.done_row
@@ -300,7 +308,9 @@ class EmbeddingWorker:
                 upcoming = asyncio.create_task(fetch(stop_row, min(stop_row + window, end))) if stop_row < end else None
                 vectors, truncated = await self._embed_window(model, row, index, table, position)
                 key = part_key(row.id, row.generation, position, stop_row)
-                await self._in_thread(write_part, self.embeddings.blobs, key, vectors, row.float16, uuid.uuid4().hex[:8])
+                await self._in_thread(
+                    write_part, self.embeddings.blobs, key, vectors, row.float16, uuid.uuid4().hex[:8]
+                )
                 last = await self._checkpoint(row, index, position, stop_row, truncated, stop_row == end)
                 position = stop_row
         finally:
@@ -406,7 +416,9 @@ class EmbeddingWorker:
     async def _heartbeat(self, row: EmbeddingRow, index: int, seen: int) -> None:
         await self._update(row, index, seen)
 
-    async def _checkpoint(self, row: EmbeddingRow, index: int, start: int, stop: int, truncated: int, last: bool) -> bool:
+    async def _checkpoint(
+        self, row: EmbeddingRow, index: int, start: int, stop: int, truncated: int, last: bool
+    ) -> bool:
         """Commit rows [start, stop) of the shard (their part file is written); True when
         that finished the last shard, so this worker joins the parts."""
         _, complete = await self._update(row, index, stop, (start, stop, truncated, last))
