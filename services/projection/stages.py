@@ -59,7 +59,8 @@ class MapStages:
             if not self._blobs.exists(key):
                 return None
             with self._blobs.open_input_file(key) as source:
-                return np.load(io.BytesIO(source.read()), allow_pickle=False)
+                array: np.ndarray = np.load(io.BytesIO(source.read()), allow_pickle=False)
+            return array
 
         return await asyncio.to_thread(read)
 
