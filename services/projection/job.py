@@ -24,8 +24,9 @@ from services.common.consumer import retryable
 from services.common.errors import FailedPrecondition
 from services.common.jobs import CANCELLED, TERMINAL, JobCancelled, JobGone, JobReporter
 from services.common.runner import Job, JobKind
-from services.projection import fits, maps
+from services.projection import fits, maps, progress
 from services.projection.models import ClusterRow, ProjectionRow
+from services.projection.progress import MapProgress
 from services.projection.rules import KIND, MIN_ROWS, dataset_name, embedding_name, params_of, points_key
 from services.projection.sources import EmbeddingInfo, Sources
 from services.projection.stages import LABELS, POINTS, QUALITY, TERMS, MapStages
@@ -106,7 +107,8 @@ class MapJobs:
         params = params_of(row)
         await reporter.start("loading vectors", total=row.total or 0)
         embedding = await credentials.call(
-            lambda identity: self._sources.get_embedding(identity, embedding_name(row)), f"reading {embedding_name(row)}"
+            lambda identity: self._sources.get_embedding(identity, embedding_name(row)),
+            f"reading {embedding_name(row)}",
         )
         if not embedding.succeeded:
             raise FailedPrecondition(f"{embedding.name} is {embedding.state_name}; it must have succeeded")
@@ -126,10 +128,15 @@ class MapJobs:
         fit: fits.FitSession,
     ) -> None:
         rows = int(embedding.row_count)
+        # one number for the whole job, through every stage (progress.py)
+        plan = MapProgress(progress.stages_of(params, maps.fit_sample(rows, params) is not None), rows)
         # straight into a file of the fit's folder: the child maps it, nobody holds a copy
         vectors = await credentials.call(
             lambda identity: self._sources.load_vectors(
-                identity, embedding, on_chunk=lambda done: reporter.progress(done, total=rows), allocate=fit.allocate
+                identity,
+                embedding,
+                on_chunk=lambda done: reporter.progress(*plan.at(progress.LOADING, done, rows)),
+                allocate=fit.allocate,
             ),
             f"reading the vectors of {embedding.name}",
         )
@@ -145,10 +152,10 @@ class MapJobs:
         if stages.finished:
             log.info("resuming projection %s: %s already made", row.id, ", ".join(stages.finished))
         first = maps.STAGE_PRE_REDUCTION if params.method != maps.PCA else "pca"
-        status = StageStatus(first, 0, rows)
+        status = StageStatus(first, 0, rows, plan)
         points = await stages.array(POINTS)
         if points is None:
-            await reporter.progress(0, total=rows, stage=first)
+            await reporter.progress(*plan.at(first), stage=first)
             points = await self._in_child(fit, reporter, status, row.id, maps.reduce, vectors, params, progress=True)
             await stages.keep_array(POINTS, points)
         sample = maps.fit_sample(rows, params)
@@ -158,7 +165,7 @@ class MapJobs:
         labels = await stages.array(LABELS)
         if labels is None:
             status.update("clustering", 0, rows)
-            await reporter.progress(0, total=rows, stage="clustering")
+            await reporter.progress(*plan.at(progress.CLUSTERING), stage="clustering")
             labels = await self._in_child(fit, reporter, status, row.id, maps.cluster, points, vectors, params)
             await stages.keep_array(LABELS, labels)
         summaries = maps.summarise(points, labels)
@@ -167,7 +174,7 @@ class MapJobs:
             quality = dict(stages.value(QUALITY))
         else:
             status.update("quality", 0, rows)
-            await reporter.progress(0, total=rows, stage="quality")
+            await reporter.progress(*plan.at(progress.QUALITY), stage="quality")
             label_column = str((row.params or {}).get("label_column", ""))
             truth = (
                 await credentials.call(
@@ -186,7 +193,7 @@ class MapJobs:
             terms = {int(cluster): list(words) for cluster, words in stages.value(TERMS).items()}
         else:
             status.update("labelling", 0, rows)
-            await reporter.progress(0, total=rows, stage="labelling")
+            await reporter.progress(*plan.at(progress.LABELLING), stage="labelling")
             columns = embedding.text_columns
             texts = (
                 await credentials.call(
@@ -202,7 +209,7 @@ class MapJobs:
             summary.terms = terms.get(summary.id, [])
             summary.label = maps.label_of(summary.terms, summary.id)
 
-        await reporter.progress(rows, total=rows, stage="saving", force=True)
+        await reporter.progress(*plan.at(progress.SAVING), stage="saving", force=True)
         await asyncio.to_thread(self._write_points, row.id, points, labels)
         async with self._sessions() as session:
             await session.execute(delete(ClusterRow).where(ClusterRow.projection_id == row.id))
@@ -248,6 +255,7 @@ class MapJobs:
         at once, so its CPU use stops."""
         task = asyncio.ensure_future(fit.call(fn, *args, on_stage=status.update if progress else None))
         shown = status.stage
+        shown_done = -1
         last = checked = time.monotonic()
         try:
             while True:
@@ -257,14 +265,16 @@ class MapJobs:
                         return task.result()
                     except fits.FitDied as exc:
                         raise fits.FitDied(exc.returncode, status.stage) from None
-                stage, count, total = status.read()
+                stage, job_done, job_total = status.job_progress()
                 now = time.monotonic()
                 if stage != shown:
-                    shown, last = stage, now
-                    await reporter.progress(count, total=total, stage=stage)
-                elif now - last >= HEARTBEAT_SECONDS:
-                    last = now
-                    await reporter.progress(count, total=total, force=True)
+                    shown, shown_done, last = stage, job_done, now
+                    await reporter.progress(job_done, total=job_total, stage=stage)
+                elif job_done != shown_done or now - last >= HEARTBEAT_SECONDS:
+                    # within a stage (epochs, rows placed): throttled by the reporter, forced on a heartbeat
+                    beat = now - last >= HEARTBEAT_SECONDS
+                    shown_done, last = job_done, now if beat else last
+                    await reporter.progress(job_done, total=job_total, force=beat)
                 if now - checked >= CANCEL_POLL_SECONDS:
                     checked = now
                     await self._still_wanted(projection_id)
@@ -286,9 +296,10 @@ class MapJobs:
 class StageStatus:
     """The stage a fit is in, as the child process last reported it."""
 
-    def __init__(self, stage: str, done: int, total: int) -> None:
+    def __init__(self, stage: str, done: int, total: int, plan: MapProgress | None = None) -> None:
         self._lock = threading.Lock()
         self.stage, self.done, self.total = stage, done, total
+        self._plan = plan
 
     def update(self, stage: str, done: int, total: int) -> None:
         with self._lock:
@@ -297,3 +308,11 @@ class StageStatus:
     def read(self) -> tuple[str, int, int]:
         with self._lock:
             return self.stage, self.done, self.total
+
+    def job_progress(self) -> tuple[str, int, int]:
+        """(stage, the job's done, the job's total): the stage's count placed in the whole
+        job by the plan; the stage's own count without one."""
+        stage, done, total = self.read()
+        if self._plan is None:
+            return stage, done, total
+        return (stage, *self._plan.at(stage, done, total))

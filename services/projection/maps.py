@@ -4,8 +4,10 @@ umap-learn; the CPU-bound functions run in a job's child process (fits.py)."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -256,11 +258,33 @@ def _umap_fit(
         # spectral initialisation fails on graphs this small; random is fine there
         init="spectral" if n > 3 * n_neighbors else "random",
         force_approximation_algorithm=knn[0] is not None,
+        # umap has no progress callback, only a tqdm bar over the epochs: read its counts
+        tqdm_kwds={"disable": False, "file": _EpochCounts(report), "bar_format": "{n}/{total}\n",
+                   "mininterval": 0.25, "ascii": True},
     )
     if knn[0] is None:
         report(STAGE_OPTIMISATION, 0, n)
     points = reducer.fit_transform(data)
+    reducer.tqdm_kwds = {"disable": True}  # placing (transform) runs epochs too: not the fit's
     return reducer, np.ascontiguousarray(points, dtype=np.float32)
+
+
+class _EpochCounts(io.TextIOBase):
+    """Where umap's epoch bar writes "done/total": passed on as optimisation progress."""
+
+    def __init__(self, report: StageCallback) -> None:
+        super().__init__()
+        self._report = report
+
+    def write(self, text: str) -> int:
+        found = _EPOCHS.findall(text)
+        if found:
+            done, total = found[-1]
+            self._report(STAGE_OPTIMISATION, int(done), int(total))
+        return len(text)
+
+
+_EPOCHS = re.compile(r"(\d+)/(\d+)")
 
 
 def _batches(rest: np.ndarray) -> list[np.ndarray]:
