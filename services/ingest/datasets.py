@@ -9,13 +9,13 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pyarrow.parquet as pq
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from embedviz.v1 import ingest_pb2
@@ -31,7 +31,7 @@ from services.common import paging
 from services.ingest import messages
 from services.ingest.checksum import crc32c
 from services.ingest.deletions import announce_deleted
-from services.ingest.importer import import_file, read_column_names
+from services.ingest.importer import Checkpoint, assemble, import_file, read_column_names
 from services.ingest.reading import (
     COMPRESSIONS,
     ENCODINGS,
@@ -67,6 +67,44 @@ def next_rows_key(dataset_id: str) -> str:
 
 def dataset_prefix(dataset_id: str) -> str:
     return f"datasets/{dataset_id}"
+
+
+def import_parts_prefix(dataset_id: str) -> str:
+    """The parts an import has committed so far (importer.Parts); gone once it ends."""
+    return f"{dataset_prefix(dataset_id)}/import"
+
+
+class ImportParts:
+    """An import's part files in the blob store, each committed with its checkpoint in the
+    dataset's row, so that a re-delivered import resumes after the last one. Called from the
+    import's worker thread; the checkpoint is written on the event loop."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        dataset_id: str,
+        part_rows: int,
+        save: Callable[[Checkpoint], Awaitable[None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.part_rows = part_rows
+        self._blobs = blobs
+        self._prefix = import_parts_prefix(dataset_id)
+        self._save = save
+        self._loop = loop
+
+    def key(self, tag: str, index: int) -> str:
+        return f"{self._prefix}/{tag}-{index:05d}.parquet"
+
+    def open(self, tag: str, index: int) -> Any:
+        return self._blobs.open_output(self.key(tag, index) + ".next")
+
+    def commit(self, tag: str, index: int, checkpoint: Checkpoint) -> None:
+        self._blobs.move(self.key(tag, index) + ".next", self.key(tag, index))
+        asyncio.run_coroutine_threadsafe(self._save(checkpoint), self._loop).result()
+
+    def read(self, tag: str, index: int) -> pq.ParquetFile:
+        return pq.ParquetFile(self._blobs.open_input_file(self.key(tag, index)))
 
 
 def check_options(fmt: str, delimiter: str, quote_char: str, encoding: str, compression: str) -> Options:
@@ -556,18 +594,49 @@ class Datasets:
             source, filename, size = part_key(dataset.upload_id), dataset.source_filename, dataset.size_bytes
         target, live = next_rows_key(dataset_id), rows_key(dataset_id)
 
+        async def save_checkpoint(checkpoint: Checkpoint | dict[str, Any]) -> None:
+            saved = checkpoint.as_dict() if isinstance(checkpoint, Checkpoint) else checkpoint
+            async with self._sessions() as session:
+                await session.execute(update(Dataset).where(Dataset.id == dataset_id).values(import_checkpoint=saved))
+                await session.commit()
+
+        finished = None if append_id else (dataset.import_checkpoint or {}).get("finished")
+        if finished is not None:
+            # killed after every row was written: only the last steps are left
+            log.info("resuming the import of dataset %s after its last row", dataset_id)
+            await self._finish_import(dataset_id, source, target, live, finished, reporter)
+            return
+
+        # An import (not an append) commits its rows part by part; a re-delivered one resumes.
+        parts = None if append_id else ImportParts(
+            self._blobs, dataset_id, self._settings.import_part_rows, save_checkpoint, asyncio.get_running_loop()
+        )
+        resume = None if append_id else Checkpoint.of(dataset.import_checkpoint)
+        if resume is not None and await asyncio.to_thread(lambda: any(map(self._blobs.exists, (target, live)))):
+            # killed while its parts became the dataset's file: they are no more, read it all again
+            resume = None
+        if resume is not None:
+            log.info("resuming the import of dataset %s after row %d (%d parts)", dataset_id, resume.rows, resume.parts)
+
         def work() -> Any:
             append_to = pq.ParquetFile(self._blobs.open_input_file(live)) if append_id else None
             try:
-                return import_file(
+                result = import_file(
                     lambda: self._blobs.open_input_file(source),
                     lambda: self._blobs.open_output(target),
                     filename, size, on_progress=on_progress, options=options,
-                    limits=self._settings.limits, append_to=append_to,
+                    limits=self._settings.limits, append_to=append_to, parts=parts, resume=resume,
                 )
             finally:
                 if append_to is not None:
                     append_to.close()
+            done = result.parts
+            if parts is not None and done is not None:
+                if done.parts == 1:
+                    self._blobs.move(parts.key(done.tag, 0), target)
+                else:
+                    assemble(parts, done, lambda: self._blobs.open_output(target))
+            return result
 
         pumping = asyncio.create_task(pump())
         failure: str | None = None
@@ -597,9 +666,6 @@ class Datasets:
                 await self.remove_blobs([dataset_prefix(dataset_id)])
                 await reporter.fail(failure)
             return
-        # Every row was read: only now does the file take the live place.
-        await asyncio.to_thread(self._blobs.move, target, live)
-        await asyncio.to_thread(self._blobs.delete, source)
         fields: dict[str, Any] = {
             "format": result.format, "delimiter": result.delimiter, "quote_char": result.quote_char,
             "encoding": result.encoding, "compression": result.compression, "row_count": result.row_count,
@@ -608,8 +674,27 @@ class Datasets:
         }
         if append_id:
             fields.update(appending_upload_id="", append_error="", size_bytes=dataset.size_bytes + size)
+        else:
+            # what success records, kept first: a kill from here on leaves only the last steps
+            await save_checkpoint({"finished": fields})
+        await self._finish_import(dataset_id, source, target, live, fields, reporter)
+
+    async def _finish_import(
+        self, dataset_id: str, source: str, target: str, live: str, fields: dict[str, Any],
+        reporter: JobReporter[Dataset],
+    ) -> None:
+        """Every row was read: only now does the file take the live place; the upload and the
+        import's parts go, and the dataset succeeds. Each step may be done again after a kill."""
+
+        def publish() -> None:
+            if self._blobs.exists(target) or not self._blobs.exists(live):
+                self._blobs.move(target, live)
+            self._blobs.delete(source)
+            self._blobs.delete_dir(import_parts_prefix(dataset_id))
+
+        await asyncio.to_thread(publish)
         try:
-            await reporter.succeed(**fields)
+            await reporter.succeed(**fields, import_checkpoint=None)
         except (JobGone, JobCancelled):
             await self.remove_blobs([dataset_prefix(dataset_id)])
 

@@ -9,10 +9,13 @@ service runs it in a worker thread."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -70,10 +73,139 @@ class ImportResult:
     quote_char: str = ""
     compression: str = NONE
     appended_rows: int = 0
+    parts: Checkpoint | None = None  # the part files written (with Parts), None: one file (open_sink)
 
 
 # rows written, estimated rows in all (0: unknown), bytes of the source file read so far
 Progress = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What an import has written for good: `parts` part files with its first `rows` rows,
+    read with these choices (columns read as text, block size), which name its parts."""
+
+    parts: int = 0
+    rows: int = 0
+    as_text: tuple[str, ...] = ()
+    block_bytes: int = 0
+
+    @property
+    def tag(self) -> str:
+        """Names the part files of one way of reading the file, so that parts written with
+        other choices (before a retry) are never mixed in."""
+        return hashlib.sha256(json.dumps([sorted(self.as_text), self.block_bytes]).encode()).hexdigest()[:12]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"parts": self.parts, "rows": self.rows, "as_text": list(self.as_text), "block_bytes": self.block_bytes}
+
+    @classmethod
+    def of(cls, stored: dict[str, Any] | None) -> Checkpoint | None:
+        if not stored:
+            return None
+        return cls(
+            parts=int(stored.get("parts", 0)), rows=int(stored.get("rows", 0)),
+            as_text=tuple(str(c) for c in stored.get("as_text", ())), block_bytes=int(stored.get("block_bytes", 0)),
+        )
+
+
+class Parts(Protocol):
+    """Where an import writes its rows in part files of about `part_rows` rows, so that a
+    killed import resumes after its last committed part instead of starting over."""
+
+    part_rows: int
+
+    def open(self, tag: str, index: int) -> Any:
+        """A writable stream for part `index` (not yet visible as a committed part)."""
+
+    def commit(self, tag: str, index: int, checkpoint: Checkpoint) -> None:
+        """Part `index` is complete: keep it, and record `checkpoint` (it counts this part)."""
+
+    def read(self, tag: str, index: int) -> pq.ParquetFile:
+        """A committed part, to read back."""
+
+
+class _Output:
+    """The Parquet being written: one file (`open_sink`), or part files committed one by
+    one with a checkpoint (`parts`)."""
+
+    def __init__(
+        self, schema: pa.Schema, open_sink: Callable[[], Any], parts: Parts | None, start: Checkpoint
+    ) -> None:
+        self._schema = schema
+        self._parts = parts
+        self._done = start
+        self._in_part = 0
+        self._sink: Any = None
+        self._writer: pq.ParquetWriter | None = None
+        if parts is None:
+            self._open(open_sink)
+
+    def _open(self, open_sink: Callable[[], Any]) -> None:
+        self._sink = open_sink()
+        self._writer = pq.ParquetWriter(self._sink, self._schema, compression="snappy")
+
+    def room(self) -> int:
+        """Rows to gather before the next write: a row group, or what the part has left."""
+        if self._parts is None:
+            return ROW_GROUP_ROWS
+        return max(1, min(ROW_GROUP_ROWS, self._parts.part_rows - self._in_part))
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            parts = self._parts
+            assert parts is not None
+            self._open(lambda: parts.open(self._done.tag, self._done.parts))
+        assert self._writer is not None
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self._in_part += table.num_rows
+        if self._parts is not None and self._in_part >= self._parts.part_rows:
+            self._commit()
+
+    def _commit(self) -> None:
+        self._close_file()
+        if self._parts is not None and self._in_part:
+            done = dataclasses.replace(self._done, parts=self._done.parts + 1, rows=self._done.rows + self._in_part)
+            self._parts.commit(done.tag, done.parts - 1, done)
+            self._done, self._in_part = done, 0
+
+    def _close_file(self) -> None:
+        writer, sink = self._writer, self._sink
+        self._writer = self._sink = None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if sink is not None:
+                sink.close()
+
+    def finish(self) -> Checkpoint | None:
+        """Close what is open (committing the last part); the parts written (None: one file)."""
+        self._commit()
+        return self._done if self._parts is not None else None
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close_file()
+
+
+def assemble(parts: Parts, checkpoint: Checkpoint, open_sink: Callable[[], Any]) -> None:
+    """The committed parts, row group by row group, as one Parquet file (bounded memory)."""
+    writer: pq.ParquetWriter | None = None
+    with open_sink() as sink:
+        try:
+            for index in range(checkpoint.parts):
+                part = parts.read(checkpoint.tag, index)
+                try:
+                    if writer is None:
+                        writer = pq.ParquetWriter(sink, part.schema_arrow, compression="snappy")
+                    for group in range(part.metadata.num_row_groups):
+                        writer.write_table(part.read_row_group(group), row_group_size=ROW_GROUP_ROWS)
+                finally:
+                    part.close()
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 # --- column names and statistics -------------------------------------------------------
@@ -175,19 +307,32 @@ def import_file(
     options: Options | None = None,
     limits: Limits | None = None,
     append_to: pq.ParquetFile | None = None,
+    parts: Parts | None = None,
+    resume: Checkpoint | None = None,
 ) -> ImportResult:
     """Read the source file and write the dataset's Parquet file (after the rows of
     `append_to`, when appending); raise ImportFailed with a message for a person when the
-    file cannot be imported. The caller removes the sink on failure."""
+    file cannot be imported. The caller removes the sink on failure.
+
+    With `parts` (not for appends) the rows go into part files instead, each committed with
+    a checkpoint; given the last `resume` checkpoint, the rows it holds are read past, not
+    written again (the caller then joins the parts with `assemble`)."""
     options = settle_options(
         open_source, filename, options or Options(format=fmt, delimiter=delimiter), limits or Limits()
     )
     limits = limits or Limits()
-    as_string: set[str] = set()
+    if append_to is not None:
+        parts = None
+    start = resume if parts is not None and resume is not None else Checkpoint()
+    as_string: set[str] = set(start.as_text)
+    if start.block_bytes:
+        options = dataclasses.replace(options, block_bytes=start.block_bytes)
     damaged = 0
     for _ in range(64):  # each retry reads one more CSV column as text
         try:
-            return _import(open_source, open_sink, options, as_string, size_bytes, limits, on_progress, append_to)
+            return _import(
+                open_source, open_sink, options, as_string, size_bytes, limits, on_progress, append_to, parts, start
+            )
         except Damaged as failure:
             damaged += 1
             if damaged > 1:
@@ -198,6 +343,8 @@ def import_file(
             if retry.column in as_string or append_to is not None:
                 raise ImportFailed(retry.message) from None
             as_string.add(retry.column)  # later rows hold text where the first held numbers
+        # read again from the start: new parts, named for the new choices
+        start = Checkpoint(as_text=tuple(sorted(as_string)), block_bytes=options.block_bytes)
     raise ImportFailed("could not settle the column types of this CSV file")
 
 
@@ -210,8 +357,11 @@ def _import(
     limits: Limits,
     on_progress: Progress | None,
     append_to: pq.ParquetFile | None,
+    parts: Parts | None = None,
+    start: Checkpoint = Checkpoint(),
 ) -> ImportResult:
     fmt = options.format
+    start = dataclasses.replace(start, as_text=tuple(sorted(as_string)), block_bytes=options.block_bytes)
     report = on_progress or (lambda rows, total, read: None)
     quote_byte = ord(options.quote_char) if fmt == CSV and options.quote_char else None
     source = Source(open_source, options.compression, quote_byte)
@@ -268,13 +418,25 @@ def _import(
         stats = _Stats(data_schema, sources)
         pending: list[pa.RecordBatch] = []
         pending_rows = pending_bytes = 0
-        with open_sink() as sink, pq.ParquetWriter(sink, out_schema, compression="snappy") as writer:
+        skip = start.rows  # rows already in committed parts: read past them
+        if parts is not None:
+            for index in range(start.parts):
+                part = parts.read(start.tag, index)
+                try:
+                    if part.schema_arrow.remove_metadata() != out_schema:
+                        raise ImportFailed("the import's saved parts do not match the file; import it again")
+                    for old_batch in part.iter_batches():
+                        stats.add(pa.RecordBatch.from_arrays(old_batch.columns[1:], schema=data_schema))
+                finally:
+                    part.close()
+        output = _Output(out_schema, open_sink, parts, start)
+        try:
             if append_to is not None:
                 for g in range(append_to.metadata.num_row_groups):
                     group = append_to.read_row_group(g).select(out_schema.names).cast(out_schema)
                     for old_batch in group.to_batches():
                         stats.add(pa.RecordBatch.from_arrays(old_batch.columns[1:], schema=data_schema))
-                    writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+                    output.write(group)
             while True:
                 try:
                     batch = next(batches)
@@ -296,6 +458,13 @@ def _import(
                     batch = pa.RecordBatch.from_arrays(columns, schema=data_schema)
                 except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                     raise ImportFailed(f"the new rows do not fit the dataset's column types: {exc}") from None
+                if skip:
+                    passed = min(skip, batch.num_rows)
+                    skip -= passed
+                    rows += passed
+                    if passed == batch.num_rows:
+                        continue
+                    batch = batch.slice(passed)
                 _check_cells(batch, rows, limits)
                 if rows + batch.num_rows > limits.max_rows:
                     raise ImportFailed(
@@ -309,8 +478,8 @@ def _import(
                 rows += batch.num_rows
                 pending_rows += batch.num_rows
                 pending_bytes += batch.nbytes
-                if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= ROW_GROUP_BYTES:
-                    writer.write_table(pa.Table.from_batches(pending), row_group_size=ROW_GROUP_ROWS)
+                if pending_rows >= output.room() or pending_bytes >= ROW_GROUP_BYTES:
+                    output.write(pa.Table.from_batches(pending))
                     pending, pending_rows, pending_bytes = [], 0, 0
                 read = source.raw.bytes_read
                 if known_total:
@@ -318,18 +487,27 @@ def _import(
                 else:
                     report(rows, max(rows, int(rows * max(size_bytes, read) / read)) if read else 0, read)
             if pending:
-                writer.write_table(pa.Table.from_batches(pending), row_group_size=ROW_GROUP_ROWS)
+                output.write(pa.Table.from_batches(pending))
+        except BaseException:
+            output.abort()
+            raise
         if fmt == CSV and source.text.counted % 2 == 1:
             problem = find_unclosed_quote(open_source, options)
             if problem:
+                output.abort()
                 raise ImportFailed(problem)
         if rows == 0:
+            output.abort()
             raise ImportFailed("the file has a header but no rows" if fmt == CSV else "the file has no rows")
+        if skip:
+            output.abort()
+            raise ImportFailed("the file has fewer rows than the import's saved parts; import it again")
+        part_count = output.finish()
         report(rows, rows, size_bytes)
         return ImportResult(
             format=fmt, delimiter=options.delimiter, row_count=old_rows + rows, columns=stats.columns(),
             encoding=options.encoding, quote_char=options.quote_char, compression=options.compression,
-            appended_rows=rows,
+            appended_rows=rows, parts=part_count,
         )
     finally:
         source.close()

@@ -84,3 +84,5 @@ class Dataset(JobColumns, Base):
     # While an append runs: its upload (the rows of the earlier version stay readable).
     appending_upload_id: Mapped[str] = mapped_column(String(64), default="")
     append_error: Mapped[str] = mapped_column(Text, default="")
+    # The parts an import has committed (importer.Checkpoint): a re-delivered import resumes there.
+    import_checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
