@@ -153,7 +153,7 @@ def test_map_colour_search_neighbours_lasso_and_export(stack: Stack, tmp_path: P
 
 
 def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, tmp_path: Path) -> None:
-    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,3d,reloaded}.png."""
+    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,viewer,3d,reloaded}.png."""
     summary = _scenario(stack, tmp_path, "workspace", timeout_s=600)
     assert summary["mapFraction"] >= 0.7
     before, after = summary["labels"]
@@ -162,4 +162,5 @@ def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, 
     assert summary["lassoSelected"] > 1
     assert summary["filtered"]["visible"] < ROWS
     assert summary["view3d"]["points"] == ROWS
+    assert "Viewers cannot" in summary["viewerReason"]
     assert summary["afterReload"] in ("running", "pending", "succeeded")

@@ -496,7 +496,7 @@ const scenarios = {
       check(t.rows.length === Math.min(25, expected) && t.rows.every((r) => r.cells.some((c) => c.toLowerCase().includes(term))), "a shown row does not contain the term");
       summary.searchMatches = expected;
       summary.firstMatch = t.rows[0]?.cells[col];
-      await page.locator("#rows-section").screenshot({ path: screenshotPath ?? join(tmpdir(), "table.png") });
+      await page.locator("#data-table-host").screenshot({ path: screenshotPath ?? join(tmpdir(), "table.png") });
       await page.fill("#rows-search", "zzzz-no-such-text");
       await until(page, () => document.getElementById("rows-info")?.textContent.startsWith("no rows match"), null, "empty search");
     });
@@ -654,12 +654,10 @@ const scenarios = {
       const before = await until(page, () => window.__embedviz.labels?.length > 0 && window.__embedviz.labels, null, "labels drawn");
       const overlap = (ls) => ls.some((a, i) => ls.some((b, j) => j > i && a.left < b.left + b.width && b.left < a.left + a.width && a.top < b.top + b.height && b.top < a.top + a.height));
       check(!overlap(before), "labels overlap");
-      // Zoom in on the biggest cluster's label.
-      const big = before[0];
+      // Zoom in at the centre, a little: finer labels come in, few clusters leave the view.
       const box = await page.locator("#map-canvas").boundingBox();
-      await page.mouse.move(box.x + big.left + big.width / 2, box.y + big.top + big.height / 2);
-      // Zoom in about twice: enough for finer labels, not so far that clusters leave the view.
-      for (let k = 0; k < 12 && (await page.evaluate(() => window.__embedviz.camera().distance)) > 0.55; k++) {
+      await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+      for (let k = 0; k < 12 && (await page.evaluate(() => window.__embedviz.camera().distance)) > 0.75; k++) {
         await page.mouse.wheel(0, -60);
         await page.waitForTimeout(150);
       }
@@ -807,6 +805,34 @@ const scenarios = {
       check(Math.abs(got.camera.x - view.camera.x) < 1e-3 && Math.abs(got.camera.y - view.camera.y) < 1e-3 && Math.abs(got.camera.distance - view.camera.distance) < 1e-3, `camera ${JSON.stringify(got.camera)} vs ${JSON.stringify(view.camera)}`);
       await other.screenshot({ path: shot("reopened") });
       await other.close();
+    });
+    await step("a viewer sees the map and no enabled write control", async () => {
+      const url = page.url();
+      const project = url.slice(url.indexOf("#/") + 2).split("/").slice(0, 2).join("/");
+      const viewerEmail = newEmail("viewer");
+      const viewer = await (await newContext()).newPage();
+      await viewer.setViewportSize({ width: 1440, height: 900 });
+      await signUp(viewer, viewerEmail, "Viewer");
+      await page.goto(`${baseUrl}/#/${project}/members`);
+      await page.fill("#member-email", viewerEmail);
+      await page.selectOption("#member-role-new", { label: "viewer" });
+      await page.click("#add-member-button");
+      await until(page, (e) => document.querySelector(`[data-testid=member-row][data-email="${e}"]`), viewerEmail, "the viewer's row");
+      await viewer.goto(url);
+      await until(viewer, () => window.__embedviz?.ready === true && document.getElementById("workspace")?.dataset.readOnly === "true", null, "the viewer's map", 60_000);
+      await viewer.click("#toggle-data");
+      const enabled = await viewer.evaluate(() =>
+        [...document.querySelectorAll("#start-embedding-button, #start-projection-button, #retry-button, #cancel-embedding-button, #cancel-projection-button, #delete-dataset-button, [data-testid=delete-embedding], [data-testid=delete-projection], #rename-project-button, #delete-project-button")]
+          .filter((b) => !b.disabled && b.offsetParent !== null)
+          .map((b) => b.id || b.dataset.testid),
+      );
+      check(enabled.length === 0, `the viewer sees enabled write controls: ${enabled.join(", ")}`);
+      check(await viewer.locator("#read-only-note").isVisible(), "no read-only note");
+      summary.viewerReason = await viewer.locator("#start-embedding-button").getAttribute("title");
+      await viewer.screenshot({ path: shot("viewer") });
+      await viewer.close();
+      await page.goto(url);
+      await until(page, () => window.__embedviz?.ready === true, null, "the owner's map again", 60_000);
     });
     await step("a 3-D map draws and rotates", async () => {
       await page.click("#toggle-data");

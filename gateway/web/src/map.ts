@@ -8,7 +8,7 @@ import createScatterplot from "regl-scatterplot";
 import { errorMessage, ingest, projection as projectionApi, withAuthRetry } from "./api";
 import { formatBytes, formatCount, h } from "./dom";
 import type { Column } from "./gen/embedviz/v1/ingest_pb";
-import { ExportFormat, type Cluster, type PointMatch } from "./gen/embedviz/v1/projection_pb";
+import { ExportFormat, PointEncoding, type Cluster, type PointMatch } from "./gen/embedviz/v1/projection_pb";
 import { categoryCounts, countsByCluster, filterMask, histogram, maskIndexes, toColumnData, cellOf, type ColumnData } from "./filters";
 import { boxPolygon, clusterCentroids, placeLabels, pointsInPolygon, subCentroids, toScreen, type LabelCandidate, type PlacedLabel } from "./geometry";
 import { ProgressBar } from "./jobs";
@@ -155,7 +155,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   // ---------- points ----------
   const points = new PointSet();
   let total = 0;
-  for await (const chunk of withAuthRetry(() => projectionApi.streamPoints({ name: opts.projectionName }))) {
+  for await (const chunk of withAuthRetry(() => projectionApi.streamPoints({ name: opts.projectionName, encoding: PointEncoding.PACKED }))) {
     points.add(chunk);
     total = Number(chunk.totalCount) || points.length;
     loading.set(total ? points.length / total : 1, `${formatCount(points.length)} of ${formatCount(total)} points`, "running");
@@ -503,7 +503,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
         cands.push({ text, key: `c${c.id}`, x: sx, y: sy, width: ctx.measureText(text).width + 6, height: mainSize + 4, priority: 1e9 + c.size });
       }
       // Finer labels (the cluster's next terms at the centres of its parts) once zoomed in.
-      if (distance < 0.7) {
+      if (distance < 0.8) {
         ctx.font = labelFont(11, 500);
         for (const sc of subCentroids(x, y, points.clusters, centres, Math.max(3, Math.round(n / 400)), mask)) {
           const terms = clusters.find((c) => c.id === sc.id)?.terms ?? [];

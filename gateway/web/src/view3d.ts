@@ -5,6 +5,7 @@
 
 import { errorMessage, ingest, projection as projectionApi, withAuthRetry } from "./api";
 import { formatCount, h } from "./dom";
+import { PointEncoding } from "./gen/embedviz/v1/projection_pb";
 import { ProgressBar } from "./jobs";
 import { PointSet } from "./points";
 import { categoricalPalette, NOISE_COLOR } from "./scales";
@@ -98,7 +99,7 @@ export async function show3d(opts: View3dOptions): Promise<() => void> {
   window.__embedviz = hooks;
 
   const points = new PointSet();
-  for await (const chunk of withAuthRetry(() => projectionApi.streamPoints({ name: opts.projectionName }))) {
+  for await (const chunk of withAuthRetry(() => projectionApi.streamPoints({ name: opts.projectionName, encoding: PointEncoding.PACKED }))) {
     points.add(chunk);
     const total = Number(chunk.totalCount) || points.length;
     loading.set(total ? points.length / total : 1, `${formatCount(points.length)} of ${formatCount(total)} points`, "running");

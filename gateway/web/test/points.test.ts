@@ -119,3 +119,29 @@ describe("clusterCategories", () => {
     expect([...categories]).toEqual([1, 2, 0, 1, 0]);
   });
 });
+
+describe("packed points (12 bytes a 2-D point)", () => {
+  it("decodes records with the row implicit from the chunk's start, noise as 0xFFFF", () => {
+    const buf = new ArrayBuffer(2 + 3 * 12);
+    const view = new DataView(buf, 2);
+    const pts: [number, number, number][] = [[1.5, -2, 3], [0, 0.25, -1], [7, 8, 65533]];
+    pts.forEach(([x, y, c], i) => {
+      view.setFloat32(i * 12, x, true);
+      view.setFloat32(i * 12 + 4, y, true);
+      view.setUint16(i * 12 + 8, c < 0 ? 0xffff : c, true);
+    });
+    const set = new PointSet();
+    const empty = new Uint8Array(0);
+    set.add({ count: 3, dimensions: 2, rowIndexes: empty, coordinates: empty, clusterIds: empty, totalCount: 5n, packed: new Uint8Array(buf, 2, 36), start: 10n });
+    expect(set.length).toBe(3);
+    expect([...set.rows.subarray(0, 3)]).toEqual([10, 11, 12]);
+    expect([...set.coords.subarray(0, 6)]).toEqual([1.5, -2, 0, 0.25, 7, 8]);
+    expect([...set.clusters.subarray(0, 3)]).toEqual([3, -1, 65533]);
+  });
+
+  it("refuses a chunk of the wrong size", () => {
+    const set = new PointSet();
+    const empty = new Uint8Array(0);
+    expect(() => set.add({ count: 2, dimensions: 2, rowIndexes: empty, coordinates: empty, clusterIds: empty, totalCount: 2, packed: new Uint8Array(20) })).toThrow(/expected 24 bytes/);
+  });
+});
