@@ -51,6 +51,10 @@ def _start(module: str, *args: str, **env: str) -> subprocess.CompletedProcess[s
         ("services.ingest", (), "EMBEDVIZ_WORKERS", "many", "must be a whole number"),
         ("services.projection", (), "EMBEDVIZ_ACCESS_TOKEN_TTL", "0", "use 1 or more"),
         ("services.auth", (), "EMBEDVIZ_JWKS_MAX_AGE", "nan", "must be a number"),
+        ("services.ingest", (), "EMBEDVIZ_JOB_ACK_WAIT", "soon", "must be a number of seconds"),
+        ("services.projection", ("worker",), "EMBEDVIZ_OUTBOX_POLL_S", "0", "must be more than 0 seconds"),
+        ("services.embedding", ("worker",), "EMBEDVIZ_RECONCILE_GRACE_S", "-1", "must be more than 0 seconds"),
+        ("services.ingest", (), "EMBEDVIZ_IMPORT_PART_ROWS", "0", "use 1 or more"),
     ],
 )
 def test_a_bad_setting_stops_the_start_naming_the_variable(

@@ -23,7 +23,10 @@ from services.common.clients import Channels, DelegatedTokens, ProjectAccess
 from services.common.config import Settings, SettingsError
 from services.common.db import Database, migrate
 from services.common.events import EventBus
+from services.common.outbox import OutboxSettings
+from services.common.reconcile import ReconcileSettings
 from services.common.revocations import Revocations
+from services.common.runner import RunnerSettings
 from services.common.server import (
     add_health_and_reflection,
     configure_logging,
@@ -169,5 +172,13 @@ def run(
 ) -> None:
     """Serve `name` until SIGTERM; the shared settings are read and checked first (a
     service reads its own with `read_settings` before calling this)."""
+    asyncio.run(serve(name, schema, migrations_dir, build, start_settings(name)))
+
+
+def start_settings(name: str) -> Settings:
+    """The shared settings, read and checked when a process starts, with the shared job
+    settings (checked now; each part reads its own again where it is built)."""
     settings = read_settings(name, Settings.from_env)
-    asyncio.run(serve(name, schema, migrations_dir, build, settings))
+    for shared in (RunnerSettings.from_env, OutboxSettings.from_env, ReconcileSettings.from_env):
+        read_settings(name, shared)
+    return settings

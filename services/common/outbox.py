@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from services.common.config import SettingsError
 from services.common.events import EVENTS_STREAM, WORK_STREAM, EventBus, describe, event_subject, work_subject
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,9 @@ def positive_seconds(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name} is {raw!r}; it must be a number of seconds") from None
-    if value <= 0:
-        raise ValueError(f"{name} is {raw}; it must be more than 0 seconds")
+        raise SettingsError(f"{name} is {raw!r}; it must be a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{name} is {raw}; it must be more than 0 seconds")
     return value
 
 

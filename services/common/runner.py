@@ -59,6 +59,7 @@ from services.common.jobs import (
     Row,
     utcnow,
 )
+from services.common.config import SettingsError
 from services.common.outbox import positive_seconds
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class RunnerSettings:
         wait = ack_wait if ack_wait is not None else positive_seconds("EMBEDVIZ_JOB_ACK_WAIT", 60.0)
         stale = positive_seconds("EMBEDVIZ_JOB_STALE_AFTER", 5 * wait)
         if stale < 2 * wait:
-            raise ValueError(
+            raise SettingsError(
                 f"EMBEDVIZ_JOB_STALE_AFTER is {stale:g} s; it must be at least twice the ack wait ({wait:g} s), "
                 "or jobs that are merely waiting for a redelivery are taken for dead"
             )

@@ -5,8 +5,7 @@ import asyncio
 import functools
 import sys
 
-from services.common.app import read_settings, run
-from services.common.config import Settings
+from services.common.app import read_settings, run, start_settings
 from services.embedding.server import MIGRATIONS, build, serve_workers
 from services.embedding.settings import EmbeddingSettings
 
@@ -15,6 +14,6 @@ if __name__ == "__main__":
         sys.exit(f"usage: python -m services.embedding [worker]; got {' '.join(sys.argv[1:])}")
     own = read_settings("embedding", EmbeddingSettings.from_env)
     if sys.argv[1:] == ["worker"]:
-        asyncio.run(serve_workers(read_settings("embedding", Settings.from_env), own))
+        asyncio.run(serve_workers(start_settings("embedding"), own))
     else:
         run("embedding", "embedding", MIGRATIONS, functools.partial(build, own=own))

@@ -23,6 +23,7 @@ from services.common import names
 from services.common.auth import Identity
 from services.common.blobs import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.db import through_outages
 from services.common.events import EventBus
 from services.common.outbox import Outbox
 from services.common.runner import Job, JobKind
@@ -596,9 +597,15 @@ class Datasets:
 
         async def save_checkpoint(checkpoint: Checkpoint | dict[str, Any]) -> None:
             saved = checkpoint.as_dict() if isinstance(checkpoint, Checkpoint) else checkpoint
-            async with self._sessions() as session:
-                await session.execute(update(Dataset).where(Dataset.id == dataset_id).values(import_checkpoint=saved))
-                await session.commit()
+
+            async def write() -> None:
+                async with self._sessions() as session:
+                    await session.execute(
+                        update(Dataset).where(Dataset.id == dataset_id).values(import_checkpoint=saved)
+                    )
+                    await session.commit()
+
+            await through_outages(write, f"saving the import checkpoint of dataset {dataset_id}")
 
         finished = None if append_id else (dataset.import_checkpoint or {}).get("finished")
         if finished is not None:

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from services.common.app import close_deps, open_deps, read_settings, run
+from services.common.app import close_deps, open_deps, read_settings, run, start_settings
 from services.common.config import Settings
 from services.common.server import configure_logging
 from services.projection.maps import ensure_numba_cache
@@ -47,6 +47,6 @@ if __name__ == "__main__":
         sys.exit(f"usage: python -m services.projection [worker]; got {' '.join(sys.argv[1:])}")
     own = read_settings("projection", ProjectionSettings.from_env)
     if sys.argv[1:] == ["worker"]:
-        asyncio.run(work(read_settings("projection", Settings.from_env), own))
+        asyncio.run(work(start_settings("projection"), own))
     else:
         run("projection", "projection", MIGRATIONS, functools.partial(build, own=own))

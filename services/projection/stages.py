@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.blobs import BlobStore
+from services.common.db import through_outages
 from services.projection.models import ProjectionRow
 
 POINTS, LABELS, QUALITY, TERMS = "points", "labels", "quality", "terms"
@@ -80,11 +81,16 @@ class MapStages:
     async def keep(self, stage: str, value: Any) -> None:
         """Record `stage` as finished (with its small, JSON-able result)."""
         self._finished[stage] = value
-        async with self._sessions() as session:
-            await session.execute(
-                update(ProjectionRow).where(ProjectionRow.id == self._id).values(stages=dict(self._finished))
-            )
-            await session.commit()
+        finished = dict(self._finished)
+
+        async def write() -> None:
+            async with self._sessions() as session:
+                await session.execute(
+                    update(ProjectionRow).where(ProjectionRow.id == self._id).values(stages=finished)
+                )
+                await session.commit()
+
+        await through_outages(write, f"saving the finished stages of projection {self._id}")
 
     async def forget(self) -> None:
         """After the map is saved: the stages' files go (the record goes with the job's success)."""
