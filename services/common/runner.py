@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.config import SettingsError
 from services.common.consumer import (
     Classify,
     Consumer,
@@ -59,7 +60,6 @@ from services.common.jobs import (
     Row,
     utcnow,
 )
-from services.common.config import SettingsError
 from services.common.outbox import positive_seconds
 
 log = logging.getLogger(__name__)

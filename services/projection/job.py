@@ -262,7 +262,8 @@ class MapJobs:
                 done, _ = await asyncio.wait({task}, timeout=STAGE_POLL_SECONDS)
                 if done:
                     try:
-                        return task.result()
+                        result: T = task.result()  # what `fn` returned in the child (unpickled, so untyped)
+                        return result
                     except fits.FitDied as exc:
                         raise fits.FitDied(exc.returncode, status.stage) from None
                 stage, job_done, job_total = status.job_progress()
