@@ -9,7 +9,7 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,7 +85,7 @@ class ImportParts:
         blobs: BlobStore,
         dataset_id: str,
         part_rows: int,
-        save: Callable[[Checkpoint], Awaitable[None]],
+        save: Callable[[Checkpoint], Coroutine[Any, Any, None]],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.part_rows = part_rows

@@ -358,10 +358,10 @@ def _import(
     on_progress: Progress | None,
     append_to: pq.ParquetFile | None,
     parts: Parts | None = None,
-    start: Checkpoint = Checkpoint(),
+    checkpoint: Checkpoint = Checkpoint(),
 ) -> ImportResult:
     fmt = options.format
-    start = dataclasses.replace(start, as_text=tuple(sorted(as_string)), block_bytes=options.block_bytes)
+    checkpoint = dataclasses.replace(checkpoint, as_text=tuple(sorted(as_string)), block_bytes=options.block_bytes)
     report = on_progress or (lambda rows, total, read: None)
     quote_byte = ord(options.quote_char) if fmt == CSV and options.quote_char else None
     source = Source(open_source, options.compression, quote_byte)
@@ -418,10 +418,10 @@ def _import(
         stats = _Stats(data_schema, sources)
         pending: list[pa.RecordBatch] = []
         pending_rows = pending_bytes = 0
-        skip = start.rows  # rows already in committed parts: read past them
+        skip = checkpoint.rows  # rows already in committed parts: read past them
         if parts is not None:
-            for index in range(start.parts):
-                part = parts.read(start.tag, index)
+            for number in range(checkpoint.parts):
+                part = parts.read(checkpoint.tag, number)
                 try:
                     if part.schema_arrow.remove_metadata() != out_schema:
                         raise ImportFailed("the import's saved parts do not match the file; import it again")
@@ -429,7 +429,7 @@ def _import(
                         stats.add(pa.RecordBatch.from_arrays(old_batch.columns[1:], schema=data_schema))
                 finally:
                     part.close()
-        output = _Output(out_schema, open_sink, parts, start)
+        output = _Output(out_schema, open_sink, parts, checkpoint)
         try:
             if append_to is not None:
                 for g in range(append_to.metadata.num_row_groups):

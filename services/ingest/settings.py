@@ -23,7 +23,7 @@ class IngestSettings:
     sweep_interval: float = 300.0
     progress_interval: float = 0.5
     # rows per committed part of an import: a killed import resumes after its last part
-    import_part_rows: int = 500_000
+    import_part_rows: int = 1_000_000
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -36,7 +36,7 @@ class IngestSettings:
             upload_ttl=timedelta(seconds=whole(env, "EMBEDVIZ_UPLOAD_TTL_SECONDS", 24 * 3600, minimum=1)),
             sweep_interval=whole(env, "EMBEDVIZ_UPLOAD_SWEEP_MS", 300_000, minimum=1) / 1000,
             progress_interval=whole(env, "EMBEDVIZ_PROGRESS_INTERVAL_MS", 500, minimum=1) / 1000,
-            import_part_rows=whole(env, "EMBEDVIZ_IMPORT_PART_ROWS", 500_000, minimum=1),
+            import_part_rows=whole(env, "EMBEDVIZ_IMPORT_PART_ROWS", 1_000_000, minimum=1),
             limits=Limits(
                 max_rows=whole(env, "EMBEDVIZ_MAX_ROWS", default.max_rows, minimum=1),
                 max_columns=whole(env, "EMBEDVIZ_MAX_COLUMNS", default.max_columns, minimum=1),
