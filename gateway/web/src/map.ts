@@ -114,6 +114,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   const onlySearch = h("input", { type: "checkbox", id: "filter-search-only", "data-testid": "filter-search-only" });
   const onlySelection = h("input", { type: "checkbox", id: "filter-selection-only", "data-testid": "filter-selection-only" });
   const filterList = h("div", { id: "filter-list", "data-testid": "filter-list" });
+  const tooltipPicker = h("div", { class: "tooltip-picker" });
   const searchResults = h("ol", { id: "search-results", "data-testid": "search-results", class: "matches" });
   const searchBox = h("div", { id: "search-panel", class: "panel-block", hidden: true }, h("h3", {}, "Search results"), searchResults);
   const detailsBody = h("div", { id: "point-details", "data-testid": "point-details" });
@@ -125,6 +126,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
     searchBox,
     neighborsBox,
     h("div", { class: "panel-block" }, h("h3", {}, "Legend"), h("p", { class: "muted small" }, "Click an entry to hide or show it; double-click to show only it."), legendScale, legend),
+    h("details", { class: "panel-block", id: "tooltip-columns" }, h("summary", {}, "Tooltip shows…"), tooltipPicker),
     h("div", { class: "panel-block", id: "filters-panel" }, h("h3", {}, "Filters"), filterCount, addFilter, h("label", { class: "inline" }, onlySearch, " only search hits"), h("label", { class: "inline" }, onlySelection, " only the selection"), filterList),
   );
 
@@ -190,6 +192,9 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
     cameraDistance: 1.08,
   });
   cleanups.push(() => scatterplot.destroy());
+  // Past 100k points, opacity follows the density on screen, so dense regions do not turn
+  // into one blob and sparse ones stay visible ("density" is in the library, not its types).
+  if (n > 100_000) scatterplot.set({ opacityBy: "density" } as unknown as Parameters<typeof scatterplot.set>[0]);
 
   const columnCache = new Map<string, ColumnData>();
   const columnLoads = new Map<string, Promise<ColumnData>>();
@@ -562,15 +567,32 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   };
 
   // ---------- tooltip ----------
-  const rowText = new Map<number, string>();
-  const textsOf = async (rows: number[]): Promise<Map<number, string>> => {
-    const missing = [...new Set(rows.filter((r) => !rowText.has(r)))];
+  // Row texts by the columns asked for (the embedded ones, or what the tooltip shows), cached.
+  const rowText = new Map<string, string>();
+  const textKey = (columns: string[], row: number) => `${columns.join("\u0000")}|${row}`;
+  const textsOf = async (rows: number[], columns: string[] = opts.textColumns): Promise<Map<number, string>> => {
+    const labelled = columns !== opts.textColumns;
+    const missing = [...new Set(rows.filter((r) => !rowText.has(textKey(columns, r))))];
     for (let k = 0; k < missing.length; k += 1000) {
-      const res = await ingest.batchGetRows({ parent: opts.datasetName, indexes: missing.slice(k, k + 1000).map(BigInt), columns: opts.textColumns });
-      for (const r of res.rows) rowText.set(Number(r.index), r.values.map(valueText).filter((t) => t !== "").join("\n") || "(empty)");
+      const res = await ingest.batchGetRows({ parent: opts.datasetName, indexes: missing.slice(k, k + 1000).map(BigInt), columns });
+      for (const r of res.rows)
+        rowText.set(textKey(columns, Number(r.index)), r.values.map((v, i) => (labelled ? `${res.columns[i]}: ${valueText(v)}` : valueText(v))).filter((t) => t !== "").join("\n") || "(empty)");
     }
-    return new Map(rows.map((r) => [r, rowText.get(r) ?? "(row not found)"]));
+    return new Map(rows.map((r) => [r, rowText.get(textKey(columns, r)) ?? "(row not found)"]));
   };
+  // What the tooltip shows: the embedded text unless the user picks other columns.
+  let tooltipColumns = opts.textColumns;
+  tooltipPicker.append(
+    ...allColumns.map((c) => {
+      const cb = h("input", { type: "checkbox", value: c.name, checked: opts.textColumns.includes(c.name), "data-testid": "tooltip-column" });
+      cb.addEventListener("change", () => {
+        const picked = [...tooltipPicker.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
+        const same = picked.length === opts.textColumns.length && picked.every((p, i) => p === opts.textColumns[i]);
+        tooltipColumns = same || !picked.length ? opts.textColumns : picked;
+      });
+      return h("label", { class: "inline" }, cb, ` ${c.name}`);
+    }),
+  );
   let mouse = { x: 0, y: 0 };
   let hovered = -1;
   frame.addEventListener("mousemove", (ev) => {
@@ -600,10 +622,11 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
     const row = points.rows[i];
     tooltip.hidden = false;
     placeTooltip();
-    const cached = rowText.get(row);
+    const columns = tooltipColumns;
+    const cached = rowText.get(textKey(columns, row));
     renderTooltip(i, cached ?? null);
     if (cached !== undefined) return;
-    textsOf([row])
+    textsOf([row], columns)
       .then((texts) => hovered === i && renderTooltip(i, texts.get(row) ?? ""))
       .catch((err) => hovered === i && renderTooltip(i, `could not load the row: ${errorMessage(err)}`));
   });
