@@ -93,6 +93,8 @@ PG_RELOCATED_ROOT = Path("/var/tmp/embedviz")
 
 STOP_GRACE_S = 10.0
 PR_SET_PDEATHSIG = 1
+# util-linux's setpriv sets the parent-death signal and execs (Linux); elsewhere a preexec_fn
+SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 T = TypeVar("T")
@@ -530,6 +532,14 @@ class Stack:
                 OLD_KEY_ENCRYPTION_ENV_FILE,
             ):
                 child_env.pop(secret, None)
+        preexec = None
+        if death_signal and SETPRIV:
+            # No Python between fork and exec: a preexec_fn makes Popen fork() instead of
+            # vfork(), which runs gRPC's fork handlers in a caller with live channels (a test
+            # restarting a part) and can crash the child before exec (SIGABRT, SIGSEGV).
+            argv = [SETPRIV, "--pdeathsig", signal.Signals(death_signal).name.removeprefix("SIG"), *argv]
+        elif death_signal:
+            preexec = _die_with_parent(death_signal)
         self._procs[name] = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -539,7 +549,7 @@ class Stack:
             stderr=subprocess.STDOUT,
             # Own session: Ctrl-C reaches only the stack, which then stops children in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent(death_signal) if death_signal else None,  # noqa: PLW1509
+            preexec_fn=preexec,  # noqa: PLW1509
         )
 
     def _spawn_python(self, name: str, module: str) -> None:
