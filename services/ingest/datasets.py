@@ -4,6 +4,7 @@ their rows. Plain Python over the database, the blob store and the event bus."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -19,20 +20,21 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from embedviz.v1 import ingest_pb2
-from services.common import names
+from services.common import names, paging
 from services.common.auth import Identity
 from services.common.blobs import BlobStore
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.db import through_outages
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import EventBus
+from services.common.jobs import FAILED, PENDING, SUCCEEDED, TERMINAL, JobCancelled, JobGone, JobReporter, utcnow, watch
 from services.common.outbox import Outbox
 from services.common.runner import Job, JobKind
-from services.common.jobs import FAILED, PENDING, SUCCEEDED, TERMINAL, JobCancelled, JobGone, JobReporter, utcnow, watch
-from services.common import paging
 from services.ingest import messages
 from services.ingest.checksum import crc32c
 from services.ingest.deletions import announce_deleted
 from services.ingest.importer import Checkpoint, assemble, import_file, read_column_names
+from services.ingest.models import Dataset, Upload
+from services.ingest.projects import EDITOR, VIEWER, require
 from services.ingest.reading import (
     COMPRESSIONS,
     ENCODINGS,
@@ -42,9 +44,7 @@ from services.ingest.reading import (
     ImportStopped,
     Options,
 )
-from services.ingest.models import Dataset, Upload
 from services.ingest.settings import IngestSettings
-from services.ingest.projects import EDITOR, VIEWER, require
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ def check_options(fmt: str, delimiter: str, quote_char: str, encoding: str, comp
         raise InvalidArgument(f"format '{fmt}' is not one this service reads")
     if delimiter:
         if len(delimiter) != 1 or delimiter in "\"'\r\n":
-            raise InvalidArgument("delimiter must be one character other than a quote or a line break, e.g. \",\" or \"\\t\"")
+            raise InvalidArgument(
+                'delimiter must be one character other than a quote or a line break, e.g. "," or "\\t"'
+            )
         if fmt not in ("", "csv"):
             raise InvalidArgument("delimiter applies only to CSV files")
     if quote_char and quote_char not in QUOTES:
@@ -121,9 +123,13 @@ def check_options(fmt: str, delimiter: str, quote_char: str, encoding: str, comp
     if quote_char and delimiter and quote_char == delimiter:
         raise InvalidArgument("quote_char and delimiter must differ")
     encoding = encoding.strip().lower().replace("_", "-")
-    encoding = {"utf8": "utf-8", "utf16": "utf-16", "latin1": "latin-1", "iso-8859-1": "latin-1"}.get(encoding, encoding)
+    encoding = {"utf8": "utf-8", "utf16": "utf-16", "latin1": "latin-1", "iso-8859-1": "latin-1"}.get(
+        encoding, encoding
+    )
     if encoding and encoding not in ENCODINGS:
-        raise InvalidArgument(f"encoding '{encoding}' is not supported; use one of {', '.join(ENCODINGS)} (or empty to sniff it)")
+        raise InvalidArgument(
+            f"encoding '{encoding}' is not supported; use one of {', '.join(ENCODINGS)} (or empty to sniff it)"
+        )
     compression = compression.strip().lower()
     if compression and compression not in COMPRESSIONS:
         raise InvalidArgument(f"compression '{compression}' is not supported; use one of {', '.join(COMPRESSIONS)}")
@@ -203,7 +209,8 @@ class Datasets:
             if used + size > self._settings.max_user_bytes:
                 raise FailedPrecondition(
                     f"this upload of {size} bytes would bring your data to {used + size} bytes; each user may keep "
-                    f"{self._settings.max_user_bytes} bytes (EMBEDVIZ_MAX_USER_BYTES): delete datasets you no longer need"
+                    f"{self._settings.max_user_bytes} bytes (EMBEDVIZ_MAX_USER_BYTES): "
+                    "delete datasets you no longer need"
                 )
             await asyncio.to_thread(self._create_part, upload.id)
             session.add(upload)
@@ -215,7 +222,9 @@ class Datasets:
         """A user's bytes: their datasets' source files (not failed ones) and their uploads
         still on their way in."""
         datasets = await session.scalar(
-            select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.owner == owner, Dataset.state != FAILED)
+            select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(
+                Dataset.owner == owner, Dataset.state != FAILED
+            )
         )
         uploads = await session.scalar(
             select(func.coalesce(func.sum(Upload.size_bytes), 0)).where(
@@ -257,7 +266,9 @@ class Datasets:
         with self._blobs.open_output(part_key(upload_id)):
             pass
 
-    async def _load_upload(self, session: AsyncSession, identity: Identity, name: str, minimum: str, lock: bool = False) -> Upload:
+    async def _load_upload(
+        self, session: AsyncSession, identity: Identity, name: str, minimum: str, lock: bool = False
+    ) -> Upload:
         parts = names.parse(name, "projects/{project}/uploads/{upload}")
         await require(session, identity, parts["project"], minimum)
         upload = await session.get(Upload, parts["upload"], with_for_update=lock)
@@ -280,7 +291,8 @@ class Datasets:
             actual = await asyncio.to_thread(crc32c, data)
             if actual != checksum:
                 raise InvalidArgument(
-                    f"crc32c of the chunk is {actual:#010x}, not {checksum:#010x}: it was damaged on the way; send it again"
+                    f"crc32c of the chunk is {actual:#010x}, not {checksum:#010x}: "
+                    "it was damaged on the way; send it again"
                 )
         async with self._sessions() as session:
             # The row lock orders chunks of one upload; other uploads go on in parallel.
@@ -384,7 +396,8 @@ class Datasets:
             dataset = await self._load(session, identity, dataset_name, EDITOR)
             if dataset.appending_upload_id or dataset.state != SUCCEEDED:
                 raise FailedPrecondition(
-                    f"{dataset_name} is {'appending other rows' if dataset.appending_upload_id else dataset.state.lower()}; "
+                    f"{dataset_name} is "
+                    f"{'appending other rows' if dataset.appending_upload_id else dataset.state.lower()}; "
                     "rows can be appended to a dataset once its import or append has succeeded"
                 )
             upload = await self._finished_upload(session, identity, upload_name)
@@ -404,7 +417,8 @@ class Datasets:
                 if extra:
                     said.append("not in the dataset " + ", ".join(f"'{n}'" for n in extra))
                 raise FailedPrecondition(
-                    f"the new file's columns differ from the dataset's ({'; '.join(said)}); the dataset has: {', '.join(existing)}"
+                    f"the new file's columns differ from the dataset's ({'; '.join(said)}); "
+                    f"the dataset has: {', '.join(existing)}"
                 )
             return settled
 
@@ -413,10 +427,11 @@ class Datasets:
         except ImportFailed as exc:
             raise InvalidArgument(f"{upload.filename}: {exc}") from None
         async with self._sessions() as session:
-            dataset = await session.get(Dataset, parts["dataset"], with_for_update=True)
+            locked = await session.get(Dataset, parts["dataset"], with_for_update=True)
             upload_row = await session.get(Upload, upload.id, with_for_update=True)
-            if dataset is None or upload_row is None:
+            if locked is None or upload_row is None:
                 raise NotFound(f"{dataset_name} not found")
+            dataset = locked
             if dataset.appending_upload_id or dataset.state != SUCCEEDED or upload_row.dataset_id:
                 raise FailedPrecondition(f"{dataset_name} changed meanwhile; look at it again and retry")
             dataset.appending_upload_id = upload.id
@@ -430,9 +445,16 @@ class Datasets:
                 session,
                 KIND,
                 {
-                    "id": dataset.id, "owner": identity.user, "append": upload.id,
-                    "options": {"format": settled.format, "delimiter": settled.delimiter, "quote_char": settled.quote_char,
-                                "encoding": settled.encoding, "compression": settled.compression},
+                    "id": dataset.id,
+                    "owner": identity.user,
+                    "append": upload.id,
+                    "options": {
+                        "format": settled.format,
+                        "delimiter": settled.delimiter,
+                        "quote_char": settled.quote_char,
+                        "encoding": settled.encoding,
+                        "compression": settled.compression,
+                    },
                 },
             )
             await session.commit()
@@ -488,11 +510,11 @@ class Datasets:
         uploads = [f"uploads/{u}" for u in (dataset.upload_id, dataset.appending_upload_id) if u]
         await self.remove_blobs([dataset_prefix(dataset.id), *uploads])
 
-    async def remove_project_data(self, project_name: str, keys: list[str]) -> None:
+    async def remove_project_data(self, project_name: str, keys: builtins.list[str]) -> None:
         """After a project's rows went (with their deletion events, Projects.delete): its blobs."""
         await self.remove_blobs(keys)
 
-    async def remove_blobs(self, keys: list[str]) -> None:
+    async def remove_blobs(self, keys: builtins.list[str]) -> None:  # `list` is a method here
         def remove() -> None:
             for key in keys:
                 if key.startswith("uploads/"):
@@ -580,7 +602,13 @@ class Datasets:
             return
         if append_id:
             given = payload.get("options") or {}
-            options = Options(**{k: str(given.get(k, "")) for k in ("format", "delimiter", "quote_char", "encoding", "compression")})
+            options = Options(
+                format=str(given.get("format", "")),
+                delimiter=str(given.get("delimiter", "")),
+                quote_char=str(given.get("quote_char", "")),
+                encoding=str(given.get("encoding", "")),
+                compression=str(given.get("compression", "")),
+            )
             async with self._sessions() as session:
                 upload = await session.get(Upload, append_id)
             if upload is None:
