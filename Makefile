@@ -126,7 +126,8 @@ chromium:
 run: venv proto web
 	$(RUN_ENV) $(VPY) -m services.stack
 
-test: venv proto web chromium
+# lint first: a ruff or mypy finding fails the run before any suite starts.
+test: venv proto lint web chromium
 	@mkdir -p build/numba-cache test-artifacts
 	cd $(WEB) && npm test
 	$(RUN_ENV) $(VPY) -m pytest $(TESTS) -v -rfEs --durations=15 $(PYTEST_ARGS)
