@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -230,9 +230,15 @@ def _tsne(data: np.ndarray, params: MapParams) -> np.ndarray:
     return np.ascontiguousarray(points, dtype=np.float32)
 
 
+class Reducer(Protocol):
+    """What placing needs of a fitted reducer (umap.UMAP, which ships no types)."""
+
+    def transform(self, data: np.ndarray, /) -> np.ndarray: ...
+
+
 def _umap_fit(
     data: np.ndarray, params: MapParams, metric: str, report: StageCallback, exact_below: int
-) -> tuple[object, np.ndarray]:
+) -> tuple[Reducer, np.ndarray]:
     ensure_numba_cache()
     import umap
     from umap.umap_ import nearest_neighbors
@@ -292,7 +298,7 @@ def _batches(rest: np.ndarray) -> list[np.ndarray]:
 
 
 def _place_with_transform(
-    reducer: object, data: np.ndarray, sample: np.ndarray, fitted_points: np.ndarray, report: StageCallback
+    reducer: Reducer, data: np.ndarray, sample: np.ndarray, fitted_points: np.ndarray, report: StageCallback
 ) -> np.ndarray:
     n = data.shape[0]
     points = np.empty((n, fitted_points.shape[1]), dtype=np.float32)
@@ -303,7 +309,7 @@ def _place_with_transform(
     done = 0
 
     def place(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(reducer.transform(data[rows]), dtype=np.float32)  # type: ignore[attr-defined]
+        return np.asarray(reducer.transform(data[rows]), dtype=np.float32)
 
     # the first call builds the search index (not thread-safe); the rest run in parallel
     first, batches = batches[0], batches[1:]
