@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
 
 
-def _scenario(stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240) -> dict:
+def _scenario(stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240) -> dict[str, Any]:
     """Runs one scenario of e2e/features.mjs; its screenshot lands in test-artifacts/."""
     csv_file = tmp_path / "notes.csv"
     csv_file.write_bytes(csv_bytes(rows(ROWS)))
