@@ -34,6 +34,7 @@ from services.ingest.reading import (
     CSV,
     NONE,
     ROW_COLUMN,
+    SMALL_BLOCK,
     ImportFailed,
     Limits,
     Opener,
@@ -47,6 +48,19 @@ from services.ingest.sniffing import settle_options
 ROW_GROUP_ROWS = 64 * 1024
 ROW_GROUP_BYTES = 32 * 1024 * 1024
 SAMPLE_VALUES = 10_000
+
+
+def parsed_bytes(blocks: int, block: int, source: Source, size_bytes: int) -> int:
+    """How much of the uploaded file the parsed rows stand for, in the file's own bytes.
+
+    pyarrow's CSV and JSON readers read far ahead of the rows they hand out (a whole
+    30 MB file before the first batch), so the bytes read say nothing about progress.
+    Each batch is one block of text, though: the blocks parsed times the block size is
+    the text behind the rows, scaled back to compressed bytes by the ratio seen so far."""
+    text = blocks * block
+    if source.raw.bytes_read and source.text.bytes_read > source.raw.bytes_read:  # compressed
+        text = int(text * source.raw.bytes_read / source.text.bytes_read)
+    return max(1, min(text, size_bytes))
 
 
 @dataclass
@@ -437,9 +451,11 @@ def _import(
                     for old_batch in group.to_batches():
                         stats.add(pa.RecordBatch.from_arrays(old_batch.columns[1:], schema=data_schema))
                     output.write(group)
+            blocks = 0  # text blocks parsed (CSV and JSON Lines give one batch a block)
             while True:
                 try:
                     batch = next(batches)
+                    blocks += 1
                 except StopIteration:
                     break
                 except UnicodeDecodeError:
@@ -481,11 +497,11 @@ def _import(
                 if pending_rows >= output.room() or pending_bytes >= ROW_GROUP_BYTES:
                     output.write(pa.Table.from_batches(pending))
                     pending, pending_rows, pending_bytes = [], 0, 0
-                read = source.raw.bytes_read
                 if known_total:
                     report(rows, known_total, int(size_bytes * rows / known_total))
                 else:
-                    report(rows, max(rows, int(rows * max(size_bytes, read) / read)) if read else 0, read)
+                    parsed = parsed_bytes(blocks, options.block_bytes or SMALL_BLOCK, source, size_bytes)
+                    report(rows, max(rows + 1, int(rows * size_bytes / parsed)), parsed)
             if pending:
                 output.write(pa.Table.from_batches(pending))
         except BaseException:

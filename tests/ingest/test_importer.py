@@ -323,3 +323,23 @@ def test_a_cell_longer_than_a_block_but_within_the_limit_is_read(tmp_path: Path)
     long = "word " * 400_000  # 2 MB: more than the 1 MiB first block, less than the 4 MiB limit
     result, out = run_import(tmp_path, f'a,b\n1,"{long}"\n2,short\n'.encode())
     assert result.row_count == 2 and pq.read_table(out).column("b").to_pylist()[0] == long
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["csv", "csv.gz"])
+def test_progress_follows_the_rows_not_the_read_ahead(tmp_path: Path, compressed: bool) -> None:
+    """pyarrow reads a whole file ahead of the rows it hands out; the progress a person sees
+    must still follow the rows: never 'all done' while rows are still to come."""
+    n = 400_000
+    text = "id,text\n" + "".join(f"{i},row {i} of a long table with some words {i * 7919 % 100003}\n" for i in range(n))
+    data = gzip.compress(text.encode(), 1) if compressed else text.encode()
+    seen: list[tuple[int, int]] = []
+    run_import(
+        tmp_path, data, "table.csv.gz" if compressed else "table.csv",
+        on_progress=lambda done, total, read: seen.append((done, total)),
+    )
+    middle = [(done, total) for done, total in seen[:-1] if 0.2 * n <= done <= 0.8 * n]
+    assert middle, seen
+    for done, total in middle:
+        assert done < total, f"{done} of {n} rows parsed, yet progress said {done}/{total}"
+        assert abs(total - n) / n < 0.15, f"estimated {total} rows at {done} of {n}"
+    assert seen[-1] == (n, n)
