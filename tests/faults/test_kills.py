@@ -391,7 +391,12 @@ async def test_an_import_survives_a_killed_ingest(world: World) -> None:
     last, code = await watch_resource(watch_call(world, "dataset", dataset), "dataset")
     assert code is None and last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, (code, last)
     await assert_rows_are_the_table(world, dataset)
-    record("ingest (during import)", started, f"SUCCEEDED, {ROWS} rows once and in order (attempt {attempts})")
+    record(
+        "ingest (during import)",
+        started,
+        f"SUCCEEDED, {ROWS} rows once and in order (caught RUNNING at try {attempts}); "
+        "the held Watch ended UNAVAILABLE",
+    )
 
 
 @pytest.mark.timeout(1200)
@@ -426,13 +431,14 @@ async def test_an_embedding_survives_a_killed_part(world: World, part: str) -> N
         assert code in (None, grpc.StatusCode.UNAVAILABLE), code
         if code is None:
             assert held is not None and held.job.state == job_pb2.JOB_STATE_SUCCEEDED, held
+    held_watch = "ended UNAVAILABLE" if code else "followed the job to SUCCEEDED"
     last, code = await watch_resource(watch_call(world, "embedding", name), "embedding")
     assert code is None and last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, (code, last)
     worst = await assert_vectors_match_the_reference(world, name)
     record(
         f"{part} (during embedding, {done_at_kill}/{ROWS} rows done)",
         started,
-        f"SUCCEEDED, {ROWS} vectors, lowest cosine to the reference {worst:.6f}",
+        f"SUCCEEDED, {ROWS} vectors, lowest cosine to the reference {worst:.6f}; the held Watch {held_watch}",
     )
 
 
@@ -469,7 +475,8 @@ async def test_a_map_survives_a_killed_projection_service(world: World) -> None:
     last, code = await watch_resource(watch_call(world, "projection", name), "projection")
     assert code is None and last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, (code, last)
     await assert_points_once(world, name)
-    record(f"projection (during UMAP {stage})", started, f"SUCCEEDED, {ROWS} points once")
+    outcome = f"SUCCEEDED, {ROWS} points once; the held Watch ended UNAVAILABLE"
+    record(f"projection (during UMAP {stage})", started, outcome)
 
 
 @pytest.mark.timeout(1200)
