@@ -7,9 +7,12 @@ client's own grpc-web library against the real Envoy's refusals (test/edge-error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,9 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
 
 
-def _scenario(stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240) -> dict[str, Any]:
+def _scenario(
+    stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Runs one scenario of e2e/features.mjs; its screenshot lands in test-artifacts/."""
     csv_file = tmp_path / "notes.csv"
     csv_file.write_bytes(csv_bytes(rows(ROWS)))
@@ -63,7 +68,7 @@ def _scenario(stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240) -> 
         [
             "node", "e2e/features.mjs", "--base-url", stack.edge_url, "--scenario", name,
             "--csv", str(csv_file), "--screenshot", str(ARTIFACTS / f"web-{name}.png"),
-            "--timeout-s", str(timeout_s - 20),
+            "--timeout-s", str(timeout_s - 20), *extra,
         ],
         cwd=WEB,
         capture_output=True,
@@ -154,7 +159,7 @@ def test_map_colour_search_neighbours_lasso_and_export(stack: Stack, tmp_path: P
 
 
 def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, tmp_path: Path) -> None:
-    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,viewer,3d,reloaded}.png."""
+    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,viewer,switched,3d,reloaded}.png."""
     summary = _scenario(stack, tmp_path, "workspace", timeout_s=600)
     assert summary["mapFraction"] >= 0.7
     before, after = summary["labels"]
@@ -165,3 +170,81 @@ def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, 
     assert summary["view3d"]["points"] == ROWS
     assert "Viewers cannot" in summary["viewerReason"]
     assert summary["afterReload"] in ("running", "pending", "succeeded")
+    assert summary["transition"]["frames"] >= 3
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a live process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fitting_processes() -> dict[int, float]:
+    """This test process's descendants that fit maps (the projection service's children), with their CPU seconds."""
+    stats = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := _proc_stat(int(e))) is not None}
+    family, frontier = set(), [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in stats.items():
+            if ppid == parent and pid not in family:
+                family.add(pid)
+                frontier.append(pid)
+    found = {}
+    for pid in family:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"services.projection.fits" in f.read():
+                    found[pid] = stats[pid][1]
+        except OSError:
+            pass
+    return found
+
+
+def _kill_the_busy_fit(arm: Path, fits: Path, stop: threading.Event, killed: list[int]) -> None:
+    """Once `arm` exists and a map is being fitted (its folder under `fits`): SIGKILL the
+    fitting process that uses CPU (the one making the map), once, as the kernel's OOM killer would."""
+    while not arm.exists():
+        if stop.wait(0.05):
+            return
+    seen: dict[int, float] = {}
+    while not stop.is_set():
+        if not any(job.is_dir() for job in fits.glob("*/*")):
+            seen.clear()
+            stop.wait(0.05)
+            continue
+        for pid, cpu in _fitting_processes().items():
+            if pid in seen and cpu - seen[pid] > 0.03:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            seen[pid] = cpu
+        stop.wait(0.05)
+
+
+def test_a_map_whose_fit_dies_fails_in_place_of_the_map_and_retry_makes_it(stack: Stack, tmp_path: Path) -> None:
+    """Issue 10, point 3, with a real failure at run time: the fitting process of the map is
+    killed (SIGKILL) while it runs, so the server fails the job; the workspace shows its
+    message with Retry, and Retry makes a new map that opens. Screenshots web-retry-{failed,retried}.png."""
+    arm = tmp_path / "arm"
+    stop = threading.Event()
+    killed: list[int] = []
+    fits = stack.data_dir / "cache" / "projection" / "fits"
+    killer = threading.Thread(target=_kill_the_busy_fit, args=(arm, fits, stop, killed), daemon=True)
+    killer.start()
+    try:
+        summary = _scenario(stack, tmp_path, "retry", timeout_s=420, extra=("--arm-file", str(arm)))
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    assert len(killed) == 1
+    assert "The map failed" in summary["failedText"]
+    assert summary["retried"]["points"] == ROWS
+    assert summary["retried"]["projection"] != summary["retried"]["failed"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Browser scenarios for the web client's pages, against a running embedviz stack:
 //   node e2e/features.mjs --base-url URL --scenario NAME [--csv FILE] [--screenshot OUT.png]
-// Scenarios: session, expiry, members, apikeys, table, resume, template, map, workspace.
+// Scenarios: session, expiry, members, apikeys, table, resume, template, map, workspace, retry.
 // Each signs up fresh users, does what a person would do, and checks what the page shows.
 // The last stdout line is a JSON summary ({"ok":true,...}); exit 1 on failure with the
 // reason in "error" (and a screenshot of the page as it was); exit 3 when the server
@@ -19,6 +19,8 @@ const { values: args } = parseArgs({
     csv: { type: "string" },
     screenshot: { type: "string" },
     "timeout-s": { type: "string", default: "150" },
+    // retry: written just before the map starts; the caller then kills the map's fitting process
+    "arm-file": { type: "string" },
   },
 });
 if (!args["base-url"] || !args.scenario) {
@@ -786,9 +788,15 @@ const scenarios = {
     });
     let view;
     await step("the URL reopens the same view in a new browser context, after login", async () => {
+      // Size by a numeric column, and a tooltip column: the link carries them too.
+      await page.selectOption("#size-by", "id");
+      await until(page, () => new URLSearchParams(location.hash.split("?")[1] ?? "").get("size") === "id", null, "size in the URL");
+      await page.evaluate(() => (document.getElementById("tooltip-columns").open = true));
+      await page.locator('[data-testid=tooltip-column][value="topic"]').check();
+      await until(page, () => new URLSearchParams(location.hash.split("?")[1] ?? "").get("tip") !== null, null, "tooltip columns in the URL");
       await page.waitForTimeout(600); // the camera lands in the URL after 250 ms
       const url = page.url();
-      view = await page.evaluate(() => ({ camera: window.__embedviz.camera(), colorBy: document.getElementById("color-by").value, visible: window.__embedviz.visibleCount, selected: window.__embedviz.selected, linked: Number(document.getElementById("selection-count").dataset.count) }));
+      view = await page.evaluate(() => ({ camera: window.__embedviz.camera(), colorBy: document.getElementById("color-by").value, sizeBy: document.getElementById("size-by").value, tooltip: [...document.querySelectorAll("[data-testid=tooltip-column]:checked")].map((i) => i.value), visible: window.__embedviz.visibleCount, selected: window.__embedviz.selected, linked: Number(document.getElementById("selection-count").dataset.count) }));
       summary.url = url.slice(url.indexOf("#"));
       const other = await (await newContext()).newPage();
       await other.setViewportSize({ width: 1440, height: 900 });
@@ -799,8 +807,10 @@ const scenarios = {
       await other.click("#login-button");
       await until(other, () => window.__embedviz?.ready === true, null, "the linked map", 60_000);
       await until(other, (v) => window.__embedviz.visibleCount === v.visible && Number(document.getElementById("selection-count")?.dataset.count) === v.linked, view, "the same counts");
-      const got = await other.evaluate(() => ({ camera: window.__embedviz.camera(), colorBy: document.getElementById("color-by").value, selected: window.__embedviz.selected }));
+      const got = await other.evaluate(() => ({ camera: window.__embedviz.camera(), colorBy: document.getElementById("color-by").value, sizeBy: document.getElementById("size-by").value, tooltip: [...document.querySelectorAll("[data-testid=tooltip-column]:checked")].map((i) => i.value), selected: window.__embedviz.selected }));
       check(got.colorBy === view.colorBy, `colour by ${got.colorBy}, not ${view.colorBy}`);
+      check(view.sizeBy === "id" && got.sizeBy === view.sizeBy, `size by ${got.sizeBy}, not ${view.sizeBy}`);
+      check(JSON.stringify(got.tooltip) === JSON.stringify(view.tooltip), `tooltip shows ${got.tooltip}, not ${view.tooltip}`);
       check(JSON.stringify(got.selected) === JSON.stringify(view.selected), "another selection");
       check(Math.abs(got.camera.x - view.camera.x) < 1e-3 && Math.abs(got.camera.y - view.camera.y) < 1e-3 && Math.abs(got.camera.distance - view.camera.distance) < 1e-3, `camera ${JSON.stringify(got.camera)} vs ${JSON.stringify(view.camera)}`);
       await other.screenshot({ path: shot("reopened") });
@@ -833,6 +843,34 @@ const scenarios = {
       await viewer.close();
       await page.goto(url);
       await until(page, () => window.__embedviz?.ready === true, null, "the owner's map again", 60_000);
+    });
+    await step("switching between two 2-D maps moves the points smoothly and ends on the chosen map", async () => {
+      const first = await page.evaluate(() => window.__embedviz.projection);
+      await page.click("#toggle-data");
+      await page.selectOption("#projection-dimensions", "2");
+      await page.selectOption("#projection-method", { label: "UMAP" });
+      await page.click("#start-projection-button");
+      await until(page, (f) => window.__embedviz?.ready === true && window.__embedviz.projection !== f && !window.__embedviz.view3d, first, "the second 2-D map", 180_000);
+      await page.waitForTimeout(400); // (opening a map folds the data panel away again)
+      // Hold the move half-way (a test hook) so the screenshot is of a frame in its middle.
+      await page.evaluate(() => (window.__embedvizTransitionHold = 0.5));
+      const start = await page.locator("#map-canvas").screenshot();
+      await page.selectOption("#map-switch", first);
+      await until(page, () => document.getElementById("map-container")?.dataset.transition === "held", null, "the move half-way", 60_000);
+      await page.waitForTimeout(300);
+      const mid = await page.locator("#map-canvas").screenshot();
+      const t = await page.evaluate(() => Number(document.getElementById("map-container").dataset.transitionT));
+      await page.evaluate(() => delete window.__embedvizTransitionHold);
+      await until(page, (f) => window.__embedviz?.ready === true && window.__embedviz.projection === f && document.getElementById("map-container")?.dataset.transition === "done", first, "the move ends on the first map", 30_000);
+      await page.waitForTimeout(300);
+      const end = await page.locator("#map-canvas").screenshot();
+      const frames = await page.evaluate(() => Number(document.getElementById("map-container").dataset.transitionFrames));
+      summary.transition = { midT: t, frames };
+      check(t > 0.2 && t < 0.8, `the mid-move frame is at t=${t}`);
+      check(!mid.equals(start) && !mid.equals(end) && !start.equals(end), "the mid-move frame equals the start or the end");
+      check(frames >= 3, `the move drew ${frames} frames`);
+      check((await page.locator("#map-switch").inputValue()) === first, "the switcher shows another map");
+      await page.screenshot({ path: shot("switched") });
     });
     await step("a 3-D map draws and rotates", async () => {
       await page.click("#toggle-data");
@@ -877,6 +915,55 @@ const scenarios = {
       await until(page, () => document.getElementById("embedding-progress")?.dataset.state === "succeeded", null, "the embedding ends", 180_000);
       await until(page, () => !document.getElementById("start-projection-button").disabled && document.getElementById("embedding-select").options.length > 0, null, "the map form is usable", 10_000);
       check(["running", "pending", "succeeded"].includes(seen), `after the reload the embedding shows ${seen}`);
+    });
+  },
+
+  /**
+   * A failed map and its Retry (issue 10, point 3). The failure is real: when the scenario
+   * writes --arm-file and starts a t-SNE map, the caller (tests/test_web_client.py) kills the
+   * projection service's fitting process that is busy with it (SIGKILL, as the kernel's OOM
+   * killer would), so the server fails the job at run time. The workspace shows the job's
+   * message in place of the map with Retry; Retry starts a new job that ends on a usable map.
+   */
+  async retry({ newContext }) {
+    check(args.csv, "--csv is required");
+    check(args["arm-file"], "--arm-file is required: the caller kills the map's fitting process once it is written");
+    const rows = parseCsv(readFileSync(fromCaller(args.csv), "utf8"));
+    const shot = (name) => (screenshotPath ? screenshotPath.replace(/\.png$/, `-${name}.png`) : join(tmpdir(), `${name}.png`));
+    page = await (await newContext()).newPage();
+    await page.setViewportSize({ width: 1440, height: 900 });
+    page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+    await step("sign up, upload, embed", async () => {
+      await signUp(page, newEmail("retry"));
+      await createProject(page, "retry");
+      await uploadAndOpen(page, fromCaller(args.csv));
+      await page.click("#start-embedding-button");
+      await until(page, () => !document.getElementById("start-projection-button")?.disabled, null, "map form", 120_000);
+    });
+    let failedName = "";
+    await step("a map whose fitting process dies fails, and says so in place of the map with Retry", async () => {
+      await page.selectOption("#projection-method", { label: "t-SNE" });
+      writeFileSync(fromCaller(args["arm-file"]), "armed\n");
+      await page.click("#start-projection-button");
+      const state = await until(page, () => ["failed", "ready"].includes(document.getElementById("map-state")?.dataset.state) && document.getElementById("map-state").dataset.state, null, "the map job ends", 180_000);
+      check(state === "failed", `the map ended ${state}: its fitting process was not killed in time`);
+      summary.failedText = (await page.locator("#map-state").innerText()).trim();
+      check(/The map failed: .*(killed|SIGKILL)/s.test(summary.failedText), `the failure reads: ${summary.failedText}`);
+      check(await page.locator("#retry-button").isVisible(), "no Retry button");
+      check(!(await page.evaluate(() => window.__embedviz?.ready === true)), "a map is drawn although the job failed");
+      failedName = await page.$eval('[data-testid=projection-link][data-state="failed"]', (a) => a.getAttribute("href").slice(2));
+      await page.screenshot({ path: shot("failed") });
+    });
+    await step("Retry starts a new job that ends on a usable map", async () => {
+      await page.click("#retry-button");
+      await until(page, () => window.__embedviz?.ready === true, null, "the retried map", 180_000);
+      const got = await page.evaluate(() => ({ projection: window.__embedviz.projection, points: window.__embedviz.pointCount }));
+      check(got.projection !== failedName, `the map shown is the failed one (${failedName})`);
+      check(got.points === rows.length, `the retried map has ${got.points} points, the file ${rows.length} rows`);
+      check((await page.locator("#map-state").getAttribute("data-state")) === "ready", "the map state is not ready");
+      await noBanner(page, "after the retry");
+      summary.retried = { failed: failedName, ...got };
+      await page.screenshot({ path: shot("retried") });
     });
   },
 

@@ -15,6 +15,7 @@ import { ProgressBar } from "./jobs";
 import { normalizeCoordinates, PointSet } from "./points";
 import { categoricalPalette, categoryEntries, NOISE_COLOR, numericScale, sequentialRamp, type CategoryEntry } from "./scales";
 import { rowsTable, valueText } from "./table";
+import { alignPositions, interpolate, progressAt, TRANSITION_MAX_POINTS, TRANSITION_MS, type Positions } from "./transition";
 import { hasFilters, type ViewState, type ViewStore } from "./viewstate";
 
 export const MAP_BACKGROUND = "#ffffff";
@@ -78,12 +79,21 @@ function pointSizeFor(n: number): number {
 }
 
 
+/** Where the last 2-D map drew its points, so the next map of the same rows moves from there. */
+let lastPositions: (Positions & { dataset: string; projection: string }) | null = null;
+
+/** A 3-D map (or anything that is not a 2-D map) came between: the next 2-D map just appears. */
+export function forgetMapPositions(): void {
+  lastPositions = null;
+}
+
 /** Builds the map; returns a function that tears it down. */
 export async function showMap(opts: MapOptions): Promise<() => void> {
   const { store, onError } = opts;
   const clearError = opts.onClearError;
   const cleanups: (() => void)[] = [];
   const allColumns = opts.columns;
+  const columnNames = new Set(allColumns.map((c) => c.name));
 
   // ---------- DOM ----------
   const canvas = h("canvas", { id: "map-canvas", "data-testid": "map-canvas" });
@@ -166,6 +176,13 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   loading.el.hidden = true;
   const n = points.length;
   const { x, y } = normalizeCoordinates(points.coords, n, points.dimensions);
+  // Switched from another 2-D map of this dataset: the points start where they were there
+  // and move to their places here (src/transition.ts), keeping colours, filters, selection.
+  const before = lastPositions;
+  lastPositions = null;
+  const moveFrom = before && before.dataset === opts.datasetName && before.projection !== opts.projectionName && n <= TRANSITION_MAX_POINTS ? alignPositions(before, { rows: points.rows, x, y }, n) : null;
+  let drawX = moveFrom ? Float32Array.from(moveFrom.x) : x;
+  let drawY = moveFrom ? Float32Array.from(moveFrom.y) : y;
   let maxRow = -1;
   for (let i = 0; i < n; i++) if (points.rows[i] > maxRow) maxRow = points.rows[i];
   const pointOf = new Int32Array(maxRow + 1).fill(-1);
@@ -288,10 +305,14 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   let sizeValues: Float32Array | null = null;
 
   /** Draws points with the current encoding and size, then applies the filter mask. */
+  const pointData = (enc: Encoding) => {
+    const data: { x: Float32Array; y: Float32Array; valueA: Float32Array; valueB?: Float32Array } = { x: drawX, y: drawY, valueA: enc.valueA };
+    if (sizeValues) data.valueB = sizeValues;
+    return data;
+  };
   const redraw = async () => {
     if (!encoding) return;
-    const data: { x: Float32Array; y: Float32Array; valueA: Float32Array; valueB?: Float32Array } = { x, y, valueA: encoding.valueA };
-    if (sizeValues) data.valueB = sizeValues;
+    const data = pointData(encoding);
     scatterplot.set({
       pointColor: encoding.mode === "number" ? encoding.palette : twoAtLeast(encoding.palette),
       colorBy: "valueA",
@@ -575,14 +596,17 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
     return new Map(rows.map((r) => [r, rowText.get(textKey(columns, r)) ?? "(row not found)"]));
   };
   // What the tooltip shows: the embedded text unless the user picks other columns.
-  let tooltipColumns = opts.textColumns;
+  // The view state keeps the picked columns ([] = the embedded text), so a link carries them.
+  const knownTooltip = store.get().tooltip.filter((c) => columnNames.has(c));
+  let tooltipColumns = knownTooltip.length ? knownTooltip : opts.textColumns;
   tooltipPicker.append(
     ...allColumns.map((c) => {
-      const cb = h("input", { type: "checkbox", value: c.name, checked: opts.textColumns.includes(c.name), "data-testid": "tooltip-column" });
+      const cb = h("input", { type: "checkbox", value: c.name, checked: tooltipColumns.includes(c.name), "data-testid": "tooltip-column" });
       cb.addEventListener("change", () => {
         const picked = [...tooltipPicker.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
         const same = picked.length === opts.textColumns.length && picked.every((p, i) => p === opts.textColumns[i]);
         tooltipColumns = same || !picked.length ? opts.textColumns : picked;
+        store.update({ tooltip: tooltipColumns === opts.textColumns ? [] : picked });
       });
       return h("label", { class: "inline" }, cb, ` ${c.name}`);
     }),
@@ -828,8 +852,11 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
 
   // ---------- the linked table ----------
   let tablePageIndex = 0;
-  let tableSort: { column: string; desc: boolean } | null = null;
-  let tableColumns: string[] = allColumns.map((c) => c.name);
+  // Sort and columns live in the view state (the URL): [] columns = all of them.
+  const startSort = store.get().sort;
+  let tableSort: { column: string; desc: boolean } | null = startSort && columnNames.has(startSort.column) ? startSort : null;
+  const startColumns = store.get().tableColumns.filter((c) => columnNames.has(c));
+  let tableColumns: string[] = startColumns.length ? startColumns : allColumns.map((c) => c.name);
   let tableSeq = 0;
   const linkedRows = (): number[] => {
     const s = store.get();
@@ -839,9 +866,10 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   };
   columnPicker.append(
     ...allColumns.map((c) => {
-      const cb = h("input", { type: "checkbox", checked: true, value: c.name, "data-testid": "table-column" });
+      const cb = h("input", { type: "checkbox", checked: tableColumns.includes(c.name), value: c.name, "data-testid": "table-column" });
       cb.addEventListener("change", () => {
         tableColumns = [...columnPicker.querySelectorAll<HTMLInputElement>("input:checked")].map((i) => i.value);
+        store.update({ tableColumns: tableColumns.length === allColumns.length ? [] : tableColumns });
         void renderTable();
       });
       return h("label", { class: "inline" }, cb, ` ${c.name}`);
@@ -918,6 +946,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
           }
           th.addEventListener("click", () => {
             tableSort = tableSort?.column !== c ? { column: c, desc: false } : tableSort.desc ? null : { column: c, desc: true };
+            store.update({ sort: tableSort });
             void renderTable();
           });
         },
@@ -1061,6 +1090,42 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   window.addEventListener("resize", onResize);
   cleanups.push(() => window.removeEventListener("resize", onResize));
 
+  // ---------- the move from the previous map ----------
+  if (moveFrom) {
+    frame.dataset.transition = "running";
+    overlay.style.visibility = "hidden";
+    const bx = drawX, by = drawY;
+    let frames = 0;
+    // Browser tests may hold the move at a fraction of its time (window.__embedvizTransitionHold)
+    // to look at a frame in its middle; it goes on when they delete it.
+    const testHooks = window as unknown as { __embedvizTransitionHold?: number };
+    let begin = performance.now();
+    for (;;) {
+      const hold = testHooks.__embedvizTransitionHold;
+      let elapsed = performance.now() - begin;
+      if (typeof hold === "number" && elapsed >= hold * TRANSITION_MS) {
+        elapsed = hold * TRANSITION_MS;
+        begin = performance.now() - elapsed;
+        frame.dataset.transition = "held";
+      } else frame.dataset.transition = "running";
+      const t = progressAt(elapsed);
+      frame.dataset.transitionT = t.toFixed(3);
+      interpolate(moveFrom.x, x, t, bx);
+      interpolate(moveFrom.y, y, t, by);
+      const enc = encoding as Encoding | null;
+      if (enc) await scatterplot.draw(pointData(enc), { preventFilterReset: true, zDataType: enc.mode === "number" ? "continuous" : "categorical", wDataType: "continuous" });
+      frames++;
+      if (t >= 1) break;
+      await new Promise((r) => requestAnimationFrame(r));
+    }
+    drawX = x;
+    drawY = y;
+    highlight();
+    overlay.style.visibility = "";
+    frame.dataset.transition = "done";
+    frame.dataset.transitionFrames = String(frames);
+  }
+
   Object.assign(hooks, {
     pointCount: n,
     totalCount: total,
@@ -1081,6 +1146,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   drawLabels();
 
   return () => {
+    lastPositions = { dataset: opts.datasetName, projection: opts.projectionName, rows: points.rows.subarray(0, n), x, y };
     clearTimeout(cameraTimer);
     cancelAnimationFrame(labelFrame);
     for (const c of cleanups.reverse()) c();

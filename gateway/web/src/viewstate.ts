@@ -46,6 +46,17 @@ export interface ViewState {
   search: Search;
   /** The point whose details are open (a row index), or -1. */
   focus: number;
+  /** Columns the tooltip shows; [] = the embedded text. */
+  tooltip: string[];
+  /** The linked table's sort, or null for row order. */
+  sort: TableSort | null;
+  /** The linked table's columns; [] = all of them. */
+  tableColumns: string[];
+}
+
+export interface TableSort {
+  column: string;
+  desc: boolean;
 }
 
 export function emptyFilters(): Filters {
@@ -66,6 +77,9 @@ export function emptyView(): ViewState {
     selection: [],
     search: { query: "", column: "" },
     focus: -1,
+    tooltip: [],
+    sort: null,
+    tableColumns: [],
   };
 }
 
@@ -166,6 +180,9 @@ export function viewToHash(s: ViewState): string {
   if (s.search.query) q.set("q", s.search.query);
   if (s.search.column) q.set("qcol", s.search.column);
   if (s.focus >= 0) q.set("focus", String(s.focus));
+  if (s.tooltip.length) q.set("tip", JSON.stringify(s.tooltip));
+  if (s.sort) q.set("sort", JSON.stringify([s.sort.column, s.sort.desc ? "desc" : "asc"]));
+  if (s.tableColumns.length) q.set("cols", JSON.stringify(s.tableColumns));
   const query = q.toString();
   return `#/${path}${query ? `?${query}` : ""}`;
 }
@@ -213,6 +230,11 @@ export function hashToView(hash: string): ViewState {
   s.search = { query: q.get("q") ?? "", column: q.get("qcol") ?? "" };
   const focus = Number(q.get("focus") ?? "-1");
   s.focus = Number.isInteger(focus) && focus >= 0 ? focus : -1;
+  const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
+  s.tooltip = parseJson<string[]>(q.get("tip"), [], strings);
+  const sort = parseJson<string[] | null>(q.get("sort"), null, (v) => strings(v) && (v as string[]).length === 2 && ["asc", "desc"].includes((v as string[])[1]));
+  s.sort = sort ? { column: sort[0], desc: sort[1] === "desc" } : null;
+  s.tableColumns = parseJson<string[]>(q.get("cols"), [], strings);
   return s;
 }
 

@@ -11,7 +11,7 @@ import type { Embedding, Model } from "./gen/embedviz/v1/embedding_pb";
 import { Role, type Column, type Dataset } from "./gen/embedviz/v1/ingest_pb";
 import { ClusterAlgorithm, ProjectionMethod, type Projection } from "./gen/embedviz/v1/projection_pb";
 import { followJob, isTerminal, JobState, ProgressBar } from "./jobs";
-import { showMap } from "./map";
+import { forgetMapPositions, showMap } from "./map";
 import { show3d } from "./view3d";
 import { dataTable, valueOf } from "./table";
 import { cellText, columnsForTemplate, renderText } from "./template";
@@ -407,6 +407,7 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
     showTab("linked");
     refreshLists();
     if (proj.dimensions === 3) {
+      forgetMapPositions();
       toolbar.replaceChildren(mapSwitch());
       linkedHost.replaceChildren();
       teardownMap = await show3d({ projectionName: proj.name, datasetName, textColumns: emb.textColumns, stage, side, onError: showError });
