@@ -159,7 +159,8 @@ def test_map_colour_search_neighbours_lasso_and_export(stack: Stack, tmp_path: P
 
 
 def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, tmp_path: Path) -> None:
-    """Issue 10's workspace: screenshots web-workspace-{labels,zoomed,filtered,reopened,viewer,switched,3d,reloaded}.png."""
+    """Issue 10's workspace: screenshots
+    web-workspace-{labels,zoomed,filtered,reopened,viewer,switched,3d,reloaded}.png."""
     summary = _scenario(stack, tmp_path, "workspace", timeout_s=600)
     assert summary["mapFraction"] >= 0.7
     before, after = summary["labels"]

@@ -794,9 +794,19 @@ const scenarios = {
       await page.evaluate(() => (document.getElementById("tooltip-columns").open = true));
       await page.locator('[data-testid=tooltip-column][value="topic"]').check();
       await until(page, () => new URLSearchParams(location.hash.split("?")[1] ?? "").get("tip") !== null, null, "tooltip columns in the URL");
+      // The linked table: sorted by title, descending, without the text column.
+      await page.locator('#selection-table th[data-column="title"]').click();
+      await until(page, () => document.querySelector('#selection-table th[data-column="title"]')?.dataset.sort === "asc", null, "sorted by title");
+      await page.locator('#selection-table th[data-column="title"]').click();
+      await until(page, () => document.querySelector('#selection-table th[data-column="title"]')?.dataset.sort === "desc", null, "sorted by title, descending");
+      await page.evaluate(() => document.querySelector(".column-picker").setAttribute("open", ""));
+      await page.locator('[data-testid=table-column][value="text"]').uncheck();
+      await until(page, () => document.querySelector("#selection-table th") && !document.querySelector('#selection-table th[data-column="text"]') && new URLSearchParams(location.hash.split("?")[1] ?? "").get("sort") !== null, null, "the table without its text column");
       await page.waitForTimeout(600); // the camera lands in the URL after 250 ms
       const url = page.url();
+      const tableOf = () => ({ headers: [...document.querySelectorAll("#selection-table th[data-column]")].map((th) => `${th.dataset.column}${th.dataset.sort ? `:${th.dataset.sort}` : ""}`), rows: [...document.querySelectorAll("#selection-table tbody tr")].map((tr) => Number(tr.dataset.row)) });
       view = await page.evaluate(() => ({ camera: window.__embedviz.camera(), colorBy: document.getElementById("color-by").value, sizeBy: document.getElementById("size-by").value, tooltip: [...document.querySelectorAll("[data-testid=tooltip-column]:checked")].map((i) => i.value), visible: window.__embedviz.visibleCount, selected: window.__embedviz.selected, linked: Number(document.getElementById("selection-count").dataset.count) }));
+      view.table = await page.evaluate(tableOf);
       summary.url = url.slice(url.indexOf("#"));
       const other = await (await newContext()).newPage();
       await other.setViewportSize({ width: 1440, height: 900 });
@@ -811,6 +821,8 @@ const scenarios = {
       check(got.colorBy === view.colorBy, `colour by ${got.colorBy}, not ${view.colorBy}`);
       check(view.sizeBy === "id" && got.sizeBy === view.sizeBy, `size by ${got.sizeBy}, not ${view.sizeBy}`);
       check(JSON.stringify(got.tooltip) === JSON.stringify(view.tooltip), `tooltip shows ${got.tooltip}, not ${view.tooltip}`);
+      const table = await until(other, (want) => { const t = { headers: [...document.querySelectorAll("#selection-table th[data-column]")].map((th) => `${th.dataset.column}${th.dataset.sort ? `:${th.dataset.sort}` : ""}`), rows: [...document.querySelectorAll("#selection-table tbody tr")].map((tr) => Number(tr.dataset.row)) }; return JSON.stringify(t) === JSON.stringify(want) && t; }, view.table, "the same table (columns, sort, rows)").catch((err) => { throw new Error(`${err.message}; the link's table: ${JSON.stringify(view.table).slice(0, 200)}`); });
+      check(table.headers.includes("title:desc") && !table.headers.includes("text"), `table headers ${table.headers}`);
       check(JSON.stringify(got.selected) === JSON.stringify(view.selected), "another selection");
       check(Math.abs(got.camera.x - view.camera.x) < 1e-3 && Math.abs(got.camera.y - view.camera.y) < 1e-3 && Math.abs(got.camera.distance - view.camera.distance) < 1e-3, `camera ${JSON.stringify(got.camera)} vs ${JSON.stringify(view.camera)}`);
       await other.screenshot({ path: shot("reopened") });
