@@ -54,21 +54,25 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 _tables: dict[str, Table] = {}
 
 
+def outbox_columns() -> list[Column[Any]]:
+    """The outbox's columns, new each call: for `outbox_table` and for the migration of each
+    service that creates the table (`0003_outbox`)."""
+    return [
+        # the order messages were written in; the id is what JetStream dedups by
+        Column("seq", BigInteger, Identity(), primary_key=True),
+        Column("id", String(64), nullable=False, unique=True),
+        Column("subject", String(300), nullable=False),
+        Column("stream", String(64), nullable=False),
+        Column("data", LargeBinary, nullable=False),
+        Column("create_time", DateTime(timezone=True), nullable=False),
+    ]
+
+
 def outbox_table(schema: str) -> Table:
     """The outbox table of a service's schema (each service's migrations create it)."""
     table = _tables.get(schema)
     if table is None:
-        table = Table(
-            TABLE,
-            MetaData(schema=schema),
-            # the order messages were written in; the id is what JetStream dedups by
-            Column("seq", BigInteger, Identity(), primary_key=True),
-            Column("id", String(64), nullable=False, unique=True),
-            Column("subject", String(300), nullable=False),
-            Column("stream", String(64), nullable=False),
-            Column("data", LargeBinary, nullable=False),
-            Column("create_time", DateTime(timezone=True), nullable=False),
-        )
+        table = Table(TABLE, MetaData(schema=schema), *outbox_columns())
         _tables[schema] = table
     return table
 

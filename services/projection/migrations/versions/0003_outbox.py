@@ -6,8 +6,9 @@ Revises: 0002
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
+
+from services.common.outbox import TABLE, outbox_columns
 
 revision = "0003"
 down_revision = "0002"
@@ -18,17 +19,8 @@ SCHEMA = "projection"
 
 
 def upgrade() -> None:
-    op.create_table(
-        "outbox",
-        sa.Column("seq", sa.BigInteger(), sa.Identity(), primary_key=True),
-        sa.Column("id", sa.String(64), nullable=False, unique=True),
-        sa.Column("subject", sa.String(300), nullable=False),
-        sa.Column("stream", sa.String(64), nullable=False),
-        sa.Column("data", sa.LargeBinary(), nullable=False),
-        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
-        schema=SCHEMA,
-    )
+    op.create_table(TABLE, *outbox_columns(), schema=SCHEMA)
 
 
 def downgrade() -> None:
-    op.drop_table("outbox", schema=SCHEMA)
+    op.drop_table(TABLE, schema=SCHEMA)
