@@ -21,6 +21,12 @@ const { values: args } = parseArgs({
     "timeout-s": { type: "string", default: "150" },
     // retry: written just before the map starts; the caller then kills the map's fitting process
     "arm-file": { type: "string" },
+    // workspace on a big table of your own (columns id,title,text,topic): how much longer
+    // than on the tests' table its jobs may take, the first map's method, and the topic
+    // value the filter step leaves out.
+    "job-scale": { type: "string", default: "1" },
+    "first-method": { type: "string", default: "PCA" },
+    "drop-topic": { type: "string", default: "space" },
   },
 });
 if (!args["base-url"] || !args.scenario) {
@@ -32,6 +38,7 @@ const fromCaller = (p) => resolve(process.env.INIT_CWD ?? process.cwd(), p);
 const screenshotPath = args.screenshot ? fromCaller(args.screenshot) : null;
 const started = Date.now();
 const overallMs = Number(args["timeout-s"]) * 1000;
+const jobMs = (ms) => ms * Number(args["job-scale"]);
 const log = (...m) => console.error(`[${args.scenario} +${((Date.now() - started) / 1000).toFixed(1)}s]`, ...m);
 const summary = { ok: false, scenario: args.scenario };
 const consoleErrors = [];
@@ -639,11 +646,11 @@ const scenarios = {
       await createProject(page, "workspace");
       await uploadAndOpen(page, fromCaller(args.csv));
       await page.click("#start-embedding-button");
-      await until(page, () => !document.getElementById("start-projection-button")?.disabled, null, "map form", 120_000);
+      await until(page, () => !document.getElementById("start-projection-button")?.disabled, null, "map form", jobMs(120_000));
       await page.fill("#cluster-k", "6");
-      await page.selectOption("#projection-method", { label: "PCA" });
+      await page.selectOption("#projection-method", { label: args["first-method"] });
       await page.click("#start-projection-button");
-      await until(page, () => window.__embedviz?.ready === true, null, "the map", 120_000);
+      await until(page, () => window.__embedviz?.ready === true, null, "the map", jobMs(120_000));
     });
     await step("the map fills most of the window", async () => {
       const box = await page.locator("#map-canvas").boundingBox();
@@ -676,7 +683,7 @@ const scenarios = {
     await step("reset the view", async () => {
       await page.goto(page.url().replace(/\?.*$/, ""));
       await page.reload();
-      await until(page, () => window.__embedviz?.ready === true, null, "the map again", 60_000);
+      await until(page, () => window.__embedviz?.ready === true, null, "the map again", jobMs(60_000));
       await page.waitForTimeout(300);
     });
     const pixelsNear = async (hex) => {
@@ -776,11 +783,11 @@ const scenarios = {
       await until(page, () => document.getElementById("map-legend")?.dataset.column === "topic", null, "legend by topic");
       await page.selectOption("#add-filter", "topic");
       await until(page, () => document.querySelectorAll("[data-testid=filter][data-column=topic] [data-testid=filter-value]").length > 1, null, "topic filter");
-      await page.uncheck('[data-testid=filter][data-column=topic] [data-testid=filter-value][value="space"]');
-      const want = rows.filter((r) => r.topic !== "space").length;
+      await page.uncheck(`[data-testid=filter][data-column=topic] [data-testid=filter-value][value="${args["drop-topic"]}"]`);
+      const want = rows.filter((r) => r.topic !== args["drop-topic"]).length;
       await until(page, (w) => Number(document.getElementById("filter-count")?.dataset.count) === w, want, `${want} points pass`);
       check((await page.evaluate(() => window.__embedviz.visibleCount)) === want, "the map shows another count");
-      const wantLinked = expected.filter((r) => rows[r].topic !== "space");
+      const wantLinked = expected.filter((r) => rows[r].topic !== args["drop-topic"]);
       await until(page, (w) => Number(document.getElementById("selection-count")?.dataset.count) === w, wantLinked.length, `${wantLinked.length} selected rows pass the filter`);
       summary.filtered = { visible: want, linked: wantLinked.length };
       await page.waitForTimeout(400);
@@ -815,7 +822,7 @@ const scenarios = {
       await other.fill("#auth-email", email);
       await other.fill("#auth-password", "correct horse battery staple");
       await other.click("#login-button");
-      await until(other, () => window.__embedviz?.ready === true, null, "the linked map", 60_000);
+      await until(other, () => window.__embedviz?.ready === true, null, "the linked map", jobMs(60_000));
       await until(other, (v) => window.__embedviz.visibleCount === v.visible && Number(document.getElementById("selection-count")?.dataset.count) === v.linked, view, "the same counts");
       const got = await other.evaluate(() => ({ camera: window.__embedviz.camera(), colorBy: document.getElementById("color-by").value, sizeBy: document.getElementById("size-by").value, tooltip: [...document.querySelectorAll("[data-testid=tooltip-column]:checked")].map((i) => i.value), selected: window.__embedviz.selected }));
       check(got.colorBy === view.colorBy, `colour by ${got.colorBy}, not ${view.colorBy}`);
@@ -841,7 +848,7 @@ const scenarios = {
       await page.click("#add-member-button");
       await until(page, (e) => document.querySelector(`[data-testid=member-row][data-email="${e}"]`), viewerEmail, "the viewer's row");
       await viewer.goto(url);
-      await until(viewer, () => window.__embedviz?.ready === true && document.getElementById("workspace")?.dataset.readOnly === "true", null, "the viewer's map", 60_000);
+      await until(viewer, () => window.__embedviz?.ready === true && document.getElementById("workspace")?.dataset.readOnly === "true", null, "the viewer's map", jobMs(60_000));
       await viewer.click("#toggle-data");
       const enabled = await viewer.evaluate(() =>
         [...document.querySelectorAll("#start-embedding-button, #start-projection-button, #retry-button, #cancel-embedding-button, #cancel-projection-button, #delete-dataset-button, [data-testid=delete-embedding], [data-testid=delete-projection], #rename-project-button, #delete-project-button")]
@@ -854,7 +861,7 @@ const scenarios = {
       await viewer.screenshot({ path: shot("viewer") });
       await viewer.close();
       await page.goto(url);
-      await until(page, () => window.__embedviz?.ready === true, null, "the owner's map again", 60_000);
+      await until(page, () => window.__embedviz?.ready === true, null, "the owner's map again", jobMs(60_000));
     });
     await step("switching between two 2-D maps moves the points smoothly and ends on the chosen map", async () => {
       const first = await page.evaluate(() => window.__embedviz.projection);
@@ -862,7 +869,7 @@ const scenarios = {
       await page.selectOption("#projection-dimensions", "2");
       await page.selectOption("#projection-method", { label: "UMAP" });
       await page.click("#start-projection-button");
-      await until(page, (f) => window.__embedviz?.ready === true && window.__embedviz.projection !== f && !window.__embedviz.view3d, first, "the second 2-D map", 180_000);
+      await until(page, (f) => window.__embedviz?.ready === true && window.__embedviz.projection !== f && !window.__embedviz.view3d, first, "the second 2-D map", jobMs(180_000));
       await page.waitForTimeout(400); // (opening a map folds the data panel away again)
       // Hold the move half-way (a test hook) so the screenshot is of a frame in its middle.
       await page.evaluate(() => (window.__embedvizTransitionHold = 0.5));
@@ -889,7 +896,7 @@ const scenarios = {
       await page.selectOption("#projection-dimensions", "3");
       await page.selectOption("#projection-method", { label: "PCA" });
       await page.click("#start-projection-button");
-      await until(page, () => window.__embedviz?.ready === true && window.__embedviz.view3d === true, null, "the 3-D map", 120_000);
+      await until(page, () => window.__embedviz?.ready === true && window.__embedviz.view3d === true, null, "the 3-D map", jobMs(120_000));
       await page.waitForTimeout(300);
       const png1 = await page.locator("#map-canvas").screenshot();
       const box = await page.locator("#map-canvas").boundingBox();
@@ -908,9 +915,10 @@ const scenarios = {
       await page.screenshot({ path: shot("3d") });
     });
     await step("a reload during an embedding shows its progress again, then a usable result", async () => {
-      // A bigger file so the embedding runs long enough to reload in the middle of it.
+      // A bigger file so the embedding runs long enough to reload in the middle of it
+      // (five copies of at most 2,000 rows of the table: long enough, also on a big table).
       const many = [];
-      for (let k = 0; k < 5; k++) for (const r of rows) many.push({ ...r, text: `${r.text} (${k})` });
+      for (let k = 0; k < 5; k++) for (const r of rows.slice(0, 2000)) many.push({ ...r, text: `${r.text} (${k})` });
       const csv = ["id,title,text,topic", ...many.map((r, i) => [i, r.title, r.text, r.topic].map((v) => `"${String(v).replace(/"/g, '""')}"`).join(","))].join("\n");
       const big = join(mkdtempSync(join(tmpdir(), "ws-")), "big.csv");
       writeFileSync(big, csv);
