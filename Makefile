@@ -31,6 +31,8 @@ WEB_SRC := $(if $(WEB_PKG),$(shell find $(WEB) \( -path $(WEB)/node_modules -o -
 RUN_ENV := HF_HUB_OFFLINE=1 NUMBA_CACHE_DIR=$(CURDIR)/build/numba-cache
 TESTS ?= tests
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each test module runs whole in one of them. 0 runs in this process.
+PYTEST_WORKERS ?= 2
 BENCH ?=
 
 .PHONY: help venv web-deps proto lint-proto web chromium run test bench lint clean distclean
@@ -130,7 +132,7 @@ run: venv proto web
 test: venv proto lint web chromium
 	@mkdir -p build/numba-cache test-artifacts
 	cd $(WEB) && npm test
-	$(RUN_ENV) $(VPY) -m pytest $(TESTS) -v -rfEs --durations=15 $(PYTEST_ARGS)
+	$(RUN_ENV) $(VPY) -m pytest $(TESTS) -v -rfEs --durations=25 -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: venv $(STAMPS)/proto-py
 	@set -e; shopt -s nullglob; \

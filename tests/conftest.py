@@ -7,6 +7,12 @@
 
 On teardown every process is stopped and the logs are copied to test-artifacts/logs/
 so a failed CI run can be read afterwards.
+
+`make test` runs the suites in two processes (pytest-xdist, `--dist loadfile`): a test
+module runs whole in one process, so its module fixtures start once; each process starts
+its own `stack` and `infra` when one of its modules asks for them. The modules that take
+longest are handed out first (`SLOWEST_FIRST`), and the time each module took is written
+to test-artifacts/module-times.txt to keep that list honest.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +30,21 @@ from services.stack import Stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "logs"
+# The modules that take longest on a 2-core machine, longest first (measured; see
+# test-artifacts/module-times.txt). They start first, so no process is left with one of
+# them at the end while the other idles. Every other module follows in its usual order.
+SLOWEST_FIRST = (
+    "tests/faults/test_kills.py",
+    "tests/test_web_client.py",
+    "tests/faults/test_shared_parts.py",
+    "tests/projection/test_numba_once.py",
+    "tests/embedding/test_workers.py",
+    "tests/test_long_jobs.py",
+    "tests/projection/test_worker_crash.py",
+    "tests/test_whole_path.py",
+    "tests/projection/test_map_resume.py",
+    "tests/test_fuzz.py",
+)
 
 _stacks: dict[str, Stack] = {}
 
@@ -51,6 +73,39 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ROOTS] = []
 
 
+def _worker_suffix() -> str:
+    """"-gw1" in the second pytest-xdist process; "" when the tests run in one process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return f"-{worker}" if worker else ""
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)  # stable: within a module, and among the rest, the order stays
+
+
+_module_seconds: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # In the controlling process this hears every process's reports (setup, call, teardown).
+    _module_seconds[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput") or not _module_seconds:
+        return  # a pytest-xdist worker: the controller writes the file
+    lines = [f"{seconds:8.1f} s  {module}" for module, seconds in sorted(_module_seconds.items(), key=lambda m: -m[1])]
+    out = REPO_ROOT / "test-artifacts" / "module-times.txt"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("seconds per test module (setup + tests + teardown)\n" + "\n".join(lines) + "\n")
+
+
 def _collect_logs(stack: Stack, name: str) -> None:
     target = ARTIFACTS / name
     if stack.logs_dir.exists():
@@ -60,6 +115,7 @@ def _collect_logs(stack: Stack, name: str) -> None:
 
 def _start(request: pytest.FixtureRequest, name: str, components: str) -> Iterator[Stack]:
     stack = Stack(_data_root(request.config) / name, components=components, ports="free")
+    name += _worker_suffix()
     _stacks[name] = stack
     try:
         stack.start()
