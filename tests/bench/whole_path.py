@@ -7,6 +7,11 @@ embedding workers count), and writes them to build/bench/whole_path-<rows>.json.
     make run                                          # in one terminal
     make bench BENCH=whole_path ROWS=1000000          # in another (default 1,000,000)
 
+A run that was stopped while embedding (the stack stopped with it) goes on from there: start
+the same stack again (`make run`; the job resumes from its checkpoints) and run
+`ATTACH=<the embedding's name> EMAIL=<the user> make bench BENCH=whole_path`; both were
+printed when the run started.
+
 EDGE (default 127.0.0.1:8080) names the edge. The table is real text found on the machine:
 every Debian package summary (`apt-cache dumpavail`), every sentence of the docstrings of
 the installed Python libraries, every entry of the Debian changelogs under /usr/share/doc
@@ -51,6 +56,7 @@ from embedviz.v1 import (  # noqa: E402
 
 ROWS = int(os.environ.get("ROWS", "1000000"))
 EDGE = os.environ.get("EDGE", "127.0.0.1:8080")
+ATTACH = os.environ.get("ATTACH", "")  # an embedding this script started before (see attach)
 CHUNK = 4 * 1024 * 1024
 PASSWORD = "correct horse battery staple"
 OUT = ROOT / "build" / "bench"
@@ -242,18 +248,98 @@ def edge_is_up() -> bool:
         return False
 
 
-async def main() -> None:
-    if not edge_is_up():
-        print(f"whole_path: no stack answers at {EDGE}; start one with `make run` first (skipped)")
-        return
-    OUT.mkdir(parents=True, exist_ok=True)
+async def upload_import_embed(
+    client: Client, result: dict[str, Any], times: dict[str, float], stage_marks: dict[str, float]
+) -> Any:
+    """Sign up, make the table, upload it, import it and embed it; returns the embedding."""
     t = time.monotonic()
     data_table = table(ROWS)
     buffer = io.BytesIO()
     pq.write_table(data_table, buffer, compression="zstd", row_group_size=65536)
     data = buffer.getvalue()
+    result["parquet_bytes"] = len(data)
     print(f"parquet: {len(data) / 1e6:.1f} MB, made in {time.monotonic() - t:.1f} s", flush=True)
-    result: dict[str, Any] = {"rows": ROWS, "parquet_bytes": len(data), "stages": {}}
+    await client.auth.SignUp(auth_pb2.SignUpRequest(email=client.email, password=PASSWORD))
+    project = await client.ingest.CreateProject(
+        ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name=f"{ROWS} rows")),
+        metadata=await client.meta(),
+    )
+
+    t0 = time.monotonic()
+    upload = await client.ingest.CreateUpload(
+        ingest_pb2.CreateUploadRequest(
+            parent=project.name, upload=ingest_pb2.Upload(filename="texts.parquet", size_bytes=len(data))
+        ),
+        metadata=await client.meta(),
+    )
+    for offset in range(0, len(data), CHUNK):
+        await client.ingest.AppendUploadChunk(
+            ingest_pb2.AppendUploadChunkRequest(name=upload.name, offset=offset, data=data[offset : offset + CHUNK]),
+            metadata=await client.meta(),
+        )
+    dataset = await client.ingest.FinishUpload(
+        ingest_pb2.FinishUploadRequest(name=upload.name), metadata=await client.meta()
+    )
+    times["upload_s"] = time.monotonic() - t0
+    print(f"upload: {times['upload_s']:.1f} s", flush=True)
+
+    t0 = time.monotonic()
+    final = await follow(
+        lambda m: client.ingest.WatchDataset(ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=m),
+        lambda u: u.dataset.job, client, "import", stage_marks,
+    )
+    dataset = final.dataset
+    times["import_s"] = time.monotonic() - t0
+    assert dataset.job.state == job_pb2.JOB_STATE_SUCCEEDED, dataset.job.error
+    assert dataset.row_count == ROWS, dataset.row_count
+    print(f"import: {times['import_s']:.1f} s, {dataset.row_count} rows", flush=True)
+
+    t0 = time.monotonic()
+    embedding = await client.embedding.CreateEmbedding(
+        embedding_pb2.CreateEmbeddingRequest(
+            parent=dataset.name, embedding=embedding_pb2.Embedding(text_columns=["text"])
+        ),
+        metadata=await client.meta(),
+    )
+    print(f"embedding: {embedding.name}", flush=True)
+    embedding = await follow_embedding(client, embedding.name, stage_marks)
+    times["embed_s"] = time.monotonic() - t0
+    print(f"embed: {times['embed_s']:.1f} s ({ROWS / times['embed_s']:.0f} rows/s)", flush=True)
+    return embedding
+
+
+async def follow_embedding(client: Client, name: str, stage_marks: dict[str, float]) -> Any:
+    final = await follow(
+        lambda m: client.embedding.WatchEmbedding(embedding_pb2.WatchEmbeddingRequest(name=name), metadata=m),
+        lambda u: u.embedding.job, client, "embed", stage_marks,
+    )
+    embedding = final.embedding
+    assert embedding.job.state == job_pb2.JOB_STATE_SUCCEEDED, embedding.job.error
+    return embedding
+
+
+async def attach(
+    client: Client, result: dict[str, Any], times: dict[str, float], stage_marks: dict[str, float]
+) -> Any:
+    """ATTACH=<embedding name> EMAIL=<its owner>: follow an embedding that an earlier run of
+    this script started (its stack was stopped and started again, so the job resumed from
+    its checkpoints), then go on with the map and the points. Its wall time is the job's
+    own (creation to end), which includes the time the stack was down."""
+    embedding = await follow_embedding(client, ATTACH, stage_marks)
+    job = embedding.job
+    times["embed_wall_s"] = job.end_time.ToDatetime().timestamp() - job.create_time.ToDatetime().timestamp()
+    result["attached"] = ATTACH
+    print(f"embed (attached): {embedding.row_count} rows, {times['embed_wall_s']:.0f} s from creation to end, "
+          "stack downtime included", flush=True)
+    return embedding
+
+
+async def main() -> None:
+    if not edge_is_up():
+        print(f"whole_path: no stack answers at {EDGE}; start one with `make run` first (skipped)")
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"rows": ROWS, "stages": {}}
     times: dict[str, float] = {}
     stage_marks: dict[str, float] = {}
 
@@ -261,64 +347,15 @@ async def main() -> None:
         async with grpc.aio.insecure_channel(
             EDGE, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         ) as channel:
-            email = f"million-{uuid.uuid4().hex[:8]}@example.org"
-            client = Client(channel, email)
-            await client.auth.SignUp(auth_pb2.SignUpRequest(email=email, password=PASSWORD))
-            project = await client.ingest.CreateProject(
-                ingest_pb2.CreateProjectRequest(project=ingest_pb2.Project(display_name=f"{ROWS} rows")),
-                metadata=await client.meta(),
-            )
-
-            t0 = time.monotonic()
-            upload = await client.ingest.CreateUpload(
-                ingest_pb2.CreateUploadRequest(
-                    parent=project.name, upload=ingest_pb2.Upload(filename="texts.parquet", size_bytes=len(data))
-                ),
-                metadata=await client.meta(),
-            )
-            for offset in range(0, len(data), CHUNK):
-                await client.ingest.AppendUploadChunk(
-                    ingest_pb2.AppendUploadChunkRequest(
-                        name=upload.name, offset=offset, data=data[offset : offset + CHUNK]
-                    ),
-                    metadata=await client.meta(),
-                )
-            dataset = await client.ingest.FinishUpload(
-                ingest_pb2.FinishUploadRequest(name=upload.name), metadata=await client.meta()
-            )
-            times["upload_s"] = time.monotonic() - t0
-            print(f"upload: {times['upload_s']:.1f} s", flush=True)
-
-            t0 = time.monotonic()
-            final = await follow(
-                lambda m: client.ingest.WatchDataset(ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=m),
-                lambda u: u.dataset.job, client, "import", stage_marks,
-            )
-            dataset = final.dataset
-            times["import_s"] = time.monotonic() - t0
-            assert dataset.job.state == job_pb2.JOB_STATE_SUCCEEDED, dataset.job.error
-            assert dataset.row_count == ROWS, dataset.row_count
-            print(f"import: {times['import_s']:.1f} s, {dataset.row_count} rows", flush=True)
-
-            t0 = time.monotonic()
-            embedding = await client.embedding.CreateEmbedding(
-                embedding_pb2.CreateEmbeddingRequest(
-                    parent=dataset.name, embedding=embedding_pb2.Embedding(text_columns=["text"])
-                ),
-                metadata=await client.meta(),
-            )
-            final = await follow(
-                lambda m: client.embedding.WatchEmbedding(
-                    embedding_pb2.WatchEmbeddingRequest(name=embedding.name), metadata=m
-                ),
-                lambda u: u.embedding.job, client, "embed", stage_marks,
-            )
-            embedding = final.embedding
-            times["embed_s"] = time.monotonic() - t0
-            assert embedding.job.state == job_pb2.JOB_STATE_SUCCEEDED, embedding.job.error
-            assert embedding.row_count == ROWS, embedding.row_count
-            print(f"embed: {times['embed_s']:.1f} s ({ROWS / times['embed_s']:.0f} rows/s)", flush=True)
-
+            if ATTACH:
+                client = Client(channel, os.environ["EMAIL"])
+                embedding = await attach(client, result, times, stage_marks)
+            else:
+                email = f"million-{uuid.uuid4().hex[:8]}@example.org"
+                print(f"user: {email}", flush=True)
+                client = Client(channel, email)
+                embedding = await upload_import_embed(client, result, times, stage_marks)
+            rows = embedding.row_count
             t0 = time.monotonic()
             projection = await client.projection.CreateProjection(
                 projection_pb2.CreateProjectionRequest(
@@ -344,7 +381,7 @@ async def main() -> None:
             print(f"map: {times['map_s']:.1f} s", flush=True)
 
             t0 = time.monotonic()
-            seen = np.zeros(ROWS, dtype=np.int32)
+            seen = np.zeros(rows, dtype=np.int32)
             received = 0
             async for chunk in client.projection.StreamPoints(
                 projection_pb2.StreamPointsRequest(name=projection.name), metadata=await client.meta()
@@ -357,7 +394,7 @@ async def main() -> None:
             times["points_s"] = time.monotonic() - t0
             assert (seen == 1).all(), f"{int((seen == 0).sum())} rows without a point, {int((seen > 1).sum())} twice"
             result["points_bytes"] = received
-            per_point = received / ROWS
+            per_point = received / rows
             print(f"points: {times['points_s']:.1f} s, every row exactly once, {per_point:.1f} bytes/point", flush=True)
 
     marks = sorted(stage_marks.items(), key=lambda kv: kv[1])
@@ -367,7 +404,7 @@ async def main() -> None:
     result["times_s"] = {k: round(v, 1) for k, v in times.items()}
     result["peak_rss_mb"] = {part: round(v / 2**20) for part, v in memory.own.items()}
     result["peak_rss_tree_mb"] = {part: round(v / 2**20) for part, v in memory.tree.items()}
-    path = OUT / f"whole_path-{ROWS}.json"
+    path = OUT / f"whole_path-{rows}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(f"written to {path}")
