@@ -25,7 +25,7 @@ import { mapPoints } from "./mappoints";
 import { NeighboursPanel } from "./neighbours";
 import { PointSet } from "./points";
 import { RowTexts } from "./rowtexts";
-import { MapScene } from "./scene";
+import { MapScene, selectionStyle } from "./scene";
 import { SearchPanel } from "./search";
 import { rowsOfPoints, SelectionTools } from "./selecttools";
 import { TooltipPanel } from "./tooltip";
@@ -130,8 +130,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
     height: "auto",
     backgroundColor: MAP_BACKGROUND,
     pointSize: baseSize,
-    pointSizeSelected: baseSize + 3,
-    pointOutlineWidth: 2,
+    ...selectionStyle(0, 0, baseSize),
     pointColor: ["#4e79a7", "#4e79a7"],
     colorBy: "valueA",
     opacity: n > 100_000 ? 0.6 : 0.9,

@@ -123,7 +123,9 @@ export class MapScene {
   highlight(): void {
     const { store, points, scatterplot } = this.ctx;
     const pts = highlightedPoints(store.get(), points.pointOfRow, this.neighbourRows);
-    if (pts.length) scatterplot.select(pts.filter((p) => this.mask[p]), { preventEvent: true });
+    const shown = pts.filter((p) => this.mask[p]);
+    scatterplot.set(selectionStyle(shown.length, points.n, this.ctx.baseSize));
+    if (pts.length) scatterplot.select(shown, { preventEvent: true });
     else scatterplot.deselect({ preventEvent: true });
   }
 
@@ -174,3 +176,14 @@ export class MapScene {
 }
 
 const dataTypes = (enc: Encoding) => ({ zDataType: enc.mode === "number" ? ("continuous" as const) : ("categorical" as const), wDataType: "continuous" as const });
+
+/** A few highlighted points (search hits, neighbours, a small lasso) are drawn large with
+ * an outline so they stand out; a big selection (thousands of points of a dense map) would
+ * turn into overlapping discs that hide the map, so its points keep their size, lose the
+ * outline, and the points outside it fade instead. */
+export function selectionStyle(selected: number, total: number, baseSize: number): { pointSizeSelected: number; pointOutlineWidth: number; opacityInactiveScale: number } {
+  const big = selected > Math.max(500, total * 0.02);
+  return big
+    ? { pointSizeSelected: 0, pointOutlineWidth: 0, opacityInactiveScale: 0.25 }
+    : { pointSizeSelected: baseSize + 3, pointOutlineWidth: 2, opacityInactiveScale: 1 };
+}

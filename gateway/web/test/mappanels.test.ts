@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { sameCamera } from "../src/camera";
 import { drawPalette, clusterEncoding, columnEncoding, sizeValues } from "../src/encoding";
 import { toColumnData } from "../src/filters";
-import { filterColumns, highlightedPoints } from "../src/scene";
+import { filterColumns, highlightedPoints, selectionStyle } from "../src/scene";
 import { rowsOfPoints, strokePolygon } from "../src/selecttools";
 import { emptyView, type ViewState } from "../src/viewstate";
 import { smallMap } from "./mapfixture";
@@ -64,6 +64,18 @@ describe("highlight and selection tools", () => {
     expect(strokePolygon("box", [3, 4])).toEqual([3, 4]);
     expect(strokePolygon("lasso", [0, 0, 5, 5, 10, 0])).toEqual([0, 0, 5, 5, 10, 0]);
     expect(rowsOfPoints([3, 0, 2], points.rows)).toEqual([10, 13, 14]);
+  });
+
+  it("a few highlighted points are drawn large with an outline; a big selection fades the rest instead", () => {
+    const few = selectionStyle(12, 63_681, 2.5);
+    expect(few).toEqual({ pointSizeSelected: 5.5, pointOutlineWidth: 2, opacityInactiveScale: 1 });
+    const many = selectionStyle(42_085, 63_681, 2.5);
+    expect(many.pointSizeSelected).toBe(0);
+    expect(many.pointOutlineWidth).toBe(0);
+    expect(many.opacityInactiveScale).toBeLessThan(0.5);
+    // on a small map, a lasso of a few hundred points still stands out
+    expect(selectionStyle(300, 2_000, 7).pointOutlineWidth).toBe(2);
+    expect(selectionStyle(501, 2_000, 7).pointOutlineWidth).toBe(0);
   });
 
   it("filters name the columns they read; cameras match within 1e-4", () => {
