@@ -744,13 +744,25 @@ const scenarios = {
         return c;
       };
       const rowOf = await page.evaluate((n) => Array.from({ length: n }, (_, i) => window.__embedviz.rowOfPoint(i)), n);
-      // Points on the stroke itself may fall either way; leave those within 1.5 px out of the check.
-      const near = (x, y) => poly.some(([px, py]) => Math.hypot(px - x, py - y) < 1.5);
+      // Points on the stroke itself may fall either way; leave those within 1.5 px of it out
+      // of the check (distance to each segment of the stroke, not just to its corners).
+      const toSegment = (x, y, [ax, ay], [bx, by]) => {
+        const dx = bx - ax, dy = by - ay;
+        const t = Math.max(0, Math.min(1, ((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy || 1)));
+        return Math.hypot(ax + t * dx - x, ay + t * dy - y);
+      };
+      const strokeDistance = (x, y) => Math.min(...poly.map((a, i) => toSegment(x, y, a, poly[(i + 1) % poly.length])));
+      const near = (x, y) => strokeDistance(x, y) < 1.5;
       expected = pos.map((p, i) => (p && inside(p.x, p.y) ? rowOf[i] : -1)).filter((rr) => rr >= 0).sort((a, b) => a - b);
       const unsure = new Set(pos.map((p, i) => (p && near(p.x, p.y) ? rowOf[i] : -1)).filter((rr) => rr >= 0));
       const selected = await until(page, () => window.__embedviz.selected?.length > 0 && window.__embedviz.selected, null, "a selection", 15_000);
       const a = selected.filter((rr) => !unsure.has(rr)), b = expected.filter((rr) => !unsure.has(rr));
-      check(JSON.stringify(a) === JSON.stringify(b), `selected ${selected.length} rows, ${expected.length} lie inside the lasso`);
+      if (JSON.stringify(a) !== JSON.stringify(b)) {
+        const inA = new Set(a), inB = new Set(b);
+        const odd = [...a.filter((r) => !inB.has(r)), ...b.filter((r) => !inA.has(r))];
+        const where = odd.slice(0, 5).map((r) => { const p = pos[rowOf.indexOf(r)]; return `row ${r} ${strokeDistance(p.x, p.y).toFixed(2)} px from the stroke`; });
+        check(false, `selected ${selected.length} rows, ${expected.length} lie inside the lasso; ${odd.length} differ: ${where.join(", ")}`);
+      }
       check(selected.length > 1, `the lasso selected ${selected.length} rows`);
       expected = selected;
       const count = await until(page, (k) => Number(document.getElementById("selection-count")?.dataset.count) === k && document.querySelectorAll("#selection-table tbody tr").length > 0, expected.length, "the table");
