@@ -177,13 +177,16 @@ export class MapScene {
 
 const dataTypes = (enc: Encoding) => ({ zDataType: enc.mode === "number" ? ("continuous" as const) : ("categorical" as const), wDataType: "continuous" as const });
 
+const NO_PIXELS = 0.001;
+
 /** A few highlighted points (search hits, neighbours, a small lasso) are drawn large with
  * an outline so they stand out; a big selection (thousands of points of a dense map) would
  * turn into overlapping discs that hide the map, so its points keep their size, lose the
  * outline, and the points outside it fade instead. */
 export function selectionStyle(selected: number, total: number, baseSize: number): { pointSizeSelected: number; pointOutlineWidth: number; opacityInactiveScale: number } {
   const big = selected > Math.max(500, total * 0.02);
+  // (regl-scatterplot ignores a 0 for both sizes, so "none" is a thousandth of a pixel.)
   return big
-    ? { pointSizeSelected: 0, pointOutlineWidth: 0, opacityInactiveScale: 0.25 }
+    ? { pointSizeSelected: NO_PIXELS, pointOutlineWidth: NO_PIXELS, opacityInactiveScale: 0.25 }
     : { pointSizeSelected: baseSize + 3, pointOutlineWidth: 2, opacityInactiveScale: 1 };
 }
