@@ -12,8 +12,9 @@ import { rowsTable } from "./table";
 import { hasFilters, type TableSort, type ViewState } from "./viewstate";
 
 const TABLE_PAGE = 100;
-/** Selections up to this many rows can be sorted by a column (their rows are fetched). */
-const SORTABLE_ROWS = 5_000;
+/** Selections up to this many rows can be sorted by a column (the column is read whole,
+ * as Arrow, and the rows sorted here; past this a sort would hold up the table too long). */
+export const SORTABLE_ROWS = 200_000;
 
 type TableNeeds = Pick<MapContext, "store" | "datasetName" | "points" | "scene" | "reader" | "hooks" | "centreOn" | "onError">;
 
@@ -37,10 +38,9 @@ export function sortRows(rows: number[], col: ColumnData, desc: boolean, pointOf
     return col.kind === "number" ? col.values[p] : cellOf(col, p);
   };
   const dir = desc ? -1 : 1;
-  return [...rows].sort((a, b) => {
-    const va = val(a), vb = val(b);
-    return (va < vb ? -1 : va > vb ? 1 : a - b) * dir;
-  });
+  const keyed = rows.map((r) => ({ r, v: val(r) })); // each value read once, not per comparison
+  keyed.sort((a, b) => (a.v < b.v ? -1 : a.v > b.v ? 1 : a.r - b.r) * dir);
+  return keyed.map((k) => k.r);
 }
 
 export class LinkedTable {
@@ -155,11 +155,20 @@ export class LinkedTable {
       ...[...byCluster.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([id, c]) => h("span", { class: "pill", "data-testid": "selection-cluster", "data-cluster": String(id) }, `${points.clusterLabel(id)}: ${formatCount(c)}`)),
     );
     const sort = this.sort();
+    // The sort the table really shows: none past SORTABLE_ROWS or when its column cannot be read.
+    let sorted: TableSort | null = null;
     try {
       if (sort && rows.length <= SORTABLE_ROWS) {
-        // Sort by a column: read that column's values for these rows.
         const col = await ctx.reader.read(sort.column).catch(() => null);
-        if (col) rows = sortRows(rows, col, sort.desc, points.pointOfRow);
+        if (col) {
+          rows = sortRows(rows, col, sort.desc, points.pointOfRow);
+          sorted = sort;
+        }
+      }
+      if (sort && !sorted) {
+        this.info.textContent += rows.length > SORTABLE_ROWS
+          ? ` · in row order: sorting takes at most ${formatCount(SORTABLE_ROWS)} rows`
+          : ` · in row order: ${sort.column} could not be read`;
       }
       const pages = Math.ceil(rows.length / TABLE_PAGE);
       this.page = Math.min(this.page, pages - 1);
@@ -175,9 +184,9 @@ export class LinkedTable {
         indexHeader: "row",
         sortable: (th, c) => {
           th.classList.add("sortable");
-          if (sort?.column === c) {
-            th.dataset.sort = sort.desc ? "desc" : "asc";
-            th.append(sort.desc ? " ▼" : " ▲");
+          if (sorted?.column === c) {
+            th.dataset.sort = sorted.desc ? "desc" : "asc";
+            th.append(sorted.desc ? " ▼" : " ▲");
           }
           th.addEventListener("click", () => store.update({ sort: nextSort(this.sort(), c) }));
         },
