@@ -143,14 +143,16 @@ def real_rows(count: int) -> list[dict[str, str]]:
 async def world(short_lived: Stack) -> AsyncIterator[World]:
     stubs = Stubs(short_lived)
     try:
-        owner = await stubs.sign_up("owner")
-        project = await stubs.make_project(owner, "long jobs")
+        # The table first: reading apt's package list can take longer than an access token
+        # lives here (4 s), on a busy machine in a process that has not read it yet.
         table = real_rows(ROWS)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["name", "section", "summary"])
         writer.writeheader()
         writer.writerows(table)
         data = buffer.getvalue().encode()
+        owner = await stubs.sign_up("owner")
+        project = await stubs.make_project(owner, "long jobs")
         md = owner.md
         upload = await stubs.ingest.CreateUpload(
             ingest_pb2.CreateUploadRequest(
