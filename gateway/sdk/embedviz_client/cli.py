@@ -83,14 +83,15 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain text table, cells cut at CELL_WIDTH characters."""
+    """A plain text table, cells cut at CELL_WIDTH characters except resource names, which
+    a person copies into the next command."""
 
-    def cell(value: Any) -> str:
+    def cell(value: Any, column: str) -> str:
         text = ", ".join(map(str, value)) if isinstance(value, list) else "" if value is None else str(value)
         text = " ".join(text.split())
-        return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
+        return text if len(text) <= CELL_WIDTH or column == "name" else text[: CELL_WIDTH - 1] + "…"
 
-    body = [[cell(row.get(c)) for c in columns] for row in rows]
+    body = [[cell(row.get(c), c) for c in columns] for row in rows]
     widths = [max([len(c), *(len(line[i]) for line in body)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in body]
