@@ -191,6 +191,24 @@ def test_an_unknown_project_is_not_found_in_one_line(walk: Walk) -> None:
     assert ran.stderr.startswith("error: INVALID_ARGUMENT: ") and len(ran.stderr.strip().splitlines()) == 1
 
 
+def test_without_json_a_person_reads_summaries_and_tables(walk: Walk) -> None:
+    projection = walk.projection["name"]
+    listed = walk.cli("projects", "list").stdout
+    assert walk.project["name"] in listed and walk.project["display_name"] in listed
+    assert walk.dataset["name"] in walk.cli("datasets", "list", walk.project["name"]).stdout
+    clusters = walk.cli("clusters", projection).stdout.splitlines()
+    assert clusters[0].split()[:3] == ["cluster", "label", "size"] and len(clusters) == 1 + CLUSTERS
+    found = walk.cli("search", projection, "fresh bread from the oven", "--limit", "3").stdout.splitlines()
+    assert found[0].split() == ["row", "score", "text"] and len(found) == 4
+    assert walk.cli("neighbours", projection, "2", "--limit", "2").stdout.splitlines()[1].split()[0] == "3"
+    rows_out = walk.cli("rows", walk.dataset["name"], "--columns", "topic", "--limit", "2").stdout.splitlines()
+    assert rows_out == ["row  topic", "0    pair", "1    pair"]
+    assert walk.cli("whoami").stdout.startswith(walk.email)
+    # The progress of the embedding as it went by on stderr: a bar, the stage, rows done.
+    bars = [line for line in walk.embed_stderr.splitlines() if line.startswith("embedding")]
+    assert bars and "[" in bars[-1] and f"{ROWS}/{ROWS}" in bars[-1], walk.embed_stderr
+
+
 def test_the_session_is_private_to_the_user(walk: Walk) -> None:
     path = walk.cli.credentials
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
