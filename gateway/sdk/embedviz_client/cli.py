@@ -198,9 +198,13 @@ def cmd_api_keys_delete(client: Client, args: argparse.Namespace, out: Output) -
 # --- projects and datasets ---------------------------------------------------------------
 
 
+PROJECT_COLUMNS = ["name", "display_name", "role", "description"]
+DATASET_COLUMNS = ["name", "display_name", "rows", "state", "columns"]
+
+
 def cmd_projects_list(client: Client, args: argparse.Namespace, out: Output) -> int:
     projects = [message_dict(p) for p in client.list_projects()]
-    out.result({"projects": projects}, lambda: table(projects, ["name", "display_name", "role", "description"]))
+    out.result({"projects": projects}, lambda: table(projects, PROJECT_COLUMNS))
     return 0
 
 
@@ -213,7 +217,7 @@ def cmd_projects_create(client: Client, args: argparse.Namespace, out: Output) -
 def cmd_projects_get(client: Client, args: argparse.Namespace, out: Output) -> int:
     project = client.project(args.project)
     found = message_dict(project)
-    out.result(found, lambda: table([found], ["name", "display_name", "role", "description"]))
+    out.result(found, lambda: table([found], PROJECT_COLUMNS))
     return 0
 
 
@@ -238,14 +242,14 @@ def cmd_datasets_list(client: Client, args: argparse.Namespace, out: Output) -> 
     datasets = [message_dict(d) for d in client.list_datasets(args.project)]
     out.result(
         {"datasets": datasets},
-        lambda: table([_dataset_summary(d) for d in datasets], ["name", "display_name", "rows", "state", "columns"]),
+        lambda: table([_dataset_summary(d) for d in datasets], DATASET_COLUMNS),
     )
     return 0
 
 
 def cmd_datasets_get(client: Client, args: argparse.Namespace, out: Output) -> int:
     found = message_dict(client.get_dataset(args.dataset))
-    out.result(found, lambda: table([_dataset_summary(found)], ["name", "display_name", "rows", "state", "columns"]))
+    out.result(found, lambda: table([_dataset_summary(found)], DATASET_COLUMNS))
     return 0
 
 

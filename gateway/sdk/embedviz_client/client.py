@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -54,6 +54,15 @@ ENDED = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STAT
 
 Request = TypeVar("Request", bound=Message)
 Response = TypeVar("Response", bound=Message)
+
+
+class _Paged(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Reply = TypeVar("Reply")  # what a unary call returns
+Page = TypeVar("Page", bound=_Paged)  # the reply of a List call
 Watched = TypeVar("Watched", ingest_pb2.Dataset, embedding_pb2.Embedding, projection_pb2.Projection)
 
 METHODS = {
@@ -282,7 +291,7 @@ class Client:
 
     # --- calls --------------------------------------------------------------------------
 
-    def call(self, method: grpc.UnaryUnaryMultiCallable[Request, Response], request: Request) -> Response:
+    def call(self, method: grpc.UnaryUnaryMultiCallable[Request, Reply], request: Request) -> Reply:
         """One unary call with the access token; renewed and tried once more if refused."""
         try:
             return method(request, metadata=self._metadata(), timeout=self.timeout)
@@ -295,6 +304,18 @@ class Client:
             except grpc.RpcError as error:
                 raise ApiError.from_rpc(error) from None
         raise failure
+
+    def pages(
+        self, method: grpc.UnaryUnaryMultiCallable[Request, Page], request_for: Callable[[str], Request]
+    ) -> Iterator[Page]:
+        """Every page of a List call: `request_for(page_token)` makes each page's request."""
+        token = ""
+        while True:
+            page = self.call(method, request_for(token))
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
 
     def stream(
         self, method: grpc.UnaryStreamMultiCallable[Request, Response], request: Request
@@ -386,14 +407,8 @@ class Client:
         )
 
     def list_api_keys(self) -> list[auth_pb2.ApiKey]:
-        keys: list[auth_pb2.ApiKey] = []
-        token = ""
-        while True:
-            page = self.call(self.auth.ListApiKeys, auth_pb2.ListApiKeysRequest(page_size=100, page_token=token))
-            keys.extend(page.api_keys)
-            token = page.next_page_token
-            if not token:
-                return keys
+        pages = self.pages(self.auth.ListApiKeys, lambda t: auth_pb2.ListApiKeysRequest(page_size=100, page_token=t))
+        return [key for page in pages for key in page.api_keys]
 
     def delete_api_key(self, name: str) -> None:
         self.call(self.auth.DeleteApiKey, auth_pb2.DeleteApiKeyRequest(name=name))
@@ -401,14 +416,10 @@ class Client:
     # --- projects -----------------------------------------------------------------------
 
     def list_projects(self) -> list[ingest_pb2.Project]:
-        projects: list[ingest_pb2.Project] = []
-        token = ""
-        while True:
-            page = self.call(self.ingest.ListProjects, ingest_pb2.ListProjectsRequest(page_size=1000, page_token=token))
-            projects.extend(page.projects)
-            token = page.next_page_token
-            if not token:
-                return projects
+        pages = self.pages(
+            self.ingest.ListProjects, lambda t: ingest_pb2.ListProjectsRequest(page_size=1000, page_token=t)
+        )
+        return [project for page in pages for project in page.projects]
 
     def projects(self) -> pd.DataFrame:
         return _frame(
@@ -516,16 +527,11 @@ class Client:
 
     def list_datasets(self, project: str) -> list[ingest_pb2.Dataset]:
         parent = self.project(project).name
-        found: list[ingest_pb2.Dataset] = []
-        token = ""
-        while True:
-            page = self.call(
-                self.ingest.ListDatasets, ingest_pb2.ListDatasetsRequest(parent=parent, page_size=100, page_token=token)
-            )
-            found.extend(page.datasets)
-            token = page.next_page_token
-            if not token:
-                return found
+        pages = self.pages(
+            self.ingest.ListDatasets,
+            lambda t: ingest_pb2.ListDatasetsRequest(parent=parent, page_size=100, page_token=t),
+        )
+        return [dataset for page in pages for dataset in page.datasets]
 
     def datasets(self, project: str) -> pd.DataFrame:
         return _frame(
@@ -625,17 +631,11 @@ class Client:
         return self.call(self.embedding.GetEmbedding, embedding_pb2.GetEmbeddingRequest(name=name))
 
     def list_embeddings(self, dataset: str) -> list[embedding_pb2.Embedding]:
-        found: list[embedding_pb2.Embedding] = []
-        token = ""
-        while True:
-            page = self.call(
-                self.embedding.ListEmbeddings,
-                embedding_pb2.ListEmbeddingsRequest(parent=dataset, page_size=100, page_token=token),
-            )
-            found.extend(page.embeddings)
-            token = page.next_page_token
-            if not token:
-                return found
+        pages = self.pages(
+            self.embedding.ListEmbeddings,
+            lambda t: embedding_pb2.ListEmbeddingsRequest(parent=dataset, page_size=100, page_token=t),
+        )
+        return [embedding for page in pages for embedding in page.embeddings]
 
     # --- maps ---------------------------------------------------------------------------
 
@@ -677,17 +677,11 @@ class Client:
         return self.call(self.projection.GetProjection, projection_pb2.GetProjectionRequest(name=name))
 
     def list_projections(self, embedding: str) -> list[projection_pb2.Projection]:
-        found: list[projection_pb2.Projection] = []
-        token = ""
-        while True:
-            page = self.call(
-                self.projection.ListProjections,
-                projection_pb2.ListProjectionsRequest(parent=embedding, page_size=100, page_token=token),
-            )
-            found.extend(page.projections)
-            token = page.next_page_token
-            if not token:
-                return found
+        pages = self.pages(
+            self.projection.ListProjections,
+            lambda t: projection_pb2.ListProjectionsRequest(parent=embedding, page_size=100, page_token=t),
+        )
+        return [projection for page in pages for projection in page.projections]
 
     def clusters(self, projection: str) -> pd.DataFrame:
         found = self.call(self.projection.ListClusters, projection_pb2.ListClustersRequest(parent=projection))
