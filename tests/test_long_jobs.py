@@ -185,17 +185,34 @@ async def watcher(world: World) -> Person:
 
 
 class Paused:
-    """A service process stopped (SIGSTOP) for a while, as if the job were slow there."""
+    """A service process stopped (SIGSTOP) for a while, as if the job were slow there.
+
+    With `until_stuck`, the while starts only once the job has stopped moving (`progress`,
+    set by the caller, unchanged for STUCK_S): rows already read are embedded first, so the
+    job's next call reaches the stopped service early in the hold, not near its end (on a
+    loaded machine that took long enough that the call's token was still good afterwards)."""
+
+    STUCK_S = 5.0
 
     def __init__(self, stack: Stack, service: str) -> None:
         self.process = stack._procs[service]
         self.task: asyncio.Task[None] | None = None
         self.at = 0.0
+        self.progress = 0
 
-    def start(self, seconds: float) -> None:
+    def start(self, seconds: float, until_stuck: bool = False) -> None:
+        async def stuck() -> None:
+            seen, since = self.progress, time.monotonic()
+            while time.monotonic() - since < self.STUCK_S:
+                await asyncio.sleep(0.1)
+                if self.progress != seen:
+                    seen, since = self.progress, time.monotonic()
+
         async def hold() -> None:
             self.process.send_signal(signal.SIGSTOP)
             try:
+                if until_stuck:
+                    await asyncio.wait_for(stuck(), 120)
                 await asyncio.sleep(seconds)
             finally:
                 self.process.send_signal(signal.SIGCONT)
@@ -244,8 +261,10 @@ async def test_jobs_outlive_many_token_lifetimes_while_their_owner_is_logged_out
         embedding_pb2.WatchEmbeddingRequest(name=embedding.name), metadata=watcher.md, timeout=600
     ):
         last = update.embedding
+        ingest.progress = last.job.done
         if ingest.task is None and last.job.state == job_pb2.JOB_STATE_RUNNING and 100 <= last.job.done <= ROWS // 3:
-            ingest.start(PAUSE)  # the next read of rows waits for ingest with a token that expires meanwhile
+            # the next read of rows waits for ingest with a token that expires meanwhile
+            ingest.start(PAUSE, until_stuck=True)
     await ingest.done()
     assert ingest.task is not None, "the embedding ended before it could be held up"
     assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last.job.error
