@@ -46,6 +46,13 @@ SLOWEST_FIRST = (
     "tests/test_fuzz.py",
 )
 
+# A projection service warms numba in each fitting process as it starts: it compiles the
+# approximate-neighbour path (pynndescent), which numba cannot cache, for ~100 s of CPU per
+# process. No test here maps more than 4,096 rows, so none takes that path: the test
+# stacks skip the warm-up and a first UMAP job compiles what it uses (the exact path, far
+# less). tests/projection/test_numba_once.py checks the warm-up itself.
+os.environ.setdefault("EMBEDVIZ_PROJECTION_WARM_UP", "0")
+
 _stacks: dict[str, Stack] = {}
 
 

@@ -72,6 +72,7 @@ class MapParams:
     fit_rows: int = DEFAULT_FIT_ROWS  # fit on a sample of this many rows above it (0: never)
     pca_dims: int = DEFAULT_PCA_DIMS  # PCA pre-reduction before UMAP / t-SNE (0: never)
     pca_min_rows: int = DEFAULT_PCA_MIN_ROWS  # UMAP pre-reduces only from this many rows
+    n_epochs: int | None = None  # UMAP's own choice when None; only the warm-up sets it (not stored)
 
 
 def default_k(rows: int) -> int:
@@ -89,6 +90,9 @@ def ensure_numba_cache() -> str:
     return os.environ["NUMBA_CACHE_DIR"]
 
 
+WARM_EPOCHS = 6  # the fit runs 6, transform a third of that (2)
+
+
 def warm_umap() -> None:
     """Small fits through every numba path a job takes (exact and approximate neighbours,
     cosine and euclidean, seeded and parallel, transform), so that compilation happens
@@ -100,7 +104,10 @@ def warm_umap() -> None:
     data = (rng.normal(size=(8, 96))[rng.integers(0, 8, 4600)] * 3 + rng.normal(size=(4600, 96))).astype(np.float32)
     for metric in ("cosine", "euclidean"):
         for seed in (0, None):
-            params = MapParams(method=UMAP, seed=seed, metric=metric, n_neighbors=8, fit_rows=4200, pca_dims=0)
+            # a few epochs take every compiled path of the hundreds a job runs (same types)
+            params = MapParams(
+                method=UMAP, seed=seed, metric=metric, n_neighbors=8, fit_rows=4200, pca_dims=0, n_epochs=WARM_EPOCHS
+            )
             reduce(data, params, exact_below=0)  # approximate neighbours, then transform
             reduce(data[:240], replace(params, fit_rows=200))  # exact neighbours (small data), then transform
 
@@ -261,6 +268,7 @@ def _umap_fit(
         random_state=params.seed,
         n_jobs=n_jobs,
         precomputed_knn=knn,
+        n_epochs=params.n_epochs,
         # spectral initialisation fails on graphs this small; random is fine there
         init="spectral" if n > 3 * n_neighbors else "random",
         force_approximation_algorithm=knn[0] is not None,
