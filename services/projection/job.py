@@ -24,7 +24,7 @@ from services.common.consumer import retryable
 from services.common.errors import FailedPrecondition
 from services.common.jobs import CANCELLED, TERMINAL, JobCancelled, JobGone, JobReporter
 from services.common.runner import Job, JobKind
-from services.projection import fits, maps, progress
+from services.projection import clusters, fits, labels, maps, progress, topics
 from services.projection.models import ClusterRow, ProjectionRow
 from services.projection.progress import MapProgress
 from services.projection.rules import KIND, MIN_ROWS, dataset_name, embedding_name, params_of, points_key
@@ -162,13 +162,15 @@ class MapJobs:
         fitted_rows = rows if sample is None else int(sample.shape[0])
         pre_reduced = maps.pre_reduce_dims(vectors.shape, params, fitted_rows)
 
-        labels = await stages.array(LABELS)
-        if labels is None:
+        cluster_ids = await stages.array(LABELS)
+        if cluster_ids is None:
             status.update("clustering", 0, rows)
             await reporter.progress(*plan.at(progress.CLUSTERING), stage="clustering")
-            labels = await self._in_child(fit, reporter, status, row.id, maps.cluster, points, vectors, params)
-            await stages.keep_array(LABELS, labels)
-        summaries = maps.summarise(points, labels)
+            cluster_ids = await self._in_child(fit, reporter, status, row.id, clusters.cluster, points, vectors, params)
+            await stages.keep_array(LABELS, cluster_ids)
+        # the coarser levels, by merging these clusters by meaning (quick: one pass over the vectors)
+        found: topics.Levels = await self._in_child(fit, reporter, status, row.id, topics.levels, vectors, cluster_ids)
+        tree = found.tree
 
         if stages.has(QUALITY):
             quality = dict(stages.value(QUALITY))
@@ -189,9 +191,12 @@ class MapJobs:
             await stages.keep(QUALITY, quality)
         del vectors
 
+        named: dict[int, topics.Named] | None = None
         if stages.has(TERMS):
-            terms = {int(cluster): list(words) for cluster, words in stages.value(TERMS).items()}
-        else:
+            kept = stages.value(TERMS)
+            if all(isinstance(v, dict) for v in kept.values()):
+                named = {int(c): topics.Named(list(v["terms"]), str(v["label"])) for c, v in kept.items()}
+        if named is None:
             status.update("labelling", 0, rows)
             await reporter.progress(*plan.at(progress.LABELLING), stage="labelling")
             columns = embedding.text_columns
@@ -203,14 +208,24 @@ class MapJobs:
                 if columns
                 else [""] * rows
             )
-            terms = await self._in_child(fit, reporter, status, row.id, maps.cluster_terms, texts, labels)
-            await stages.keep(TERMS, {str(cluster): words for cluster, words in terms.items()})
-        for summary in summaries:
-            summary.terms = terms.get(summary.id, [])
-            summary.label = maps.label_of(summary.terms, summary.id)
+            candidates = await self._in_child(
+                fit, reporter, status, row.id, topics.candidates_by_level, texts, tree, params.seed or 0
+            )
+            del texts
+            term_vectors = await self._term_vectors(credentials, embedding, candidates)
+            named = topics.choose(tree, candidates, found.centroids, term_vectors)
+            await stages.keep(TERMS, {str(c): {"terms": n.terms, "label": n.label} for c, n in named.items()})
+        summaries: list[tuple[int, int, maps.ClusterSummary]] = []  # (level, parent, summary)
+        for level in range(tree.depth):
+            for summary in maps.summarise(points, tree.rows_at(level)):
+                if summary.id == maps.NOISE and level > 0:
+                    continue  # noise is listed once, with the finest level
+                summary.terms = named[summary.id].terms if summary.id in named else []
+                summary.label = named[summary.id].label if summary.id in named else labels.label_from([], summary.id)
+                summaries.append((level, tree.parent(summary.id) if summary.id != maps.NOISE else maps.NOISE, summary))
 
         await reporter.progress(*plan.at(progress.SAVING), stage="saving", force=True)
-        await asyncio.to_thread(self._write_points, row.id, points, labels)
+        await asyncio.to_thread(self._write_points, row.id, points, cluster_ids)
         async with self._sessions() as session:
             await session.execute(delete(ClusterRow).where(ClusterRow.projection_id == row.id))
             session.add_all(
@@ -221,15 +236,37 @@ class MapJobs:
                     size=s.size,
                     centroid=s.centroid,
                     terms=s.terms,
+                    level=level,
+                    parent_id=parent,
                 )
-                for s in summaries
+                for level, parent, s in summaries
             )
             await session.commit()
-        cluster_count = sum(1 for s in summaries if s.id != maps.NOISE)
+        cluster_count = sum(1 for level, _, s in summaries if level == 0 and s.id != maps.NOISE)
+        quality = {**quality, "cluster_levels": tree.depth}
         await reporter.succeed(
             point_count=rows, cluster_count=cluster_count, done=rows, total=rows, quality=quality, stages=None
         )
         await stages.forget()
+
+    async def _term_vectors(
+        self, credentials: JobCredentials, embedding: EmbeddingInfo, found: labels.Candidates
+    ) -> dict[str, np.ndarray] | None:
+        """The label candidates embedded with the map's own model, for re-ranking them by
+        closeness to their cluster; None (c-TF-IDF order) when the model cannot be reached
+        or the embedding has none."""
+        terms = labels.candidate_terms([found])
+        if not terms or not embedding.model:
+            return None
+        try:
+            vectors = await credentials.call(
+                lambda identity: self._sources.embed_texts(identity, embedding.model, terms),
+                "embedding the label candidates",
+            )
+        except Exception as exc:  # labels without re-ranking are still labels
+            log.warning("label candidates of %s not embedded (%s): c-TF-IDF order", embedding.name, exc)
+            return None
+        return labels.term_vectors_of(terms, vectors)
 
     def _write_points(self, projection_id: str, points: np.ndarray, labels: np.ndarray) -> None:
         key = points_key(projection_id)

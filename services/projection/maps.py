@@ -29,6 +29,7 @@ ALGORITHMS = (KMEANS, HDBSCAN, NONE)
 
 PROJECTED = "PROJECTED"
 EMBEDDING = "EMBEDDING"
+REDUCED = "REDUCED"  # clusters.py: a 5-D UMAP of the vectors
 
 NOISE = -1
 NOISE_LABEL = "unclustered"
@@ -65,10 +66,10 @@ class MapParams:
     min_dist: float = 0.1
     metric: str = "cosine"
     perplexity: float = 30.0
-    algorithm: str = KMEANS
+    algorithm: str = HDBSCAN
     k: int = 0  # 0: chosen from the row count
     min_cluster_size: int = 10
-    space: str = PROJECTED
+    space: str = REDUCED
     fit_rows: int = DEFAULT_FIT_ROWS  # fit on a sample of this many rows above it (0: never)
     pca_dims: int = DEFAULT_PCA_DIMS  # PCA pre-reduction before UMAP / t-SNE (0: never)
     pca_min_rows: int = DEFAULT_PCA_MIN_ROWS  # UMAP pre-reduces only from this many rows
@@ -450,29 +451,7 @@ def measure(
     return quality
 
 
-def cluster(points: np.ndarray, vectors: np.ndarray, params: MapParams) -> np.ndarray:
-    """A cluster id per row (int32); -1 is noise (HDBSCAN only)."""
-    n = points.shape[0]
-    data = vectors if params.space == EMBEDDING else points
-    if params.algorithm == NONE or n == 0:
-        return np.zeros(n, dtype=np.int32)
-    if params.algorithm == KMEANS:
-        from sklearn.cluster import KMeans
-
-        k = params.k or default_k(n)
-        k = max(1, min(k, n))
-        labels = KMeans(n_clusters=k, n_init="auto", random_state=params.seed).fit_predict(data)
-        return _renumber_by_size(labels.astype(np.int32))
-    if params.algorithm == HDBSCAN:
-        from sklearn.cluster import HDBSCAN as SkHDBSCAN
-
-        size = max(2, min(params.min_cluster_size, n))
-        labels = SkHDBSCAN(min_cluster_size=size, copy=True).fit_predict(np.asarray(data, dtype=np.float64))
-        return _renumber_by_size(labels.astype(np.int32))
-    raise ValueError(f"unknown clustering algorithm {params.algorithm!r}")
-
-
-def _renumber_by_size(labels: np.ndarray) -> np.ndarray:
+def renumber_by_size(labels: np.ndarray) -> np.ndarray:
     """Cluster 0 is the largest, then 1, ...; noise stays -1. Stable for a fixed seed."""
     ids, counts = np.unique(labels[labels != NOISE], return_counts=True)
     order = ids[np.lexsort((ids, -counts))]
@@ -502,42 +481,6 @@ def summarise(points: np.ndarray, labels: np.ndarray) -> list[ClusterSummary]:
             ClusterSummary(id=cid, size=int(members.shape[0]), centroid=[float(v) for v in members.mean(axis=0)])
         )
     return sorted(summaries, key=lambda s: (s.id == NOISE, s.id))
-
-
-def cluster_terms(texts: list[str], labels: np.ndarray, top: int = 10) -> dict[int, list[str]]:
-    """The most distinctive terms of each cluster by class-based TF-IDF (as in BERTopic):
-    all texts of a cluster form one document; a term weighs tf(term, cluster) *
-    log(1 + mean words per cluster / frequency of the term over all clusters)."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
-    ids = sorted(int(c) for c in np.unique(labels) if c != NOISE)
-    if not ids:
-        return {}
-    documents = [" ".join(texts[i] for i in np.flatnonzero(labels == cid)) for cid in ids]
-    vectorizer = CountVectorizer(stop_words="english", token_pattern=r"(?u)\b[^\W\d_]{2,}\b")
-    try:
-        counts = vectorizer.fit_transform(documents).toarray().astype(np.float64)
-    except ValueError:  # no words at all (empty texts, only stop words)
-        return {cid: [] for cid in ids}
-    words = vectorizer.get_feature_names_out()
-    per_cluster = counts.sum(axis=1, keepdims=True)
-    tf = counts / np.maximum(per_cluster, 1.0)
-    frequency = counts.sum(axis=0)
-    mean_words = counts.sum() / len(ids)
-    idf = np.log(1.0 + mean_words / np.maximum(frequency, 1.0))
-    scores = tf * idf
-    result: dict[int, list[str]] = {}
-    for row, cid in enumerate(ids):
-        present = np.flatnonzero(counts[row] > 0)
-        best = present[np.lexsort((words[present], -scores[row, present]))][:top]
-        result[cid] = [str(words[i]) for i in best]
-    return result
-
-
-def label_of(terms: list[str], cluster_id: int) -> str:
-    if cluster_id == NOISE:
-        return NOISE_LABEL
-    return ", ".join(terms[:3]) if terms else f"cluster {cluster_id}"
 
 
 def points_table(points: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None) -> pa.Table:

@@ -35,6 +35,7 @@ def to_proto(row: ProjectionRow) -> projection_pb2.Projection:
     if q:
         message.fitted_rows = int(q.get("fitted_rows", 0))
         message.pre_reduction_dimensions = int(q.get("pre_reduction_dimensions", 0))
+        message.cluster_levels = int(q.get("cluster_levels", 1))
         message.quality.CopyFrom(
             projection_pb2.ProjectionQuality(
                 trustworthiness=float(q.get("trustworthiness", 0.0)),
@@ -53,6 +54,12 @@ def to_proto(row: ProjectionRow) -> projection_pb2.Projection:
 
 def cluster_to_proto(row: ClusterRow) -> projection_pb2.Cluster:
     return projection_pb2.Cluster(
-        id=row.cluster_id, label=row.label, size=row.size, centroid=list(row.centroid), terms=list(row.terms)
+        id=row.cluster_id,
+        label=row.label,
+        size=row.size,
+        centroid=list(row.centroid),
+        terms=list(row.terms),
+        level=row.level or 0,
+        parent_id=row.parent_id if row.parent_id is not None else -1,
     )
 

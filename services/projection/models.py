@@ -47,3 +47,6 @@ class ClusterRow(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     centroid: Mapped[list[float]] = mapped_column(JSON, default=list)
     terms: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # 0: the finest level, whose ids the points carry; 1, 2: coarser (services/projection/hierarchy.py)
+    level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    parent_id: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")

@@ -56,15 +56,18 @@ class MapReads:
             points = maps.read_points(source)
         return points
 
-    async def clusters(self, identity: Identity, name: str) -> list[ClusterRow]:
+    async def clusters(self, identity: Identity, name: str, level: int | None = 0) -> list[ClusterRow]:
+        """The clusters of one level (None: every level, finest first), by id, noise last."""
         row = await self._records.readable(identity, name)
+        levels = int((row.quality or {}).get("cluster_levels", 1))
+        if level is not None and not 0 <= level < max(levels, 1):
+            raise InvalidArgument(f"level is {level}; this map has levels 0 to {max(levels, 1) - 1}")
+        query = select(ClusterRow).where(ClusterRow.projection_id == row.id)
+        if level is not None:
+            query = query.where(ClusterRow.level == level)
         async with self._sessions() as session:
-            result = await session.scalars(
-                select(ClusterRow).where(ClusterRow.projection_id == row.id).order_by(ClusterRow.cluster_id)
-            )
-            clusters = list(result.all())
-        # by id, noise (-1) last
-        return sorted(clusters, key=lambda c: (c.cluster_id == maps.NOISE, c.cluster_id))
+            clusters = list((await session.scalars(query)).all())
+        return sorted(clusters, key=lambda c: (c.level or 0, c.cluster_id == maps.NOISE, c.cluster_id))
 
     async def _unit_vectors(self, identity: Identity, row: ProjectionRow) -> tuple[EmbeddingInfo, np.ndarray]:
         """The embedding and its unit vectors (a read-only memory map; fetched into a local

@@ -9,7 +9,7 @@ from typing import Any
 from embedviz.v1 import projection_pb2
 from services.common import paging
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.projection import maps
+from services.projection import clusters, maps
 from services.projection.models import ProjectionRow
 from services.projection.settings import ProjectionSettings
 
@@ -30,15 +30,16 @@ _METHOD_NAMES = {
     projection_pb2.PROJECTION_METHOD_TSNE: maps.TSNE,
 }
 _ALGORITHM_NAMES = {
-    projection_pb2.CLUSTER_ALGORITHM_UNSPECIFIED: maps.KMEANS,
+    projection_pb2.CLUSTER_ALGORITHM_UNSPECIFIED: maps.HDBSCAN,
     projection_pb2.CLUSTER_ALGORITHM_KMEANS: maps.KMEANS,
     projection_pb2.CLUSTER_ALGORITHM_HDBSCAN: maps.HDBSCAN,
     projection_pb2.CLUSTER_ALGORITHM_NONE: maps.NONE,
 }
 _SPACE_NAMES = {
-    projection_pb2.CLUSTER_SPACE_UNSPECIFIED: maps.PROJECTED,
+    projection_pb2.CLUSTER_SPACE_UNSPECIFIED: maps.REDUCED,
     projection_pb2.CLUSTER_SPACE_PROJECTED: maps.PROJECTED,
     projection_pb2.CLUSTER_SPACE_EMBEDDING: maps.EMBEDDING,
+    projection_pb2.CLUSTER_SPACE_REDUCED: maps.REDUCED,
 }
 
 
@@ -90,17 +91,19 @@ def map_params(
         raise InvalidArgument(f"perplexity is {spec.tsne.perplexity:g}; use a value above 0 (typically 5 to 50)")
     perplexity = spec.tsne.perplexity or 30.0
     algorithm = _ALGORITHM_NAMES.get(spec.clustering.algorithm)
+    if spec.clustering.algorithm == projection_pb2.CLUSTER_ALGORITHM_UNSPECIFIED and spec.clustering.k:
+        algorithm = maps.KMEANS  # a k asks for k-means
     if algorithm is None:
         raise InvalidArgument(f"unknown clustering algorithm {spec.clustering.algorithm}; use KMEANS, HDBSCAN or NONE")
     space = _SPACE_NAMES.get(spec.clustering.space)
     if space is None:
-        raise InvalidArgument(f"unknown cluster space {spec.clustering.space}; use PROJECTED or EMBEDDING")
+        raise InvalidArgument(f"unknown cluster space {spec.clustering.space}; use REDUCED, PROJECTED or EMBEDDING")
     k = spec.clustering.k
     if k < 0 or (k and algorithm == maps.KMEANS and k < 2):
         raise InvalidArgument(f"k is {k}; use 2 or more")
     if algorithm == maps.KMEANS and k > rows:
         raise InvalidArgument(f"k is {k} but the embedding has {rows} rows; use at most {rows}")
-    min_cluster_size = spec.clustering.min_cluster_size or 10
+    min_cluster_size = spec.clustering.min_cluster_size or clusters.default_min_cluster_size(rows)
     if spec.clustering.min_cluster_size and algorithm == maps.HDBSCAN:
         if min_cluster_size < 2:
             raise InvalidArgument(f"min_cluster_size is {min_cluster_size}; use 2 or more")
@@ -128,13 +131,14 @@ def map_params(
 
 def follow_up_spec(rows: int) -> projection_pb2.Projection:
     """The projection made for an embedding created with project_when_done: UMAP 2-D with
-    HDBSCAN clusters sized to the data (0.5 % of the rows, from 10 to 500)."""
-    size = max(10, min(500, round(rows * 0.005)))
+    the default clusters (HDBSCAN in the reduced space, sized to the data)."""
     return projection_pb2.Projection(
         method=projection_pb2.PROJECTION_METHOD_UMAP,
         dimensions=2,
         clustering=projection_pb2.ClusterParams(
-            algorithm=projection_pb2.CLUSTER_ALGORITHM_HDBSCAN, min_cluster_size=min(size, max(2, rows))
+            algorithm=projection_pb2.CLUSTER_ALGORITHM_HDBSCAN,
+            min_cluster_size=min(clusters.default_min_cluster_size(rows), max(2, rows)),
+            space=projection_pb2.CLUSTER_SPACE_REDUCED,
         ),
     )
 

@@ -116,7 +116,9 @@ class ProjectionServicer(projection_pb2_grpc.ProjectionServiceServicer):
     async def ListClusters(
         self, request: projection_pb2.ListClustersRequest, context: Context
     ) -> projection_pb2.ListClustersResponse:
-        clusters = await self._reads.clusters(current_identity(), _required(request.parent, "parent"))
+        clusters = await self._reads.clusters(
+            current_identity(), _required(request.parent, "parent"), None if request.all_levels else request.level
+        )
         return projection_pb2.ListClustersResponse(clusters=[cluster_to_proto(c) for c in clusters])
 
     async def SearchPoints(

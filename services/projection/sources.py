@@ -199,6 +199,22 @@ class Sources:
             stream.cancel()
         return texts
 
+    async def embed_texts(self, identity: Identity, model: str, texts: list[str], batch: int = 64) -> np.ndarray:
+        """Vectors of `texts` (rows in order) from the embedding service's `model`, in
+        calls of at most `batch` texts (EmbedTexts' limit)."""
+        parts: list[np.ndarray] = []
+        for start in range(0, len(texts), batch):
+            try:
+                response = await self._embeddings().EmbedTexts(
+                    embedding_pb2.EmbedTextsRequest(model=model, texts=texts[start : start + batch]),
+                    metadata=identity.metadata(),
+                    timeout=120,
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _domain_error(exc, "embedding the label candidates") from None
+            parts.append(np.frombuffer(response.vectors, dtype="<f4").reshape(-1, response.dimension).copy())
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
     async def embed_query(self, identity: Identity, model: str, text: str) -> np.ndarray:
         try:
             response = await self._embeddings().EmbedTexts(

@@ -208,7 +208,10 @@ async def create_map(w: World, pca: bool = False) -> str:
                 method=method,
                 dimensions=2,
                 seed=5,
-                clustering=projection_pb2.ClusterParams(algorithm=projection_pb2.CLUSTER_ALGORITHM_KMEANS, k=8),
+                # k-means on the map's points: these tests are about faults, not clusters
+                clustering=projection_pb2.ClusterParams(
+                    algorithm=projection_pb2.CLUSTER_ALGORITHM_KMEANS, k=8, space=projection_pb2.CLUSTER_SPACE_PROJECTED
+                ),
             ),
         ),
         metadata=w.owner.md,

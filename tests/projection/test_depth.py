@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from embedviz.v1 import embedding_pb2, ingest_pb2, job_pb2, projection_pb2, proj
 from services.common.app import close_deps, open_deps
 from services.common.config import Settings
 from services.common.events import EVENTS_STREAM
+from services.projection import labels
 from services.projection.server import build
 from services.stack import Stack
 from tests.projection import debian, standins
@@ -226,10 +228,73 @@ async def test_cluster_labels_are_words_found_in_the_clusters_texts(
     assert sum(c.size for c in listed.clusters) == len(texts)
     assert len(listed.clusters) == len(SECTIONS)
     for cluster in listed.clusters:
-        members = " ".join(texts[i] for i in np.flatnonzero(clusters == cluster.id)).lower()
-        assert cluster.terms and cluster.label == ", ".join(cluster.terms[:3])
+        joined = " ".join(texts[i] for i in np.flatnonzero(clusters == cluster.id)).lower()
+        members = set(re.findall(r"[^\W\d_]+", joined))
+        label_words = set(cluster.label.replace(",", " ").split())
+        assert cluster.terms and label_words <= {w for t in cluster.terms for w in t.split()}, cluster
         for term in cluster.terms[:5]:
-            assert term in members, (term, cluster.label)
+            assert set(term.split()) <= members, (term, cluster.label)
+        # one form per word: no "font, fonts"
+        assert not any(labels.repeats(t, cluster.terms[:i]) for i, t in enumerate(cluster.terms)), cluster.terms
+
+
+# words a person would expect in the name of a group of each section's packages
+SECTION_WORDS = {
+    "fonts": ("font", "typeface", "glyph", "truetype", "opentype"),
+    "games": ("game", "puzzle", "arcade", "player", "strategy", "board", "chess"),
+    "sound": ("sound", "audio", "music", "midi", "alsa", "pulseaudio", "jack", "synthesizer", "player"),
+    "mail": ("mail", "email", "imap", "smtp", "mailbox", "message", "spam", "pop"),
+    "science": ("science", "scientific", "chemistry", "physics", "astronomy", "molecular", "biology",
+                "simulation", "data", "analysis", "mathematical", "calculation", "quantum", "genome",
+                "sequence", "protein", "dna", "bioinformatics", "statistic", "numerical", "math"),
+}
+
+
+async def test_default_clusters_follow_the_sections_and_their_labels_name_them(
+    service: Service, world: standins.World
+) -> None:
+    """The default clustering (HDBSCAN in the 5-D UMAP of the vectors) on real labelled
+    text: the clusters agree with the sections far above chance, the levels nest, and the
+    label of each large cluster holds a word of its dominant section."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    created = await create(service.stub, seed=2, method=projection_pb2.PROJECTION_METHOD_PCA)
+    done = await finished(service.stub, created.name)
+    assert done.clustering.algorithm == projection_pb2.CLUSTER_ALGORITHM_HDBSCAN
+    assert done.clustering.space == projection_pb2.CLUSTER_SPACE_REDUCED
+    sections = np.asarray(world.datasets[DATASET].table.column("section").to_pylist())
+    _, clusters = await points_of(service.stub, done.name)
+    kept = clusters >= 0
+    ami = adjusted_mutual_info_score(sections[kept], clusters[kept])
+    assert ami >= 0.5 and kept.mean() >= 0.6, (ami, kept.mean(), done.cluster_count)
+    tree = (
+        await service.stub.ListClusters(
+            projection_pb2.ListClustersRequest(parent=done.name, all_levels=True), metadata=auth(VIEWER)
+        )
+    ).clusters
+    by_id = {c.id: c for c in tree}
+    for cluster in (c for c in tree if c.id >= 0):  # every level's sizes add up from the level below
+        children = [c for c in tree if c.parent_id == cluster.id]
+        if children:
+            assert cluster.size == sum(c.size for c in children) and all(c.level == cluster.level - 1 for c in children)
+    named = 0
+    for cluster in (c for c in tree if c.level == 0 and c.id >= 0 and c.size >= 20):
+        members = sections[clusters == cluster.id]
+        values, counts = np.unique(members, return_counts=True)
+        dominant, share = str(values[counts.argmax()]), counts.max() / counts.sum()
+        if share < 0.6:
+            continue
+        words = [labels.form(w) for w in cluster.label.replace(",", " ").split()]
+        parent = by_id.get(cluster.parent_id)
+        if parent is not None:  # the section's word may stand in the parent's label instead
+            words += [labels.form(w) for w in parent.label.replace(",", " ").split()]
+        expected = [labels.form(w) for w in SECTION_WORDS[dominant]]
+        summary = [(c.id, c.level, c.parent_id, c.size, c.label) for c in tree]
+        named_it = any(w.startswith(e) or e.startswith(w) for w in words for e in expected)
+        assert named_it, (dominant, cluster.label, summary)
+        named += 1
+    summary = [(c.id, c.level, c.parent_id, c.size, c.label) for c in tree]
+    assert named >= 3, summary
 
 
 async def test_search_by_meaning_returns_rows_about_the_phrase_first_with_scores(

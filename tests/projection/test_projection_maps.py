@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from embedviz.v1 import projection_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.projection import maps
+from services.projection import clusters, labels, maps
 from services.projection.rules import map_params
 
 BLOB_WORDS = [
@@ -87,20 +87,20 @@ def test_kmeans_finds_the_blobs_and_numbers_clusters_by_size() -> None:
     vectors = np.concatenate([vectors, vectors[:20] + 0.01])  # blob 0 is now the largest
     truth = np.concatenate([truth, truth[:20]])
     points = maps.reduce(vectors, maps.MapParams(method=maps.PCA, seed=1))
-    params = maps.MapParams(algorithm=maps.KMEANS, k=3, seed=1)
-    labels = maps.cluster(points, vectors, params)
+    params = maps.MapParams(algorithm=maps.KMEANS, k=3, seed=1, space=maps.PROJECTED)
+    labels = clusters.cluster(points, vectors, params)
     assert labels.dtype == np.int32
     assert adjusted_rand_score(truth, labels) > 0.95
     assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
     sizes = np.bincount(labels)
     assert sizes[0] == sizes.max()
-    np.testing.assert_array_equal(labels, maps.cluster(points, vectors, params))
+    np.testing.assert_array_equal(labels, clusters.cluster(points, vectors, params))
 
 
 def test_kmeans_can_cluster_in_the_embedding_space() -> None:
     vectors, truth = blobs()
     points = np.zeros((len(vectors), 2), np.float32)  # a useless map: only the vectors tell
-    labels = maps.cluster(points, vectors, maps.MapParams(algorithm=maps.KMEANS, k=3, seed=1, space=maps.EMBEDDING))
+    labels = clusters.cluster(points, vectors, maps.MapParams(algorithm=maps.KMEANS, k=3, seed=1, space=maps.EMBEDDING))
     assert adjusted_rand_score(truth, labels) > 0.95
 
 
@@ -108,7 +108,8 @@ def test_hdbscan_finds_the_blobs_and_marks_outliers_as_noise() -> None:
     vectors, truth = blobs()
     outliers = np.full((3, vectors.shape[1]), 60.0, np.float32) * np.array([[1], [-1], [0.5]], np.float32)
     data = np.concatenate([vectors, outliers])
-    labels = maps.cluster(data, data, maps.MapParams(algorithm=maps.HDBSCAN, min_cluster_size=10))
+    params = maps.MapParams(algorithm=maps.HDBSCAN, min_cluster_size=10, space=maps.PROJECTED)
+    labels = clusters.cluster(data, data, params)
     assert set(np.unique(labels[:-3]).tolist()) == {0, 1, 2}
     assert adjusted_rand_score(truth, labels[:-3]) > 0.95
     assert (labels[-3:] == maps.NOISE).all()
@@ -116,7 +117,7 @@ def test_hdbscan_finds_the_blobs_and_marks_outliers_as_noise() -> None:
 
 def test_no_clustering_puts_every_point_in_cluster_zero() -> None:
     vectors, _ = blobs(per_blob=5)
-    labels = maps.cluster(vectors[:, :2], vectors, maps.MapParams(algorithm=maps.NONE))
+    labels = clusters.cluster(vectors[:, :2], vectors, maps.MapParams(algorithm=maps.NONE))
     assert (labels == 0).all()
 
 
@@ -128,23 +129,23 @@ def test_default_k_grows_with_the_square_root_of_the_rows(rows: int, k: int) -> 
 def test_cluster_labels_are_distinctive_terms_of_the_clusters_texts() -> None:
     _, truth = blobs()
     texts = texts_for(truth)
-    labels = np.concatenate([truth[:-2], [maps.NOISE, maps.NOISE]]).astype(np.int32)
-    terms = maps.cluster_terms(texts, labels)
-    assert set(terms) == {0, 1, 2}
-    for cid, words in terms.items():
-        in_cluster = {w for t in np.asarray(texts)[labels == cid] for w in t.split()}
-        assert words, f"cluster {cid} has no terms"
-        assert set(words) <= in_cluster
+    ids = np.concatenate([truth[:-2], [maps.NOISE, maps.NOISE]]).astype(np.int32)
+    found = labels.candidates(texts, ids)
+    assert set(found.terms) == {0, 1, 2}
+    for cid, terms in found.terms.items():
+        assert terms, f"cluster {cid} has no terms"
+        words = {w for t in terms[:3] for w in t.split()}
         # the shared filler words are not distinctive, the blob's own words are
-        assert set(words[:3]) <= set(BLOB_WORDS[cid])
-        label = maps.label_of(words, cid)
-        assert label == ", ".join(words[:3])
-    assert maps.label_of([], maps.NOISE) == maps.NOISE_LABEL
-    assert maps.label_of([], 4) == "cluster 4"
+        assert words <= set(BLOB_WORDS[cid]), terms
+        label = labels.label_from(terms, cid)
+        assert label.split(", ")[0] == terms[0] and len(label.replace(",", "").split()) <= labels.LABEL_WORDS
+    assert labels.label_from([], maps.NOISE) == labels.NOISE_LABEL
+    assert labels.label_from([], 4) == "cluster 4"
 
 
 def test_cluster_terms_survive_empty_texts() -> None:
-    assert maps.cluster_terms(["", "the and"], np.array([0, 1], np.int32)) == {0: [], 1: []}
+    found = labels.candidates(["", "the and"], np.array([0, 1], np.int32))
+    assert found.terms == {0: [], 1: []}
 
 
 def test_summaries_give_size_and_centroid_with_noise_last() -> None:
@@ -200,11 +201,15 @@ def spec(**fields: object) -> projection_pb2.Projection:
     return projection_pb2.Projection(**fields)  # type: ignore[arg-type]
 
 
-def test_create_parameters_default_to_umap_2d_kmeans() -> None:
+def test_create_parameters_default_to_umap_2d_with_hdbscan_in_the_reduced_space() -> None:
     params = map_params(spec(), rows=200)
-    assert (params.method, params.dimensions, params.algorithm) == (maps.UMAP, 2, maps.KMEANS)
+    assert (params.method, params.dimensions, params.algorithm) == (maps.UMAP, 2, maps.HDBSCAN)
     assert (params.n_neighbors, params.min_dist, params.metric) == (15, pytest.approx(0.1), "cosine")
-    assert params.k == 10 and params.seed is None and params.space == maps.PROJECTED
+    assert params.space == maps.REDUCED and params.seed is None and params.k == 0
+    assert params.min_cluster_size == clusters.default_min_cluster_size(200) == 10
+    chosen = projection_pb2.ClusterParams(algorithm=projection_pb2.CLUSTER_ALGORITHM_KMEANS)
+    kmeans = map_params(spec(clustering=chosen), 200)
+    assert kmeans.k == 10 and kmeans.space == maps.REDUCED
 
 
 @pytest.mark.parametrize(
@@ -237,3 +242,48 @@ def test_default_neighbours_fit_a_small_embedding_without_complaint() -> None:
 def test_a_map_of_almost_nothing_is_refused() -> None:
     with pytest.raises(FailedPrecondition, match="at least 4"):
         map_params(spec(), rows=2)
+
+
+def groups_with_noise(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Eight groups of 120 unit vectors in 64-D around their own directions, and 40 rows
+    spread over the whole sphere (truth -1)."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(8, 64))
+    grouped = np.concatenate([d + rng.normal(scale=0.35, size=(120, 64)) * np.linalg.norm(d) / 8 for d in directions])
+    noise = rng.normal(size=(40, 64)) * 3
+    vectors = np.concatenate([grouped, noise]).astype(np.float32)
+    truth = np.concatenate([np.repeat(np.arange(8), 120), np.full(40, -1)])
+    return vectors, truth
+
+
+def test_default_clusters_recover_known_groups_in_the_reduced_space_and_keep_noise() -> None:
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    vectors, truth = groups_with_noise()
+    params = maps.MapParams(seed=4)  # the defaults: HDBSCAN on a 5-D UMAP of the vectors
+    assert (params.algorithm, params.space) == (maps.HDBSCAN, maps.REDUCED)
+    found = clusters.cluster(np.zeros((len(vectors), 2), np.float32), vectors, params)
+    grouped = truth >= 0
+    assert adjusted_mutual_info_score(truth[grouped], found[grouped]) > 0.9
+    assert (found[grouped] >= 0).mean() > 0.9  # grouped rows are rarely called noise
+    assert (found[~grouped] == maps.NOISE).mean() >= 0.75  # the scattered rows mostly are
+    np.testing.assert_array_equal(found, clusters.cluster(np.zeros((len(vectors), 2), np.float32), vectors, params))
+
+
+def test_a_large_table_is_clustered_on_a_sample_and_every_row_takes_its_neighbours_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    monkeypatch.setattr(clusters, "CLUSTER_SAMPLE_ROWS", 400)
+    vectors, truth = groups_with_noise()
+    params = maps.MapParams(seed=4, algorithm=maps.KMEANS, k=8, space=maps.EMBEDDING)
+    found = clusters.cluster(np.zeros((len(vectors), 2), np.float32), vectors, params)
+    grouped = truth >= 0
+    assert adjusted_mutual_info_score(truth[grouped], found[grouped]) > 0.95
+    assert sorted(set(found.tolist())) == list(range(8))
+
+
+@pytest.mark.parametrize(("rows", "size"), [(300, 10), (5_000, 10), (20_000, 40), (50_000, 100), (1_000_000, 100)])
+def test_the_smallest_cluster_grows_with_the_rows_clustered(rows: int, size: int) -> None:
+    assert clusters.default_min_cluster_size(rows) == size

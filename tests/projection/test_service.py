@@ -36,6 +36,7 @@ from embedviz.v1 import (
 )
 from services.common.app import close_deps, open_deps
 from services.common.config import Settings
+from services.projection.labels import label_from
 from services.projection.server import build
 from services.stack import Stack
 
@@ -160,8 +161,9 @@ class StandInEmbedding(
             )
 
     async def EmbedTexts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        topic = next((i for i, words in enumerate(TOPICS) if any(w in request.texts[0] for w in words)), 0)
-        return embedding_pb2.EmbedTextsResponse(dimension=DIM, vectors=CENTRES[topic].astype("<f4").tobytes())
+        # each text lands on the centre of the topic whose words it holds (0 for none)
+        topics = [next((i for i, words in enumerate(TOPICS) if any(w in t for w in words)), 0) for t in request.texts]
+        return embedding_pb2.EmbedTextsResponse(dimension=DIM, vectors=CENTRES[topics].astype("<f4").tobytes())
 
 
 class StandInAuth(auth_pb2_grpc.AuthInternalServiceServicer):
@@ -295,11 +297,12 @@ async def test_a_projection_makes_points_clusters_and_labels(
         projection_pb2.ListClustersRequest(parent=created.name), metadata=auth(VIEWER)
     )
     assert sorted(c.size for c in listed.clusters) == [PER_TOPIC] * 3
+    assert done.cluster_levels == 1  # three clusters: nothing to merge
     for cluster in listed.clusters:
         topic = int(TRUTH[labels == cluster.id][0])
-        assert set(cluster.terms[:3]) <= set(TOPICS[topic]), cluster.terms
-        assert cluster.label == ", ".join(cluster.terms[:3])
-        assert len(cluster.centroid) == 2
+        assert {w for t in cluster.terms[:3] for w in t.split()} <= set(TOPICS[topic]), cluster.terms
+        assert cluster.label == label_from(cluster.terms, cluster.id)
+        assert len(cluster.centroid) == 2 and (cluster.level, cluster.parent_id) == (0, -1)
 
     found = await projections.SearchPoints(
         projection_pb2.SearchPointsRequest(name=created.name, query="guitar", limit=5), metadata=auth(VIEWER)
@@ -347,6 +350,60 @@ async def test_a_projection_makes_points_clusters_and_labels(
     await projections.DeleteProjection(projection_pb2.DeleteProjectionRequest(name=created.name), metadata=auth(OWNER))
     await expect_error(
         projections.GetProjection(projection_pb2.GetProjectionRequest(name=created.name), metadata=auth(OWNER)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def test_clusters_come_in_levels_merged_by_meaning_with_labels_of_their_own(
+    projections: projection_pb2_grpc.ProjectionServiceStub,
+) -> None:
+    # six k-means clusters of three topics: the level above merges them back into the topics
+    created = await create(
+        projections, method=projection_pb2.PROJECTION_METHOD_PCA, seed=5, clustering=projection_pb2.ClusterParams(k=6)
+    )
+    done = await finished(projections, created.name)
+    assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED, done.job.error
+    assert (done.cluster_count, done.cluster_levels) == (6, 3)
+    tree = (
+        await projections.ListClusters(
+            projection_pb2.ListClustersRequest(parent=created.name, all_levels=True), metadata=auth(VIEWER)
+        )
+    ).clusters
+    by_id = {c.id: c for c in tree}
+    assert len(by_id) == len(tree)  # ids are unique across levels
+    levels = [[c for c in tree if c.level == level] for level in range(3)]
+    assert [len(level) for level in levels] == [6, 3, 2]
+    assert [c.level for c in tree] == sorted(c.level for c in tree)  # finest first
+    points = np.concatenate([
+        np.frombuffer(chunk.cluster_ids, "<i4")
+        async for chunk in projections.StreamPoints(
+            projection_pb2.StreamPointsRequest(name=created.name), metadata=auth(VIEWER)
+        )
+    ])
+    # the middle level is the three topics; sizes add up through the parents
+    for middle in levels[1]:
+        children = [c for c in levels[0] if c.parent_id == middle.id]
+        assert children and middle.size == sum(c.size for c in children) == PER_TOPIC
+        rows = np.isin(points, [c.id for c in children])
+        assert len(set(TRUTH[rows].tolist())) == 1
+        assert by_id[middle.parent_id].level == 2
+        for child in children:  # a finer label does not just repeat its parent's
+            assert child.label != middle.label
+    assert all(c.parent_id == -1 for c in levels[2])
+    assert sum(c.size for c in levels[2]) == len(TEXTS)
+    only_middle = await projections.ListClusters(
+        projection_pb2.ListClustersRequest(parent=created.name, level=1), metadata=auth(VIEWER)
+    )
+    assert sorted(c.id for c in only_middle.clusters) == sorted(c.id for c in levels[1])
+    await expect_error(
+        projections.ListClusters(
+            projection_pb2.ListClustersRequest(parent=created.name, level=3), metadata=auth(VIEWER)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "level is 3",
+    )
+    await expect_error(
+        projections.ListClusters(projection_pb2.ListClustersRequest(parent=created.name), metadata=auth(STRANGER)),
         grpc.StatusCode.NOT_FOUND,
     )
 

@@ -130,7 +130,12 @@ class Stubs:
                     method=projection_pb2.PROJECTION_METHOD_PCA,
                     dimensions=2,
                     seed=1,
-                    clustering=projection_pb2.ClusterParams(algorithm=projection_pb2.CLUSTER_ALGORITHM_KMEANS, k=3),
+                    # k-means on the map's points: the tests using this are about access, not clusters
+                    clustering=projection_pb2.ClusterParams(
+                        algorithm=projection_pb2.CLUSTER_ALGORITHM_KMEANS,
+                        k=3,
+                        space=projection_pb2.CLUSTER_SPACE_PROJECTED,
+                    ),
                 ),
             ),
             metadata=who.md,

@@ -361,6 +361,7 @@ def cmd_map(client: Client, args: argparse.Namespace, out: Output) -> int:
             dimensions=args.dimensions,
             clustering=args.clustering,
             clusters=args.clusters,
+            min_cluster_size=args.min_cluster_size,
             seed=args.seed,
             label_column=args.label_column or "",
             wait=not args.no_wait,
@@ -404,9 +405,12 @@ def cmd_watch(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_clusters(client: Client, args: argparse.Namespace, out: Output) -> int:
-    frame = client.clusters(args.map)
+    frame = client.clusters(args.map, level=args.level, all_levels=args.all_levels)
     found = records(frame)
-    out.result({"clusters": found}, lambda: table(found, ["cluster", "label", "size", "terms"]))
+    columns = ["cluster", "label", "size", "terms"]
+    if args.all_levels:
+        columns[3:3] = ["level", "parent"]
+    out.result({"clusters": found}, lambda: table(found, columns))
     return 0
 
 
@@ -568,8 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("embedding", help="projects/…/datasets/…/embeddings/…")
     sub.add_argument("--method", choices=sorted(METHODS), default="umap")
     sub.add_argument("--dimensions", type=int, choices=(2, 3), default=2)
-    sub.add_argument("--clustering", choices=sorted(CLUSTERING), default="kmeans")
+    sub.add_argument("--clustering", choices=sorted(CLUSTERING), default="auto",
+                     help="auto: HDBSCAN by density, or k-means when --clusters is given")
     sub.add_argument("--clusters", "-k", type=int, default=0, help="k for k-means (default: from the row count)")
+    sub.add_argument("--min-cluster-size", type=int, default=0,
+                     help="HDBSCAN's smallest cluster (default: from the row count)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--label-column", help="a column of known labels, to measure the map against")
     sub.add_argument("--no-wait", action="store_true", help="start the job and return")
@@ -582,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(commands, "clusters", cmd_clusters, "list a map's clusters and their labels")
     sub.add_argument("map", help="projects/…/projections/…")
+    sub.add_argument("--level", type=int, default=0, help="0: the finest clusters (default); 1, 2: coarser ones")
+    sub.add_argument("--all-levels", action="store_true", help="every level, with each cluster's parent")
 
     sub = command(commands, "search", cmd_search, "find rows by meaning (or by substring in --column)")
     sub.add_argument("map", help="projects/…/projections/…")

@@ -71,6 +71,7 @@ METHODS = {
     "tsne": projection_pb2.PROJECTION_METHOD_TSNE,
 }
 CLUSTERING = {
+    "auto": projection_pb2.CLUSTER_ALGORITHM_UNSPECIFIED,  # the server's default: HDBSCAN, or k-means given k
     "kmeans": projection_pb2.CLUSTER_ALGORITHM_KMEANS,
     "hdbscan": projection_pb2.CLUSTER_ALGORITHM_HDBSCAN,
     "none": projection_pb2.CLUSTER_ALGORITHM_NONE,
@@ -645,15 +646,18 @@ class Client:
         *,
         method: str = "umap",
         dimensions: int = 2,
-        clustering: str = "kmeans",
+        clustering: str = "auto",
         clusters: int = 0,
+        min_cluster_size: int = 0,
         seed: int = 0,
         label_column: str = "",
         wait: bool = True,
         on_job: JobCallback | None = None,
     ) -> projection_pb2.Projection:
         """Starts a map (projection) of an embedding; with `wait`, follows the job.
-        `clusters` is k for k-means (0: the server picks from the row count)."""
+        `clustering` "auto" is the server's default: HDBSCAN by density, or k-means when
+        `clusters` (k) is given; `clusters` 0 and `min_cluster_size` 0 are chosen by the
+        server from the row count."""
         if method.lower() not in METHODS:
             raise ValueError(f"unknown method {method!r}; one of: {', '.join(METHODS)}")
         if clustering.lower() not in CLUSTERING:
@@ -667,7 +671,9 @@ class Client:
                     dimensions=dimensions,
                     seed=seed,
                     label_column=label_column,
-                    clustering=projection_pb2.ClusterParams(algorithm=CLUSTERING[clustering.lower()], k=clusters),
+                    clustering=projection_pb2.ClusterParams(
+                        algorithm=CLUSTERING[clustering.lower()], k=clusters, min_cluster_size=min_cluster_size
+                    ),
                 ),
             ),
         )
@@ -683,20 +689,27 @@ class Client:
         )
         return [projection for page in pages for projection in page.projections]
 
-    def clusters(self, projection: str) -> pd.DataFrame:
-        found = self.call(self.projection.ListClusters, projection_pb2.ListClustersRequest(parent=projection))
+    def clusters(self, projection: str, level: int = 0, all_levels: bool = False) -> pd.DataFrame:
+        """A map's clusters at `level` (0: the finest, whose ids the points carry), or every
+        level with `all_levels` (each row with its level and the id of its parent)."""
+        found = self.call(
+            self.projection.ListClusters,
+            projection_pb2.ListClustersRequest(parent=projection, level=level, all_levels=all_levels),
+        )
         return _frame(
             [
                 {
                     "cluster": c.id,
                     "label": c.label,
                     "size": c.size,
+                    "level": c.level,
+                    "parent": c.parent_id,
                     "terms": list(c.terms),
                     "centroid": list(c.centroid),
                 }
                 for c in found.clusters
             ],
-            ["cluster", "label", "size", "terms", "centroid"],
+            ["cluster", "label", "size", "level", "parent", "terms", "centroid"],
         )
 
     def points_table(self, projection: str, columns: Sequence[str] = ()) -> pa.Table:

@@ -16,6 +16,14 @@ export function screenTransform(canvas: HTMLCanvasElement, scatterplot: Scatterp
   return { width: canvas.clientWidth, height: canvas.clientHeight, view: scatterplot.get("cameraView") as unknown as ArrayLike<number> };
 }
 
+/** The cluster level whose labels show at camera distance `distance` (1: the whole map):
+ * the coarsest zoomed out, finer ones zooming in, the finest from 0.55 on. */
+export function levelAt(distance: number, levels: number): number {
+  if (levels >= 3) return distance >= 0.9 ? 2 : distance >= 0.55 ? 1 : 0;
+  if (levels === 2) return distance >= 0.75 ? 1 : 0;
+  return 0;
+}
+
 /** The sub-label of part `part` of a cluster: its next terms in turn, else "label · 2". */
 export function partLabel(terms: string[], label: string, part: number): string {
   return terms[1 + part] ?? terms[part % Math.max(1, terms.length)] ?? `${label} · ${part + 1}`;
@@ -77,7 +85,8 @@ export class LabelsLayer {
       }
     }
     const cands: LabelCandidate[] = [];
-    const centres = clusterCentroids(x, y, points.clusters, mask);
+    const level = levelAt(distance, points.levels);
+    const centres = clusterCentroids(x, y, points.clustersAt(level), mask);
     for (const c of centres) {
       const text = points.clusterLabel(c.id);
       g.font = labelFont(MAIN_SIZE);
@@ -85,7 +94,7 @@ export class LabelsLayer {
       cands.push({ text, key: `c${c.id}`, x: sx, y: sy, width: g.measureText(text).width + 6, height: MAIN_SIZE + 4, priority: 1e9 + c.size });
     }
     // Finer labels (the cluster's next terms at the centres of its parts) once zoomed in.
-    if (distance < 0.8) {
+    if (level === 0 && distance < (points.levels > 1 ? 0.4 : 0.8)) {
       g.font = labelFont(11, 500);
       for (const sc of subCentroids(x, y, points.clusters, centres, Math.max(3, Math.round(points.n / 400)), mask)) {
         const text = partLabel(points.clusterTerms(sc.id), points.clusterLabel(sc.id), sc.part);
@@ -107,6 +116,7 @@ export class LabelsLayer {
       g.fillText(l.text, l.x, l.y);
     }
     hooks.labels = placed.map((l) => ({ text: l.text, left: l.left, top: l.top, width: l.width, height: l.height }));
+    hooks.labelLevel = level;
     overlay.dataset.labels = String(placed.length);
   }
 }

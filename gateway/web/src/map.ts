@@ -110,7 +110,8 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   loading.el.hidden = true;
   let clusters: Cluster[] = [];
   try {
-    clusters = (await projectionApi.listClusters({ parent: opts.projectionName })).clusters;
+    // every level: the points carry the finest; labels show coarser ones zoomed out
+    clusters = (await projectionApi.listClusters({ parent: opts.projectionName, allLevels: true })).clusters;
   } catch {
     // Labels are optional; the map keeps plain cluster numbers.
   }

@@ -27,6 +27,8 @@ export interface EmbedvizTestHooks {
   lastExport: { filename: string; bytes: number; text: string } | null;
   /** Labels drawn now, with their screen boxes (canvas px). */
   labels: { text: string; left: number; top: number; width: number; height: number }[];
+  /** The cluster level the labels show (0: the finest; see labels.ts levelAt). */
+  labelLevel?: number;
   /** Points that pass the filters now. */
   visibleCount: number;
   /** Rows of the linked table's set (selection and filters), ascending. */

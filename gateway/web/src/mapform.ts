@@ -10,12 +10,20 @@ import { ClusterAlgorithm, ProjectionMethod, type Projection } from "./gen/embed
 import { ProgressBar } from "./jobs";
 import { lockForViewer } from "./workspaceframe";
 
-export type MapRequest = Pick<Projection, "method" | "dimensions"> & { clustering: { algorithm: ClusterAlgorithm; k: number } };
+export type MapRequest = Pick<Projection, "method" | "dimensions"> & { clustering: { algorithm: ClusterAlgorithm; k: number; minClusterSize: number } };
 
-/** The clustering a "Clusters" field asks for: k-means with k, or 0 (the server picks) for anything else. */
-export function clusteringOf(kText: string): MapRequest["clustering"] {
-  const k = Number.parseInt(kText, 10);
-  return { algorithm: ClusterAlgorithm.KMEANS, k: Number.isFinite(k) && k > 0 ? k : 0 };
+const positive = (text: string) => {
+  const v = Number.parseInt(text, 10);
+  return Number.isFinite(v) && v > 0 ? v : 0;
+};
+
+/** The clustering the "Clusters" and "Smallest" fields ask for: k-means with k when a number
+ * of clusters is given; otherwise the server's default, HDBSCAN by density (with the
+ * smallest cluster size when given), which finds how many clusters there are. */
+export function clusteringOf(kText: string, minSizeText = ""): MapRequest["clustering"] {
+  const k = positive(kText);
+  if (k) return { algorithm: ClusterAlgorithm.KMEANS, k, minClusterSize: 0 };
+  return { algorithm: ClusterAlgorithm.UNSPECIFIED, k: 0, minClusterSize: positive(minSizeText) };
 }
 
 export class MapForm {
@@ -25,7 +33,8 @@ export class MapForm {
   private readonly embeddingSelect = h("select", { id: "embedding-select", "data-testid": "embedding-select", "aria-label": "Embedding to map" });
   private readonly methodSelect = h("select", { id: "projection-method", "data-testid": "projection-method" }, h("option", { value: String(ProjectionMethod.UMAP) }, "UMAP"), h("option", { value: String(ProjectionMethod.PCA) }, "PCA"), h("option", { value: String(ProjectionMethod.TSNE) }, "t-SNE"));
   private readonly dimSelect = h("select", { id: "projection-dimensions", "data-testid": "projection-dimensions", "aria-label": "Dimensions" }, h("option", { value: "2" }, "2-D"), h("option", { value: "3" }, "3-D"));
-  private readonly kInput = h("input", { id: "cluster-k", "data-testid": "cluster-k", type: "number", min: 1, max: 200, placeholder: "auto" });
+  private readonly kInput = h("input", { id: "cluster-k", "data-testid": "cluster-k", type: "number", min: 1, max: 200, placeholder: "auto", title: "A number: k-means with that many clusters. Empty: found by density (HDBSCAN)" });
+  private readonly minSizeInput = h("input", { id: "cluster-min-size", "data-testid": "cluster-min-size", type: "number", min: 2, placeholder: "auto", title: "Smallest cluster HDBSCAN keeps (empty: from the row count)" });
   private readonly createButton = h("button", { id: "start-projection-button", "data-testid": "start-projection-button", type: "button", disabled: true }, "Create map");
   private readonly cancelButton = h("button", { id: "cancel-projection-button", "data-testid": "cancel-projection-button", type: "button", class: "secondary", hidden: true }, "Cancel map");
 
@@ -37,13 +46,13 @@ export class MapForm {
       { class: "panel-block", id: "projection-section", hidden: true },
       h("h2", {}, "2. Map"),
       h("label", {}, "Embedding ", this.embeddingSelect),
-      h("div", { class: "row" }, h("label", {}, "Method ", this.methodSelect), h("label", {}, "View ", this.dimSelect), h("label", {}, "Clusters ", this.kInput)),
+      h("div", { class: "row" }, h("label", {}, "Method ", this.methodSelect), h("label", {}, "View ", this.dimSelect), h("label", {}, "Clusters ", this.kInput), h("label", {}, "Smallest ", this.minSizeInput)),
       h("div", { class: "row" }, this.createButton, this.cancelButton),
       this.bar.el,
     );
     this.createButton.addEventListener("click", () =>
       act(this.createButton, async () =>
-        onCreate(this.embeddingSelect.value, { method: Number(this.methodSelect.value) as ProjectionMethod, dimensions: Number(this.dimSelect.value), clustering: clusteringOf(this.kInput.value) }),
+        onCreate(this.embeddingSelect.value, { method: Number(this.methodSelect.value) as ProjectionMethod, dimensions: Number(this.dimSelect.value), clustering: clusteringOf(this.kInput.value, this.minSizeInput.value) }),
       ),
     );
   }

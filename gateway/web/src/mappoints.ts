@@ -26,6 +26,21 @@ export interface MapPoints {
   clusterLabel(id: number): string;
   /** A cluster's terms, best first ([] when unlabelled). */
   clusterTerms(id: number): string[];
+  /** Cluster levels: 1 when the map has only the clusters its points carry, up to 3. */
+  levels: number;
+  /** The cluster of each point at `level` (0: `clusters`; coarser levels through each
+   * cluster's parent; noise stays -1). */
+  clustersAt(level: number): Int32Array;
+}
+
+/** Each point's cluster one level up, through the clusters' parent ids. */
+export function liftClusters(clusters: Int32Array, n: number, parentOf: Map<number, number>): Int32Array {
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const id = clusters[i];
+    out[i] = id < 0 ? -1 : (parentOf.get(id) ?? -1);
+  }
+  return out;
 }
 
 export function mapPoints(set: PointSet, total: number, clusters: Cluster[]): MapPoints {
@@ -37,6 +52,11 @@ export function mapPoints(set: PointSet, total: number, clusters: Cluster[]): Ma
   for (let i = 0; i < n; i++) pointOf[set.rows[i]] = i;
   const byId = new Map<number, Cluster>();
   for (const c of clusters) if (!byId.has(c.id)) byId.set(c.id, c);
+  const levels = Math.max(1, ...clusters.map((c) => c.level + 1));
+  const parentOf = new Map<number, number>();
+  for (const c of clusters) if (c.parentId >= 0) parentOf.set(c.id, c.parentId);
+  const byLevel: Int32Array[] = [set.clusters];
+  for (let level = 1; level < levels; level++) byLevel.push(liftClusters(byLevel[level - 1], n, parentOf));
   return {
     n,
     total,
@@ -49,5 +69,7 @@ export function mapPoints(set: PointSet, total: number, clusters: Cluster[]): Ma
     pointOfRow: (row) => (row >= 0 && row < pointOf.length ? pointOf[row] : -1),
     clusterLabel: (id) => byId.get(id)?.label || (id < 0 ? "noise" : `cluster ${id}`),
     clusterTerms: (id) => byId.get(id)?.terms ?? [],
+    levels,
+    clustersAt: (level) => byLevel[Math.max(0, Math.min(level, levels - 1))],
   };
 }

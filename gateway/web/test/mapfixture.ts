@@ -7,7 +7,7 @@ import { PointSet } from "../src/points";
 
 const bytes = (a: Uint32Array | Int32Array | Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-export function smallMap(rows: number[], xy: number[], clusters: number[], labels: { id: number; label: string; terms: string[] }[] = []): MapPoints {
+export function smallMap(rows: number[], xy: number[], clusters: number[], labels: { id: number; label: string; terms: string[]; level?: number; parentId?: number }[] = []): MapPoints {
   const set = new PointSet();
   set.add({
     count: rows.length,
