@@ -17,10 +17,11 @@ export function screenTransform(canvas: HTMLCanvasElement, scatterplot: Scatterp
 }
 
 /** The cluster level whose labels show at camera distance `distance` (1: the whole map):
- * the coarsest zoomed out, finer ones zooming in, the finest from 0.55 on. */
+ * the coarsest zoomed out, finer ones zooming in, and below 0.8 the finest, with each
+ * cluster's parts labelled as well. */
 export function levelAt(distance: number, levels: number): number {
-  if (levels >= 3) return distance >= 0.9 ? 2 : distance >= 0.55 ? 1 : 0;
-  if (levels === 2) return distance >= 0.75 ? 1 : 0;
+  if (levels >= 3) return distance >= 0.9 ? 2 : distance >= 0.8 ? 1 : 0;
+  if (levels === 2) return distance >= 0.8 ? 1 : 0;
   return 0;
 }
 
@@ -94,7 +95,7 @@ export class LabelsLayer {
       cands.push({ text, key: `c${c.id}`, x: sx, y: sy, width: g.measureText(text).width + 6, height: MAIN_SIZE + 4, priority: 1e9 + c.size });
     }
     // Finer labels (the cluster's next terms at the centres of its parts) once zoomed in.
-    if (level === 0 && distance < (points.levels > 1 ? 0.4 : 0.8)) {
+    if (level === 0 && distance < 0.8) {
       g.font = labelFont(11, 500);
       for (const sc of subCentroids(x, y, points.clusters, centres, Math.max(3, Math.round(points.n / 400)), mask)) {
         const text = partLabel(points.clusterTerms(sc.id), points.clusterLabel(sc.id), sc.part);

@@ -35,8 +35,8 @@ describe("cluster levels", () => {
   });
 
   it("shows coarse labels zoomed out and finer ones zooming in", () => {
-    expect([1, 0.7, 0.3].map((d) => levelAt(d, 3))).toEqual([2, 1, 0]);
-    expect([1, 0.5].map((d) => levelAt(d, 2))).toEqual([1, 0]);
+    expect([1, 0.85, 0.7].map((d) => levelAt(d, 3))).toEqual([2, 1, 0]);
+    expect([1, 0.7].map((d) => levelAt(d, 2))).toEqual([1, 0]);
     expect(levelAt(1, 1)).toBe(0);
   });
 });
