@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NOISE = -1
+from services.projection.maps import NOISE, normalise
+
 MAX_LEVELS = 3
 MIN_FINE_FOR_LEVELS = 4  # fewer fine clusters than this: one level
 
@@ -34,12 +35,6 @@ class Hierarchy:
     @property
     def depth(self) -> int:
         return len(self.levels)
-
-    def level_of(self, cluster_id: int) -> int:
-        for i, ids in enumerate(self.levels):
-            if cluster_id in ids:
-                return i
-        return 0
 
     def parent(self, cluster_id: int) -> int:
         for i, mapping in enumerate(self.parents):
@@ -70,8 +65,7 @@ def unit_centroids(vectors: np.ndarray, labels: np.ndarray, ids: list[int], batc
         if cid >= 0:
             lookup[cid] = i
     for start in range(0, len(labels), batch):
-        chunk = np.asarray(vectors[start : start + batch], dtype=np.float32)
-        chunk = chunk / np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
+        chunk = normalise(np.asarray(vectors[start : start + batch], dtype=np.float32))
         rows = labels[start : start + batch]
         slot = np.where(rows >= 0, lookup[np.maximum(rows, 0)], -1)
         kept = slot >= 0

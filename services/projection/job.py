@@ -222,7 +222,7 @@ class MapJobs:
                     continue  # noise is listed once, with the finest level
                 summary.terms = named[summary.id].terms if summary.id in named else []
                 summary.label = named[summary.id].label if summary.id in named else labels.label_from([], summary.id)
-                summaries.append((level, tree.parent(summary.id) if summary.id != maps.NOISE else maps.NOISE, summary))
+                summaries.append((level, tree.parent(summary.id), summary))  # noise has no parent (-1)
 
         await reporter.progress(*plan.at(progress.SAVING), stage="saving", force=True)
         await asyncio.to_thread(self._write_points, row.id, points, cluster_ids)
@@ -255,7 +255,7 @@ class MapJobs:
         """The label candidates embedded with the map's own model, for re-ranking them by
         closeness to their cluster; None (c-TF-IDF order) when the model cannot be reached
         or the embedding has none."""
-        terms = labels.candidate_terms([found])
+        terms = labels.candidate_terms(found)
         if not terms or not embedding.model:
             return None
         try:

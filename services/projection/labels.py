@@ -17,13 +17,13 @@ of candidate terms, which the job asks the embedding service for."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-NOISE = -1
-NOISE_LABEL = "unclustered"
+from services.projection.maps import NOISE, NOISE_LABEL, normalise
+
 CANDIDATES = 15  # c-TF-IDF candidates per cluster that re-ranking chooses from
 TERMS = 10  # terms kept per cluster (ListClusters' `terms`)
 LABEL_WORDS = 3
@@ -33,8 +33,6 @@ MMR_RELEVANCE = 0.6  # weight of closeness to the centroid against novelty
 MIN_LIFT = 1.5  # a term used less than this many times as often in a cluster as overall is not its own
 MIN_PREFIX = 4  # a word that starts with another chosen word of at least this length repeats it
 TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"
-
-Embed = Callable[[list[str]], np.ndarray]  # terms -> unit vectors, one row per term
 
 
 def form(word: str) -> str:
@@ -200,23 +198,13 @@ def label_from(terms: Sequence[str], cluster_id: int) -> str:
     return ", ".join(parts) if parts else f"cluster {cluster_id}"
 
 
-def candidate_terms(all_candidates: Sequence[Candidates]) -> list[str]:
+def candidate_terms(found: Candidates) -> list[str]:
     """Every distinct candidate term, for embedding them in one go."""
-    seen: dict[str, None] = {}
-    for c in all_candidates:
-        for terms in c.terms.values():
-            for t in terms:
-                seen.setdefault(t, None)
-    return list(seen)
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.asarray(v / np.maximum(norm, 1e-12), dtype=np.float32)
+    return list(dict.fromkeys(t for terms in found.terms.values() for t in terms))
 
 
 def term_vectors_of(terms: list[str], vectors: np.ndarray | None) -> dict[str, np.ndarray] | None:
     if vectors is None or len(vectors) != len(terms):
         return None
-    unit = _unit(np.asarray(vectors, dtype=np.float32))
+    unit = normalise(np.asarray(vectors, dtype=np.float32))
     return {t: unit[i] for i, t in enumerate(terms)}

@@ -59,9 +59,9 @@ class MapReads:
     async def clusters(self, identity: Identity, name: str, level: int | None = 0) -> list[ClusterRow]:
         """The clusters of one level (None: every level, finest first), by id, noise last."""
         row = await self._records.readable(identity, name)
-        levels = int((row.quality or {}).get("cluster_levels", 1))
-        if level is not None and not 0 <= level < max(levels, 1):
-            raise InvalidArgument(f"level is {level}; this map has levels 0 to {max(levels, 1) - 1}")
+        levels = max(1, int((row.quality or {}).get("cluster_levels", 1)))
+        if level is not None and not 0 <= level < levels:
+            raise InvalidArgument(f"level is {level}; this map has levels 0 to {levels - 1}")
         query = select(ClusterRow).where(ClusterRow.projection_id == row.id)
         if level is not None:
             query = query.where(ClusterRow.level == level)

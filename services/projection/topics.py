@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.projection import hierarchy, labels
-
-NOISE = hierarchy.NOISE
+from services.projection.maps import NOISE, NOISE_LABEL
 
 
 @dataclass
@@ -84,5 +83,5 @@ def choose(
             if parent in named and label == named[parent].label:
                 label = f"{label} ({cid})"
             named[cid] = Named(terms=terms, label=label)
-    named[NOISE] = Named(terms=[], label=labels.NOISE_LABEL)
+    named[NOISE] = Named(terms=[], label=NOISE_LABEL)
     return named
