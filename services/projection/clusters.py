@@ -84,7 +84,12 @@ def isolated(data: np.ndarray, knn_dists: np.ndarray | None = None) -> np.ndarra
     return np.asarray(far > q3 + ISOLATED_IQR * (q3 - q1))
 
 
-def reduced(data: np.ndarray, params: maps.MapParams) -> tuple[np.ndarray, np.ndarray | None]:
+STAGE = "clustering"
+
+
+def reduced(
+    data: np.ndarray, params: maps.MapParams, report: maps.StageCallback | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A 5-D UMAP of `data` (min_dist 0: clumps kept tight), what density clustering runs
     on, and the neighbour distances UMAP found in `data` (None when it kept none)."""
     maps.ensure_numba_cache()
@@ -102,6 +107,7 @@ def reduced(data: np.ndarray, params: maps.MapParams) -> tuple[np.ndarray, np.nd
         random_state=params.seed,
         n_jobs=1 if params.seed is not None else -1,
         init="spectral" if n > 3 * neighbours else "random",
+        tqdm_kwds=maps.epoch_bar(report, STAGE) if report is not None else {"disable": True},
     )
     points = np.ascontiguousarray(reducer.fit_transform(data), dtype=np.float32)
     knn = getattr(reducer, "_knn_dists", None)
@@ -132,7 +138,9 @@ def _fit_labels(data: np.ndarray, params: maps.MapParams) -> np.ndarray:
     raise ValueError(f"unknown clustering algorithm {params.algorithm!r}")
 
 
-def _assign(space: np.ndarray, sample: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+def _assign(
+    space: np.ndarray, sample: np.ndarray, sampled: np.ndarray, report: maps.StageCallback
+) -> np.ndarray:
     """Every row's cluster: the sample's own, and for the rest the cluster most of their
     ASSIGN_NEIGHBOURS nearest sampled rows have (noise when most are noise)."""
     from sklearn.neighbors import NearestNeighbors
@@ -154,14 +162,22 @@ def _assign(space: np.ndarray, sample: np.ndarray, sampled: np.ndarray) -> np.nd
         return winners.astype(np.int32)
 
     batches = [rest[i : i + ASSIGN_BATCH_ROWS] for i in range(0, len(rest), ASSIGN_BATCH_ROWS)]
+    done = 0
     with ThreadPoolExecutor(max_workers=max(1, min(len(batches), os.cpu_count() or 1))) as pool:
         for rows, found in zip(batches, pool.map(assign, batches), strict=True):
             out[rows] = found
+            done += len(rows)
+            report(STAGE, len(rest) + done, 2 * len(rest))  # the second half of the stage
     return out
 
 
-def cluster(points: np.ndarray, vectors: np.ndarray, params: maps.MapParams) -> np.ndarray:
-    """A cluster id per row (int32), numbered by size (0 the largest); -1 is noise."""
+def cluster(
+    points: np.ndarray, vectors: np.ndarray, params: maps.MapParams, on_stage: maps.StageCallback | None = None
+) -> np.ndarray:
+    """A cluster id per row (int32), numbered by size (0 the largest); -1 is noise.
+    `on_stage(stage, done, total)` hears the 5-D UMAP's epochs, then the rows assigned
+    outside the sample."""
+    report = on_stage or (lambda stage, done, total: None)
     n = points.shape[0]
     if params.algorithm == maps.NONE or n == 0:
         return np.zeros(n, dtype=np.int32)
@@ -171,12 +187,14 @@ def cluster(points: np.ndarray, vectors: np.ndarray, params: maps.MapParams) -> 
     lonely = None
     if params.space == maps.REDUCED:
         start = fitted
-        fitted, knn_dists = reduced(fitted, params)
+        # with a sample, its UMAP's epochs are the first half of the stage, assigning the rest the second
+        epochs = report if sample is None else (lambda stage, done, total: report(stage, done, 2 * total))
+        fitted, knn_dists = reduced(fitted, params, epochs)
         if params.algorithm == maps.HDBSCAN:
             lonely = isolated(start, knn_dists)
     labels = _fit_labels(fitted, params)
     if lonely is not None:
         labels[lonely] = maps.NOISE
     if sample is not None:
-        labels = _assign(space, sample, labels)
+        labels = _assign(space, sample, labels, report)
     return maps.renumber_by_size(labels)

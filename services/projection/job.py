@@ -166,7 +166,9 @@ class MapJobs:
         if cluster_ids is None:
             status.update("clustering", 0, rows)
             await reporter.progress(*plan.at(progress.CLUSTERING), stage="clustering")
-            cluster_ids = await self._in_child(fit, reporter, status, row.id, clusters.cluster, points, vectors, params)
+            cluster_ids = await self._in_child(
+                fit, reporter, status, row.id, clusters.cluster, points, vectors, params, progress=True
+            )
             await stages.keep_array(LABELS, cluster_ids)
         # the coarser levels, by merging these clusters by meaning (quick: one pass over the vectors)
         found: topics.Levels = await self._in_child(fit, reporter, status, row.id, topics.levels, vectors, cluster_ids)
@@ -186,7 +188,9 @@ class MapJobs:
                 if label_column
                 else None
             )
-            quality = await self._in_child(fit, reporter, status, row.id, maps.measure, vectors, points, params, truth)
+            quality = await self._in_child(
+                fit, reporter, status, row.id, maps.measure, vectors, points, params, truth, cluster_ids
+            )
             quality.update(fitted_rows=fitted_rows, pre_reduction_dimensions=pre_reduced)
             await stages.keep(QUALITY, quality)
         del vectors

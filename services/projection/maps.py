@@ -198,8 +198,8 @@ def reduce(
     data, metric = pre_reduce(data, params, sample)
     fitted = data if sample is None else np.ascontiguousarray(data[sample])
     if params.method == TSNE:
-        report(STAGE_OPTIMISATION, 0, fitted.shape[0])
-        fitted_points = _tsne(fitted, params)
+        report(STAGE_OPTIMISATION, 0, sum(TSNE_ITERATIONS))
+        fitted_points = _tsne(fitted, params, report)
         if sample is None:
             return fitted_points
         return _place_by_neighbours(data, sample, fitted, fitted_points, report)
@@ -223,18 +223,42 @@ def _pca_map(data: np.ndarray, params: MapParams, sample: np.ndarray | None) -> 
     return points
 
 
-def _tsne(data: np.ndarray, params: MapParams) -> np.ndarray:
-    from sklearn.manifold import TSNE as SkTSNE
+TSNE_ITERATIONS = (250, 500)  # openTSNE's early exaggeration, then the rest
+
+
+def _tsne(data: np.ndarray, params: MapParams, report: StageCallback = _nothing) -> np.ndarray:
+    """t-SNE by openTSNE: FFT-accelerated interpolation of the repulsive forces in 2-D
+    (Barnes-Hut in 3-D, where FFT has no grid), PCA initialisation, neighbours by
+    approximate search above a few thousand rows. Iterations are reported as
+    optimisation progress. A seed makes it single-threaded, so that it is reproducible."""
+    from openTSNE import TSNE as OpenTSNE
 
     n = data.shape[0]
     perplexity = max(1.0, min(params.perplexity, (n - 1) / 3))
-    points = SkTSNE(
+    total = sum(TSNE_ITERATIONS)
+    done = 0
+
+    def progress(iteration: int, error: float, embedding: object) -> None:
+        nonlocal done
+        done = min(total, done + 10)
+        report(STAGE_OPTIMISATION, done, total)
+
+    tsne = OpenTSNE(
         n_components=params.dimensions,
         perplexity=perplexity,
-        init="pca",
+        initialization="pca",
+        early_exaggeration_iter=TSNE_ITERATIONS[0],
+        n_iter=TSNE_ITERATIONS[1],
+        negative_gradient_method="fft" if params.dimensions <= 2 else "bh",
+        neighbors="exact" if n < 5_000 else "annoy",
         random_state=params.seed,
-        method="barnes_hut",
-    ).fit_transform(data)
+        n_jobs=1 if params.seed is not None else -1,
+        callbacks=progress,
+        callbacks_every_iters=10,
+        verbose=False,
+    )
+    points = tsne.fit(np.asarray(data, dtype=np.float64))
+    report(STAGE_OPTIMISATION, total, total)
     return np.ascontiguousarray(points, dtype=np.float32)
 
 
@@ -274,8 +298,7 @@ def _umap_fit(
         init="spectral" if n > 3 * n_neighbors else "random",
         force_approximation_algorithm=knn[0] is not None,
         # umap has no progress callback, only a tqdm bar over the epochs: read its counts
-        tqdm_kwds={"disable": False, "file": _EpochCounts(report), "bar_format": "{n}/{total}\n",
-                   "mininterval": 0.25, "ascii": True},
+        tqdm_kwds=epoch_bar(report, STAGE_OPTIMISATION),
     )
     if knn[0] is None:
         report(STAGE_OPTIMISATION, 0, n)
@@ -285,18 +308,26 @@ def _umap_fit(
 
 
 class _EpochCounts(io.TextIOBase):
-    """Where umap's epoch bar writes "done/total": passed on as optimisation progress."""
+    """Where umap's epoch bar writes "done/total": passed on as progress of `stage`
+    (the optimisation, or clustering's own 5-D UMAP)."""
 
-    def __init__(self, report: StageCallback) -> None:
+    def __init__(self, report: StageCallback, stage: str = STAGE_OPTIMISATION) -> None:
         super().__init__()
         self._report = report
+        self._stage = stage
 
     def write(self, text: str) -> int:
         found = _EPOCHS.findall(text)
         if found:
             done, total = found[-1]
-            self._report(STAGE_OPTIMISATION, int(done), int(total))
+            self._report(self._stage, int(done), int(total))
         return len(text)
+
+
+def epoch_bar(report: StageCallback, stage: str) -> dict[str, object]:
+    """umap's `tqdm_kwds` that turn its epoch bar into `report(stage, epochs done, epochs)`."""
+    return {"disable": False, "file": _EpochCounts(report, stage), "bar_format": "{n}/{total}\n",
+            "mininterval": 0.25, "ascii": True}
 
 
 _EPOCHS = re.compile(r"(\d+)/(\d+)")
@@ -431,11 +462,27 @@ def label_agreement(
     return agreement, baseline, int(keep.shape[0])
 
 
+def cluster_agreement(clusters: np.ndarray, labels: np.ndarray) -> float:
+    """Adjusted mutual information between the clusters (noise, -1, a group of its own)
+    and the known labels, over the rows whose label is not empty; -1 with fewer than 3."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    keep = np.flatnonzero(np.asarray([bool(v) for v in labels]))
+    if keep.shape[0] < 3:
+        return -1.0
+    return float(adjusted_mutual_info_score(np.asarray(labels)[keep].astype(str), np.asarray(clusters)[keep]))
+
+
 def measure(
-    vectors: np.ndarray, points: np.ndarray, params: MapParams, truth: list[str] | None
+    vectors: np.ndarray,
+    points: np.ndarray,
+    params: MapParams,
+    truth: list[str] | None,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, object]:
     """A projection's `quality`: trustworthiness on a sample and, with known labels
-    (`truth`, one per row, empty for none), the label agreement and its chance baseline."""
+    (`truth`, one per row, empty for none), the label agreement and its chance baseline,
+    and how far `clusters` agree with the labels."""
     trust, sample_rows = trustworthiness(vectors, points, params.metric, params.seed)
     quality: dict[str, object] = {
         "trustworthiness": trust,
@@ -444,10 +491,14 @@ def measure(
         "label_agreement": -1.0,
         "shuffled_label_agreement": -1.0,
         "labelled_rows": 0,
+        "cluster_agreement": -1.0,
     }
     if truth is not None:
-        agreement, shuffled, labelled = label_agreement(points, np.asarray(truth, dtype=object), params.seed)
+        known = np.asarray(truth, dtype=object)
+        agreement, shuffled, labelled = label_agreement(points, known, params.seed)
         quality.update(label_agreement=agreement, shuffled_label_agreement=shuffled, labelled_rows=labelled)
+        if clusters is not None:
+            quality.update(cluster_agreement=cluster_agreement(clusters, known))
     return quality
 
 

@@ -44,6 +44,7 @@ def to_proto(row: ProjectionRow) -> projection_pb2.Projection:
                 label_agreement=float(q.get("label_agreement", -1.0)),
                 shuffled_label_agreement=float(q.get("shuffled_label_agreement", -1.0)),
                 labelled_rows=int(q.get("labelled_rows", 0)),
+                cluster_agreement=float(q.get("cluster_agreement", -1.0)),
             )
         )
     created = timestamp(row.create_time)

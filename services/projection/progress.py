@@ -25,7 +25,7 @@ STAGE_WEIGHTS: dict[str, float] = {
     maps.STAGE_NEIGHBOURS: 20,
     maps.STAGE_OPTIMISATION: 35,
     maps.STAGE_PLACING: 15,
-    CLUSTERING: 8,
+    CLUSTERING: 15,  # by default a 5-D UMAP of (a sample of) the vectors, then HDBSCAN
     QUALITY: 5,
     LABELLING: 5,
     SAVING: 2,

@@ -192,6 +192,13 @@ async def test_map_neighbours_mostly_share_the_section_far_above_chance(
     assert quality.label_agreement >= quality.shuffled_label_agreement + 0.25, quality
     assert 0.1 < quality.shuffled_label_agreement < 0.35, quality  # five sections: chance is about 0.2
     assert quality.trustworthiness >= 0.8, quality
+    # the five k-means clusters against the five sections, by adjusted mutual information
+    _, clusters = await points_of(service.stub, done.name)
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    sections = table.column("section").to_pylist()
+    assert 0.3 <= quality.cluster_agreement <= 1.0, quality
+    assert abs(quality.cluster_agreement - adjusted_mutual_info_score(sections, clusters)) < 1e-4
     # the same measure, taken by a client from the points it is sent
     points, _ = await points_of(service.stub, done.name)
     labels = np.asarray(table.column("section").to_pylist())

@@ -267,7 +267,14 @@ def test_default_clusters_recover_known_groups_in_the_reduced_space_and_keep_noi
     assert adjusted_mutual_info_score(truth[grouped], found[grouped]) > 0.9
     assert (found[grouped] >= 0).mean() > 0.9  # grouped rows are rarely called noise
     assert (found[~grouped] == maps.NOISE).mean() >= 0.75  # the scattered rows mostly are
-    np.testing.assert_array_equal(found, clusters.cluster(np.zeros((len(vectors), 2), np.float32), vectors, params))
+    # the same again, with the progress the job shows: the 5-D UMAP's epochs, up to all of them
+    heard: list[tuple[str, int, int]] = []
+    again = clusters.cluster(
+        np.zeros((len(vectors), 2), np.float32), vectors, params, on_stage=lambda *a: heard.append(a)
+    )
+    np.testing.assert_array_equal(found, again)
+    assert heard and {stage for stage, _, _ in heard} == {"clustering"}
+    assert heard[-1][1] == heard[-1][2] > 0 and [d for _, d, _ in heard] == sorted(d for _, d, _ in heard)
 
 
 def test_a_large_table_is_clustered_on_a_sample_and_every_row_takes_its_neighbours_cluster(
@@ -278,10 +285,14 @@ def test_a_large_table_is_clustered_on_a_sample_and_every_row_takes_its_neighbou
     monkeypatch.setattr(clusters, "CLUSTER_SAMPLE_ROWS", 400)
     vectors, truth = groups_with_noise()
     params = maps.MapParams(seed=4, algorithm=maps.KMEANS, k=8, space=maps.EMBEDDING)
-    found = clusters.cluster(np.zeros((len(vectors), 2), np.float32), vectors, params)
+    heard: list[tuple[str, int, int]] = []
+    flat = np.zeros((len(vectors), 2), np.float32)
+    found = clusters.cluster(flat, vectors, params, on_stage=lambda *a: heard.append(a))
     grouped = truth >= 0
     assert adjusted_mutual_info_score(truth[grouped], found[grouped]) > 0.95
     assert sorted(set(found.tolist())) == list(range(8))
+    # the rows outside the sample are assigned in batches, the second half of the stage
+    assert heard[-1] == ("clustering", 2 * (len(vectors) - 400), 2 * (len(vectors) - 400))
 
 
 @pytest.mark.parametrize(("rows", "size"), [(300, 10), (5_000, 10), (20_000, 40), (50_000, 100), (1_000_000, 100)])

@@ -298,6 +298,7 @@ async def test_a_projection_makes_points_clusters_and_labels(
     )
     assert sorted(c.size for c in listed.clusters) == [PER_TOPIC] * 3
     assert done.cluster_levels == 1  # three clusters: nothing to merge
+    assert done.quality.cluster_agreement == -1  # no label column to agree with
     for cluster in listed.clusters:
         topic = int(TRUTH[labels == cluster.id][0])
         assert {w for t in cluster.terms[:3] for w in t.split()} <= set(TOPICS[topic]), cluster.terms

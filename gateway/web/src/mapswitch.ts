@@ -8,6 +8,7 @@ import type { Embedding } from "./gen/embedviz/v1/embedding_pb";
 import type { Column } from "./gen/embedviz/v1/ingest_pb";
 import type { Projection } from "./gen/embedviz/v1/projection_pb";
 import { forgetMapPositions, showMap } from "./map";
+import { qualityHelp, qualityText } from "./mapquality";
 import { show3d } from "./view3d";
 import type { ViewStore } from "./viewstate";
 import type { WorkspaceFrame } from "./workspaceframe";
@@ -65,6 +66,8 @@ export class MapSwitcher {
       onClearError: this.ctx.onClearError,
     });
     frame.toolbar.prepend(this.switcher());
+    const quality = qualityText(proj.quality);
+    if (quality) frame.toolbar.append(h("span", { id: "map-quality", "data-testid": "map-quality", class: "map-quality", title: qualityHelp(proj.quality) }, quality));
   }
 
   /** Tears the open map down: a new map is on its way. */
