@@ -92,7 +92,7 @@ def reduced(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A 5-D UMAP of `data` (min_dist 0: clumps kept tight), what density clustering runs
     on, and the neighbour distances UMAP found in `data` (None when it kept none)."""
-    maps.ensure_numba_cache()
+    maps.cache_umap_functions()
     import umap
 
     n = data.shape[0]
