@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from services.auth.key_encryption import new_key_text
+from services.common.app import read_settings, start_settings
 from services.common.config import SettingsError, flag, number, whole
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,28 +37,32 @@ def _start(module: str, *args: str, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.parametrize(
-    ("module", "args", "variable", "value", "words"),
-    [
-        ("services.embedding", (), "EMBEDVIZ_EMBED_SHARD_ROWS", "abc", "must be a whole number"),
-        ("services.embedding", ("worker",), "EMBEDVIZ_EMBED_SHARD_ROWS", "-5", "use 1 or more"),
-        ("services.embedding", (), "EMBEDVIZ_EMBED_ACK_WAIT", "soon", "must be a number"),
-        ("services.ingest", (), "EMBEDVIZ_MAX_ROWS", "abc", "must be a whole number"),
-        ("services.ingest", (), "EMBEDVIZ_UPLOAD_TTL_SECONDS", "0", "use 1 or more"),
-        ("services.projection", (), "EMBEDVIZ_PROJECTION_FIT_ROWS", "-1", "use 0 or more"),
-        ("services.projection", ("worker",), "EMBEDVIZ_PROJECTION_WARM_UP", "maybe", "use 1 or 0"),
-        ("services.projection", (), "EMBEDVIZ_PROJECTION_VECTOR_CACHE_MB", "1e3", "must be a whole number"),
-        ("services.auth", (), "EMBEDVIZ_DELEGATED_TOKEN_TTL", "soon", "from 2 to 3600"),
-        ("services.auth", (), "EMBEDVIZ_LOGIN_FAILURE_WINDOW", "-1", "use 1 or more"),
-        ("services.ingest", (), "EMBEDVIZ_WORKERS", "many", "must be a whole number"),
-        ("services.projection", (), "EMBEDVIZ_ACCESS_TOKEN_TTL", "0", "use 1 or more"),
-        ("services.auth", (), "EMBEDVIZ_JWKS_MAX_AGE", "nan", "must be a number"),
-        ("services.ingest", (), "EMBEDVIZ_JOB_ACK_WAIT", "soon", "must be a number of seconds"),
-        ("services.projection", ("worker",), "EMBEDVIZ_OUTBOX_POLL_S", "0", "must be more than 0 seconds"),
-        ("services.embedding", ("worker",), "EMBEDVIZ_RECONCILE_GRACE_S", "-1", "must be more than 0 seconds"),
-        ("services.ingest", (), "EMBEDVIZ_IMPORT_PART_ROWS", "0", "use 1 or more"),
-    ],
-)
+# One real start per entry point (a process that stops before it opens anything); the other
+# variables go through the same readers, in the same order, in this process.
+STARTS = [
+    ("services.embedding", (), "EMBEDVIZ_EMBED_SHARD_ROWS", "abc", "must be a whole number"),
+    ("services.embedding", ("worker",), "EMBEDVIZ_EMBED_SHARD_ROWS", "-5", "use 1 or more"),
+    ("services.ingest", (), "EMBEDVIZ_MAX_ROWS", "abc", "must be a whole number"),
+    ("services.projection", (), "EMBEDVIZ_PROJECTION_FIT_ROWS", "-1", "use 0 or more"),
+    ("services.projection", ("worker",), "EMBEDVIZ_PROJECTION_WARM_UP", "maybe", "use 1 or 0"),
+    ("services.auth", (), "EMBEDVIZ_DELEGATED_TOKEN_TTL", "soon", "from 2 to 3600"),
+]
+READS = [
+    ("services.embedding", "EMBEDVIZ_EMBED_ACK_WAIT", "soon", "must be a number"),
+    ("services.ingest", "EMBEDVIZ_UPLOAD_TTL_SECONDS", "0", "use 1 or more"),
+    ("services.projection", "EMBEDVIZ_PROJECTION_VECTOR_CACHE_MB", "1e3", "must be a whole number"),
+    ("services.auth", "EMBEDVIZ_LOGIN_FAILURE_WINDOW", "-1", "use 1 or more"),
+    ("services.ingest", "EMBEDVIZ_WORKERS", "many", "must be a whole number"),
+    ("services.projection", "EMBEDVIZ_ACCESS_TOKEN_TTL", "0", "use 1 or more"),
+    ("services.auth", "EMBEDVIZ_JWKS_MAX_AGE", "nan", "must be a number"),
+    ("services.ingest", "EMBEDVIZ_JOB_ACK_WAIT", "soon", "must be a number of seconds"),
+    ("services.projection", "EMBEDVIZ_OUTBOX_POLL_S", "0", "must be more than 0 seconds"),
+    ("services.embedding", "EMBEDVIZ_RECONCILE_GRACE_S", "-1", "must be more than 0 seconds"),
+    ("services.ingest", "EMBEDVIZ_IMPORT_PART_ROWS", "0", "use 1 or more"),
+]
+
+
+@pytest.mark.parametrize(("module", "args", "variable", "value", "words"), STARTS)
 def test_a_bad_setting_stops_the_start_naming_the_variable(
     module: str, args: tuple[str, ...], variable: str, value: str, words: str
 ) -> None:
@@ -65,6 +71,47 @@ def test_a_bad_setting_stops_the_start_naming_the_variable(
     assert variable in started.stderr and words in started.stderr, started.stderr
     assert "cannot start" in started.stderr
     assert "Traceback" not in started.stderr, started.stderr
+
+
+def _own_reader(module: str) -> Callable[[], object]:
+    """The settings a service's `__main__` reads first, before the shared ones."""
+    if module == "services.auth":
+        from services.auth.settings import AuthSettings
+
+        return AuthSettings.from_env
+    if module == "services.embedding":
+        from services.embedding.settings import EmbeddingSettings
+
+        return EmbeddingSettings.from_env
+    if module == "services.ingest":
+        from services.ingest.settings import IngestSettings
+
+        return IngestSettings.from_env
+    from services.projection.settings import ProjectionSettings
+
+    return ProjectionSettings.from_env
+
+
+@pytest.mark.parametrize(("module", "variable", "value", "words"), READS)
+def test_every_service_setting_is_checked_at_the_start(
+    module: str,
+    variable: str,
+    value: str,
+    words: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in [k for k in os.environ if k.startswith("EMBEDVIZ_")]:
+        monkeypatch.delenv(name)
+    for name, setting in {**UNREACHABLE, variable: value}.items():
+        monkeypatch.setenv(name, setting)
+    service = module.rsplit(".", 1)[1]
+    with pytest.raises(SystemExit) as stopped:
+        read_settings(service, _own_reader(module))
+        start_settings(service)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{service} cannot start: {variable}" in err and words in err, err
 
 
 def test_the_parsers_name_the_variable_and_keep_the_default_when_unset() -> None:
