@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from services.stack import Stack
@@ -44,6 +45,8 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
             str(csv_file),
             "--screenshot",
             str(screenshot),
+            "--label-column",
+            "topic",
         ],
         cwd=WEB,
         capture_output=True,
@@ -55,14 +58,19 @@ def test_browser_walkthrough_draws_every_row(stack: Stack, tmp_path: Path) -> No
     assert summary["points"] == ROWS
     assert summary["nonBackgroundPixels"] > 500
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
+    # measured against the topic column chosen in the form: the figures show over the map
+    quality = summary["quality"]
+    assert quality.startswith("trustworthiness 0.") or quality.startswith("trustworthiness 1.00"), quality
+    assert "neighbours share the label" in quality and "clusters match the label: AMI" in quality, quality
 
 
 def _scenario(
-    stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240, extra: tuple[str, ...] = ()
+    stack: Stack, tmp_path: Path, name: str, timeout_s: int = 240, extra: tuple[str, ...] = (), data: bytes = b""
 ) -> dict[str, Any]:
-    """Runs one scenario of e2e/features.mjs; its screenshot lands in test-artifacts/."""
+    """Runs one scenario of e2e/features.mjs on `data` (a CSV; the topic notes when empty);
+    its screenshot lands in test-artifacts/."""
     csv_file = tmp_path / "notes.csv"
-    csv_file.write_bytes(csv_bytes(rows(ROWS)))
+    csv_file.write_bytes(data or csv_bytes(rows(ROWS)))
     ARTIFACTS.mkdir(exist_ok=True)
     result = subprocess.run(
         [
@@ -156,6 +164,25 @@ def test_map_colour_search_neighbours_lasso_and_export(stack: Stack, tmp_path: P
     assert header[:5] == ["row", "x", "y", "cluster", "label"]
     if "exportColumnsRefused" not in summary:  # the server can add the dataset's columns
         assert "text" in header
+
+
+def test_a_map_of_the_vectors_a_table_brings_says_search_by_meaning_is_off(stack: Stack, tmp_path: Path) -> None:
+    """Bring your own vectors in the browser: six numeric columns, three groups."""
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(3, 6)) * 6
+    lines = ["name,group," + ",".join(f"x{j}" for j in range(6))]
+    for i in range(120):
+        vector = centres[i % 3] + rng.normal(size=6)
+        lines.append(f"row {i},{'abc'[i % 3]}," + ",".join(f"{v:.5f}" for v in vector))
+    summary = _scenario(stack, tmp_path, "vectors", data=("\n".join(lines) + "\n").encode())
+    assert summary["offered"] == [f"x{j}" for j in range(6)]
+    assert "no model" in summary["modelHint"]
+    assert summary["points"] == 120
+    assert "no search by meaning" in summary["note"] and summary["meaningDisabled"] is True
+    assert summary["searchMode"] != ""  # a column's text, not meaning
+    assert summary["search"] and summary["search"][0] == "row 7"
+    assert len(summary["neighborGroups"]) >= 5
+    assert all(g == summary["clickedGroup"] for g in summary["neighborGroups"]), summary
 
 
 def test_workspace_map_labels_legend_lasso_filter_link_and_reload(stack: Stack, tmp_path: Path) -> None:

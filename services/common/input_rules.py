@@ -45,6 +45,7 @@ REPEATED_LIMITS: dict[str, int] = {
     "embedviz.v1.StreamRowsRequest.columns": 10_000,
     "embedviz.v1.ExportProjectionRequest.columns": 10_000,
     "embedviz.v1.Embedding.text_columns": 10_000,
+    "embedviz.v1.Embedding.vector_columns": 10_000,
     # A lasso on a large map selects many rows; bounded by the message size (64 MiB) too.
     "embedviz.v1.ExportProjectionRequest.row_indexes": 10_000_000,
 }

@@ -24,6 +24,7 @@ from services.common.events import EVENTS_STREAM, EventBus, event_subject
 from services.common.jobs import CANCELLED, PENDING, SUCCEEDED, TERMINAL, job_to_proto, timestamp, utcnow
 from services.common.names import new_id, parse
 from services.common.outbox import Outbox
+from services.embedding import imported
 from services.embedding.encoder import ModelRegistry
 from services.embedding.models import EmbeddingRow, ShardRow
 from services.embedding.texts import columns_to_embed
@@ -87,6 +88,7 @@ def embedding_message(row: EmbeddingRow) -> embedding_pb2.Embedding:
         name=row.name,
         model=row.model,
         text_columns=list(row.text_columns or []),
+        vector_columns=list(row.vector_columns or []),
         template=row.template or "",
         dimension=row.dimension or 0,
         row_count=row.row_count or 0,
@@ -109,6 +111,7 @@ class EmbeddingSpec:
     template: str
     project_when_done: bool
     float16: bool = False
+    vector_columns: tuple[str, ...] = ()
 
 
 def _page_token(row: EmbeddingRow, parent: str) -> str:
@@ -176,19 +179,29 @@ class Embeddings:
     async def create(self, identity: Identity, parent: str, spec: EmbeddingSpec) -> EmbeddingRow:
         parts = parse(parent, DATASET_PATTERN)
         await self.access.require(identity, f"projects/{parts['project']}", EDITOR, parent)
-        columns = columns_to_embed(spec.text_columns, spec.template)
-        model = self.models.resolve(spec.model)
-        dataset = await self.datasets.get(identity, parent)
-        check_embeddable(dataset, columns)
+        if spec.vector_columns:
+            if spec.model and spec.model not in (imported.IMPORTED, f"models/{imported.IMPORTED}"):
+                raise InvalidArgument("name a model or vector_columns, not both: imported vectors need no model")
+            columns = list(dict.fromkeys(spec.text_columns))
+            dataset = await self.datasets.get(identity, parent)
+            check_embeddable(dataset, [*spec.vector_columns, *columns])
+            model_name, dimension = imported.IMPORTED, await self._imported_dimension(identity, parent, spec)
+        else:
+            columns = columns_to_embed(spec.text_columns, spec.template)
+            model = self.models.resolve(spec.model)
+            dataset = await self.datasets.get(identity, parent)
+            check_embeddable(dataset, columns)
+            model_name, dimension = model.name, model.dimension
         row = EmbeddingRow(
             id=new_id(),
             project_id=parts["project"],
             dataset_id=parts["dataset"],
             owner=identity.user,
-            model=model.name,
+            model=model_name,
             text_columns=columns,
+            vector_columns=list(spec.vector_columns),
             template=spec.template,
-            dimension=model.dimension,
+            dimension=dimension,
             row_count=0,
             truncated_count=0,
             project_when_done=spec.project_when_done,
@@ -204,6 +217,19 @@ class Embeddings:
             await session.commit()
         await self.publish(row)
         return row
+
+    async def _imported_dimension(self, identity: Identity, dataset: str, spec: EmbeddingSpec) -> int:
+        """The length of the vectors the columns hold: their count for numeric columns, else
+        the most common length over the first rows of the list column."""
+        first = pa.table({})
+        async for _, table in self.datasets.stream_rows(identity, dataset, list(spec.vector_columns), 256, 0, 256):
+            first = table
+            break
+        columns = list(spec.vector_columns)
+        if first.num_rows == 0:
+            raise FailedPrecondition(f"{dataset} has no rows to read vectors from", "NO_VECTORS")
+        dimension = imported.check_columns(columns, {f.name: f.type for f in first.schema})
+        return dimension if dimension is not None else imported.usual_length(first, columns[0])
 
     async def list(
         self, identity: Identity, parent: str, page_size: int, page_token: str
@@ -317,7 +343,7 @@ class Embeddings:
                 f"{name} can be extended once its job has succeeded; it is {row.state.lower()}", "EMBEDDING_NOT_READY"
             )
         dataset = await self.datasets.get(identity, row.dataset)
-        check_embeddable(dataset, list(row.text_columns))
+        check_embeddable(dataset, [*(row.vector_columns or []), *row.text_columns])
         if dataset.row_count < row.row_count:
             raise FailedPrecondition(
                 f"{row.dataset} has {dataset.row_count} rows, fewer than the {row.row_count} this embedding has; "

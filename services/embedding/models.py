@@ -26,6 +26,9 @@ class EmbeddingRow(JobColumns, Base):
     owner: Mapped[str] = mapped_column(String(128))
     model: Mapped[str] = mapped_column(String(256))
     text_columns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Columns holding vectors the dataset brought (services/embedding/imported.py); empty:
+    # the model embeds text_columns.
+    vector_columns: Mapped[list[str]] = mapped_column(JSON, default=list)
     template: Mapped[str] = mapped_column(Text, default="")
     dimension: Mapped[int] = mapped_column(Integer, default=0)
     row_count: Mapped[int] = mapped_column(BigInteger, default=0)

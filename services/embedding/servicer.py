@@ -75,6 +75,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                 template=spec.template,
                 project_when_done=spec.project_when_done,
                 float16=spec.float16,
+                vector_columns=tuple(spec.vector_columns),
             ),
         )
         return embedding_message(row)

@@ -42,6 +42,7 @@ from services.common.jobs import (
     utcnow,
 )
 from services.common.runner import Job, JobKind, JobRunner, JobSweeper, RunnerSettings
+from services.embedding import imported
 from services.embedding.embeddings import KIND, Embeddings
 from services.embedding.encoder import Encoder
 from services.embedding.models import EmbeddingRow, ShardRow
@@ -269,7 +270,9 @@ class EmbeddingWorker:
         if shard.state == DONE:
             await self._finish_if_complete(row)  # a worker died while joining the parts
             return
-        model = await self.embeddings.models.load(row.model)
+        # Imported vectors need no model: their columns are read instead of texts.
+        model = None if row.vector_columns else await self.embeddings.models.load(row.model)
+        read_columns = list(row.vector_columns or row.text_columns)
         # Held for the whole shard: each window's read gets a token that is fresh enough.
         credentials = self.delegated.for_job(owner)
         window = self.settings.checkpoint_rows
@@ -282,7 +285,7 @@ class EmbeddingWorker:
             tables = []
             expected = start
             async for first, table in self.embeddings.datasets.stream_rows(
-                identity, row.dataset, list(row.text_columns), min(window, 8192), start, stop - start
+                identity, row.dataset, read_columns, min(window, 8192), start, stop - start
             ):
                 if first != expected:
                     raise RuntimeError(f"rows arrived out of order: expected row {expected}, got {first}")
@@ -322,8 +325,13 @@ class EmbeddingWorker:
             await self._assemble(row)
 
     async def _embed_window(
-        self, model: Encoder, row: EmbeddingRow, index: int, table: pa.Table, position: int
+        self, model: Encoder | None, row: EmbeddingRow, index: int, table: pa.Table, position: int
     ) -> tuple[Any, int]:
+        if model is None:  # the rows' own vectors, checked (a row without one fails the job, named)
+            vectors = await self._in_thread(
+                imported.vectors_of, table, list(row.vector_columns), row.dimension, position
+            )
+            return vectors, 0
         texts = await self._in_thread(build_texts, table, list(row.text_columns), row.template)
         done = [0]
         stop = threading.Event()

@@ -92,6 +92,13 @@ class MapReads:
         if column:
             return await self._search_column(identity, row, column, query, limit)
         embedding, vectors = await self._unit_vectors(identity, row)
+        if not embedding.model:
+            raise FailedPrecondition(
+                f"{embedding.name} holds vectors imported with the dataset: no model turns a text into a "
+                "vector like them, so search by meaning is not available; search a column's text, or open "
+                "a point and use its neighbours",
+                "NO_MODEL",
+            )
         vector = await self._sources.embed_query(identity, embedding.model, query)
         if vector.shape[0] != vectors.shape[1]:
             raise FailedPrecondition(

@@ -48,7 +48,7 @@ def _domain_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
 @dataclass(frozen=True)
 class EmbeddingInfo:
     name: str
-    model: str
+    model: str  # "" for vectors the dataset brought (no model turns a text into one)
     text_columns: list[str]
     dimension: int
     row_count: int
@@ -84,7 +84,8 @@ class Sources:
         state = e.job.state
         return EmbeddingInfo(
             name=e.name or name,
-            model=e.model,
+            # no model to embed with when the dataset brought its own vectors
+            model="" if e.vector_columns else e.model,
             text_columns=list(e.text_columns),
             dimension=e.dimension,
             row_count=e.row_count,

@@ -86,10 +86,13 @@ class Stubs:
         )
 
     async def make_dataset(self, who: Person, project: str, n_rows: int = 100, wait: bool = True) -> str:
-        data = csv_bytes(rows(n_rows))
+        return await self.upload(who, project, csv_bytes(rows(n_rows)), "notes.csv", wait)
+
+    async def upload(self, who: Person, project: str, data: bytes, filename: str, wait: bool = True) -> str:
+        """A dataset of the file (one chunk), imported when `wait`."""
         upload = await self.ingest.CreateUpload(
             ingest_pb2.CreateUploadRequest(
-                parent=project, upload=ingest_pb2.Upload(filename="notes.csv", size_bytes=len(data))
+                parent=project, upload=ingest_pb2.Upload(filename=filename, size_bytes=len(data))
             ),
             metadata=who.md,
         )

@@ -318,13 +318,16 @@ def _follow(out: Output, label: str) -> tuple[ProgressLine, Callable[[job_pb2.Jo
 
 
 def cmd_embed(client: Client, args: argparse.Namespace, out: Output) -> int:
-    columns = [c for value in args.column for c in split_list(value)]
+    columns = [c for value in args.column or [] for c in split_list(value)]
+    vectors = [c for value in args.vectors or [] for c in split_list(value)]
+    if not columns and not vectors:
+        raise SystemExit("embed: name the text column(s) with --column, or the vector column(s) with --vectors")
     line, on_job = _follow(out, "embedding")
     started = time.monotonic()
     try:
         embedding = client.embed(
             args.dataset, columns, template=args.template or "", model=args.model or "",
-            wait=not args.no_wait, on_job=on_job,
+            vector_columns=vectors, wait=not args.no_wait, on_job=on_job,
         )
     finally:
         line.finish()
@@ -560,7 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(commands, "embed", cmd_embed, "embed a dataset's text column(s) and follow the job")
     sub.add_argument("dataset", help="projects/…/datasets/…")
-    sub.add_argument("--column", "-c", action="append", required=True, help="text column (repeat, or a,b)")
+    sub.add_argument("--column", "-c", action="append", help="text column (repeat, or a,b)")
+    sub.add_argument(
+        "--vectors", action="append",
+        help="instead of a model, the column of vectors (lists of numbers) or the numeric columns (repeat, or a,b)",
+    )
     sub.add_argument("--template", help="how columns are joined, e.g. '{title}: {body}'")
     sub.add_argument("--model", help="models/… (default: the deployment's default)")
     sub.add_argument("--no-wait", action="store_true", help="start the job and return")

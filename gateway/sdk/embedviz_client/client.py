@@ -615,15 +615,19 @@ class Client:
         *,
         template: str = "",
         model: str = "",
+        vector_columns: Sequence[str] = (),
         wait: bool = True,
         on_job: JobCallback | None = None,
     ) -> embedding_pb2.Embedding:
-        """Starts embedding the text column(s) of a dataset; with `wait`, follows the job."""
+        """Starts embedding the text column(s) of a dataset, or taking the vectors its
+        `vector_columns` hold (no model; `columns` then optional); with `wait`, follows the job."""
         made = self.call(
             self.embedding.CreateEmbedding,
             embedding_pb2.CreateEmbeddingRequest(
                 parent=dataset,
-                embedding=embedding_pb2.Embedding(text_columns=list(columns), template=template, model=model),
+                embedding=embedding_pb2.Embedding(
+                    text_columns=list(columns), template=template, model=model, vector_columns=list(vector_columns)
+                ),
             ),
         )
         return self.wait(made, on_job) if wait else made

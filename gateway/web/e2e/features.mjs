@@ -30,7 +30,7 @@ const { values: args } = parseArgs({
   },
 });
 if (!args["base-url"] || !args.scenario) {
-  console.error("usage: features.mjs --base-url URL --scenario session|expiry|members|apikeys|table|resume|template|map [--csv FILE] [--screenshot OUT.png]");
+  console.error("usage: features.mjs --base-url URL --scenario session|expiry|members|apikeys|table|resume|template|map|vectors|workspace|retry [--csv FILE] [--screenshot OUT.png]");
   process.exit(2);
 }
 const baseUrl = args["base-url"].replace(/\/+$/, "");
@@ -621,6 +621,62 @@ const scenarios = {
       check(state === "cancelled", `the embedding ended ${state}, not cancelled: ${summary.embeddingText}`);
       await noBanner(page, "after cancelling");
       check(await page.locator("#cancel-embedding-button").isHidden(), "the cancel button is still shown");
+    });
+  },
+
+  /**
+   * Vectors the table brings (issue 11, point 5): the CSV's numeric columns become the
+   * embedding without a model; the map shows that search by meaning is off and offers text
+   * search instead; a point's neighbours are the rows of its group.
+   */
+  async vectors({ newContext }) {
+    check(args.csv, "--csv is required");
+    const rows = parseCsv(readFileSync(fromCaller(args.csv), "utf8"));
+    const vectorColumns = Object.keys(rows[0]).filter((c) => /^x\d+$/.test(c));
+    page = await (await newContext()).newPage();
+    page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+    await step("sign up, upload", async () => {
+      await signUp(page, newEmail("vectors"));
+      await createProject(page, "vectors");
+      await uploadAndOpen(page, fromCaller(args.csv));
+    });
+    await step("choose the vectors in the table instead of a model", async () => {
+      await until(page, () => [...document.querySelectorAll("#model-select option")].some((o) => o.value === "imported"), null, "the vectors choice");
+      await page.selectOption("#model-select", "imported");
+      await page.locator("#vector-columns:visible").waitFor({ timeout: 5000 });
+      summary.offered = await page.$$eval("#vector-columns option", (els) => els.map((e) => e.value));
+      await page.selectOption("#vector-columns", vectorColumns);
+      summary.modelHint = (await page.locator("#model-hint").textContent()).trim();
+    });
+    await step("embed and map", async () => {
+      await embedAndProject(page, "PCA");
+      summary.points = await page.evaluate(() => window.__embedviz.pointCount);
+    });
+    await step("the map says search by meaning is off", async () => {
+      summary.note = (await page.locator("#map-imported-note").textContent({ timeout: 10_000 })).trim();
+      summary.meaningDisabled = await page.$eval("#map-search-mode option[value='']", (o) => o.disabled);
+      summary.searchMode = await page.$eval("#map-search-mode", (s) => s.value);
+      await page.locator("#map-container").screenshot({ path: screenshotPath ?? join(tmpdir(), "vectors.png") });
+    });
+    await step("text search in a column", async () => {
+      await page.selectOption("#map-search-mode", "name");
+      await page.fill("#map-search", "row 7");
+      await page.click("#map-search-button");
+      await until(page, () => document.getElementById("search-results")?.dataset.state === "done", null, "search results");
+      summary.search = await page.$$eval("[data-testid=search-result]", (els) => els.map((e) => e.querySelector(".match-text").textContent));
+    });
+    await step("a point's neighbours share its group", async () => {
+      await page.keyboard.press("Escape");
+      const p = await page.evaluate(() => window.__embedviz.pointOfRow(0));
+      const pos = await page.evaluate((p) => window.__embedviz.screenPositionOf(p), p);
+      check(pos, "row 0 is off screen");
+      await page.mouse.move(pos.x, pos.y, { steps: 3 });
+      await page.mouse.click(pos.x, pos.y);
+      await until(page, () => document.getElementById("neighbors-list")?.dataset.state === "done", null, "neighbour list");
+      const row = Number(await page.locator("#neighbors-list").getAttribute("data-row"));
+      const items = await page.$$eval("[data-testid=neighbor-item]", (els) => els.map((e) => Number(e.dataset.row)));
+      summary.clickedGroup = rows[row].group;
+      summary.neighborGroups = items.map((r) => rows[r].group);
     });
   },
 

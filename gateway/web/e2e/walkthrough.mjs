@@ -18,10 +18,11 @@ const { values: args } = parseArgs({
     method: { type: "string", default: "UMAP" },
     "timeout-s": { type: "string", default: "300" },
     "text-column": { type: "string" },
+    "label-column": { type: "string" },
   },
 });
 if (!args["base-url"] || !args.csv) {
-  console.error("usage: walkthrough.mjs --base-url URL --csv FILE [--screenshot OUT.png] [--method UMAP|PCA] [--timeout-s 300] [--text-column NAME]");
+  console.error("usage: walkthrough.mjs --base-url URL --csv FILE [--screenshot OUT.png] [--method UMAP|PCA] [--timeout-s 300] [--text-column NAME] [--label-column NAME]");
   process.exit(2);
 }
 const baseUrl = args["base-url"].replace(/\/+$/, "");
@@ -50,7 +51,7 @@ function countCsvRows(text) {
   return Math.max(0, rows - 1); // minus the header
 }
 
-const summary = { ok: false, points: 0, rows: 0, csvRows: 0, nonBackgroundPixels: 0, tooltip: "", screenshot: args.screenshot, seconds: 0 };
+const summary = { ok: false, points: 0, rows: 0, csvRows: 0, nonBackgroundPixels: 0, tooltip: "", quality: "", screenshot: args.screenshot, seconds: 0 };
 const consoleErrors = [];
 let browser;
 let page;
@@ -200,6 +201,7 @@ async function main() {
   await step(`project with ${args.method}`, async () => {
     await expectElement("#start-projection-button:enabled");
     await page.selectOption("#projection-method", { label: args.method.toUpperCase() });
+    if (args["label-column"]) await page.selectOption("#label-column", { value: args["label-column"] });
     await page.click("#start-projection-button");
     await waitForJob("projection-progress", "projection");
   });
@@ -213,6 +215,8 @@ async function main() {
     await page.waitForTimeout(500); // let the first frames land
     summary.nonBackgroundPixels = await countNonBackgroundPixels();
     if (summary.nonBackgroundPixels < Math.min(summary.points, 50)) throw new Error(`the map canvas looks empty (${summary.nonBackgroundPixels} coloured pixels)`);
+    // the map's quality figures over its corner
+    summary.quality = ((await page.locator("#map-quality").textContent({ timeout: 5000 }).catch(() => "")) ?? "").trim();
   });
   await step("hover a point", async () => {
     let shown = null;

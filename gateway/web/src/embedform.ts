@@ -1,13 +1,16 @@
-// "1. Text to embed": the text picker, the model (with its size and speed), Start
-// embedding, and the running embedding's progress with its Cancel. One embedding at a time
-// from this form; the workspace's job follower drives its progress.
+// "1. Text to embed": the text picker, the model (with its size and speed) or the vectors the
+// table already holds, Start embedding, and the running embedding's progress with its
+// Cancel. One embedding at a time from this form; the workspace's job follower drives its
+// progress.
 
 import type { ScreenContext } from "./account";
 import { embedding } from "./api";
 import { h } from "./dom";
 import type { Model } from "./gen/embedviz/v1/embedding_pb";
+import type { Column } from "./gen/embedviz/v1/ingest_pb";
 import type { Job } from "./gen/embedviz/v1/job_pb";
 import { ProgressBar } from "./jobs";
+import { vectorColumnChoices } from "./vectorcolumns";
 import { TextPicker } from "./textpicker";
 import { lockForViewer } from "./workspaceframe";
 
@@ -31,7 +34,11 @@ export interface EmbeddingRequest {
   model: string;
   textColumns: string[];
   template: string;
+  vectorColumns: string[];
 }
+
+/** The model picker's value for "the vectors the table already holds". */
+export const IMPORTED = "imported";
 
 export class EmbedForm {
   readonly picker = new TextPicker();
@@ -42,7 +49,15 @@ export class EmbedForm {
   private readonly modelHint = h("div", { id: "model-hint", "data-testid": "model-hint", class: "muted hint" });
   private readonly startButton = h("button", { id: "start-embedding-button", "data-testid": "start-embedding-button", type: "button", disabled: true }, "Start embedding");
   private readonly cancelButton = h("button", { id: "cancel-embedding-button", "data-testid": "cancel-embedding-button", type: "button", class: "secondary", hidden: true }, "Cancel embedding");
+  private readonly vectorSelect = h("select", { id: "vector-columns", "data-testid": "vector-columns", multiple: true, size: 4, "aria-label": "Vector columns" });
+  private readonly vectorBlock = h(
+    "div",
+    { id: "vector-block", hidden: true },
+    h("label", {}, "Vector column(s) ", this.vectorSelect),
+    h("div", { class: "muted hint" }, "One column of lists of numbers, or several numeric columns (one number of the vector each). The checked text columns, if any, show on hover and name the clusters. Search by meaning needs a model, so maps of these vectors offer neighbours and text search instead."),
+  );
   private models: Model[] = [];
+  private vectorChoices = { lists: [] as string[], numbers: [] as string[] };
 
   /** `onStart` gets what to embed when the user starts an embedding. */
   constructor(act: ScreenContext["act"], onStart: (request: EmbeddingRequest) => Promise<void>) {
@@ -59,11 +74,28 @@ export class EmbedForm {
       h("div", { class: "preview-box" }, h("div", { class: "progress-label" }, "Preview of the first rows' texts"), picker.preview),
       h("label", {}, "Model ", this.modelSelect),
       this.modelHint,
+      this.vectorBlock,
       h("div", { class: "row" }, this.startButton, this.cancelButton),
       this.bar.el,
     );
     this.modelSelect.addEventListener("change", () => this.describeModel());
-    this.startButton.addEventListener("click", () => act(this.startButton, async () => onStart({ model: this.modelSelect.value, ...picker.choice() })));
+    this.startButton.addEventListener("click", () => act(this.startButton, async () => onStart(this.request())));
+  }
+
+  /** What to embed: the text with a model, or the chosen vector columns (text optional). */
+  private request(): EmbeddingRequest {
+    if (this.modelSelect.value !== IMPORTED) return { model: this.modelSelect.value, ...this.picker.choice(), vectorColumns: [] };
+    const vectorColumns = [...this.vectorSelect.selectedOptions].map((o) => o.value);
+    if (!vectorColumns.length) throw new Error("choose the column(s) that hold the vectors");
+    const checked = [...this.picker.columnsBox.querySelectorAll<HTMLInputElement>("input[name=text-column]:checked")].map((i) => i.value);
+    return { model: "", textColumns: checked.filter((c) => !vectorColumns.includes(c)), template: "", vectorColumns };
+  }
+
+  /** The dataset's columns: those that can hold vectors are offered ("Vectors in the table"). */
+  setColumns(columns: Column[]): void {
+    this.vectorChoices = vectorColumnChoices(columns);
+    const { lists, numbers } = this.vectorChoices;
+    this.vectorSelect.replaceChildren(...[...lists, ...numbers].map((name, i) => h("option", { value: name, selected: i === 0 && lists.length > 0 }, name)));
   }
 
   /** Fills the model picker (the default model chosen); an error leaves "server default". */
@@ -76,12 +108,16 @@ export class EmbedForm {
       this.modelSelect.replaceChildren(h("option", { value: "" }, "server default"));
       onError(err);
     }
+    const { lists, numbers } = this.vectorChoices;
+    if (lists.length || numbers.length >= 2) this.modelSelect.append(h("option", { value: IMPORTED }, "none: vectors already in the table"));
     this.describeModel();
   }
 
   private describeModel(): void {
+    const imported = this.modelSelect.value === IMPORTED;
+    this.vectorBlock.hidden = !imported;
     const m = this.models.find((x) => x.name === this.modelSelect.value);
-    this.modelHint.textContent = m ? modelHintText(m) : "the server's default model";
+    this.modelHint.textContent = imported ? "no model: each row's own vector, as the file has it" : m ? modelHintText(m) : "the server's default model";
   }
 
   /** Start embedding can be clicked (not for a viewer, nor while an embedding runs). */

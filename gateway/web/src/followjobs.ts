@@ -123,7 +123,7 @@ export class JobFollower {
     const proj = failed.projection;
     return async () => {
       const parent = embeddingOfMap(proj.name);
-      const again = await projectionApi.createProjection({ parent, projection: { method: proj.method, dimensions: proj.dimensions || 2, clustering: proj.clustering } });
+      const again = await projectionApi.createProjection({ parent, projection: { method: proj.method, dimensions: proj.dimensions || 2, clustering: proj.clustering, labelColumn: proj.labelColumn } });
       const emb = jobs.embedding(parent);
       if (emb) void this.map(emb, again);
     };

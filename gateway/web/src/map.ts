@@ -41,6 +41,8 @@ export interface MapOptions {
   projectionName: string;
   datasetName: string;
   textColumns: string[];
+  /** false for a map of imported vectors: no search by meaning (no model). */
+  byMeaning?: boolean;
   columns: Column[];
   /** Where the parts go: the map stage, the side panel (legend, filters, details), the table panel. */
   stage: HTMLElement;
@@ -76,7 +78,7 @@ export async function showMap(opts: MapOptions): Promise<() => void> {
   const overlay = h("canvas", { id: "map-labels", "data-testid": "map-labels", class: "map-labels" });
   const noMatch = h("div", { id: "map-no-match", "data-testid": "map-no-match", class: "map-message", hidden: true }, "No point matches these filters. ", h("button", { type: "button", class: "secondary", id: "clear-filters-button", onclick: () => clearFilters(store) }, "Clear filters"));
   const loading = new ProgressBar("points-progress", "Loading points");
-  const search = new SearchPanel(opts.columns);
+  const search = new SearchPanel(opts.columns, opts.byMeaning ?? true);
   const tools = new SelectionTools();
   const tooltip = new TooltipPanel(opts.columns);
   const neighbours = new NeighboursPanel();

@@ -1,16 +1,18 @@
-// "2. Map": which finished embedding, the method, 2-D or 3-D, how many clusters, Create
-// map, and the running map's progress with its Cancel. Hidden until an embedding is done.
+// "2. Map": which finished embedding, the method, 2-D or 3-D, how many clusters, a label
+// column to measure the map against (optional), Create map, and the running map's progress
+// with its Cancel. Hidden until an embedding is done.
 
 import type { ScreenContext } from "./account";
 import { embeddingChoiceLabel } from "./datasetjobs";
 import { h } from "./dom";
 import type { Embedding } from "./gen/embedviz/v1/embedding_pb";
+import type { Column } from "./gen/embedviz/v1/ingest_pb";
 import type { Job } from "./gen/embedviz/v1/job_pb";
 import { ClusterAlgorithm, ProjectionMethod, type Projection } from "./gen/embedviz/v1/projection_pb";
 import { ProgressBar } from "./jobs";
 import { lockForViewer } from "./workspaceframe";
 
-export type MapRequest = Pick<Projection, "method" | "dimensions"> & { clustering: { algorithm: ClusterAlgorithm; k: number; minClusterSize: number } };
+export type MapRequest = Pick<Projection, "method" | "dimensions" | "labelColumn"> & { clustering: { algorithm: ClusterAlgorithm; k: number; minClusterSize: number } };
 
 const positive = (text: string) => {
   const v = Number.parseInt(text, 10);
@@ -35,6 +37,7 @@ export class MapForm {
   private readonly dimSelect = h("select", { id: "projection-dimensions", "data-testid": "projection-dimensions", "aria-label": "Dimensions" }, h("option", { value: "2" }, "2-D"), h("option", { value: "3" }, "3-D"));
   private readonly kInput = h("input", { id: "cluster-k", "data-testid": "cluster-k", type: "number", min: 1, max: 200, placeholder: "auto", title: "A number: k-means with that many clusters. Empty: found by density (HDBSCAN)" });
   private readonly minSizeInput = h("input", { id: "cluster-min-size", "data-testid": "cluster-min-size", type: "number", min: 2, placeholder: "auto", title: "Smallest cluster HDBSCAN keeps (empty: from the row count)" });
+  private readonly labelSelect = h("select", { id: "label-column", "data-testid": "label-column", "aria-label": "Label column", title: "A column of known groups (a category, a section): the map reports how often neighbours share it and how far the clusters match it" }, h("option", { value: "" }, "none"));
   private readonly createButton = h("button", { id: "start-projection-button", "data-testid": "start-projection-button", type: "button", disabled: true }, "Create map");
   private readonly cancelButton = h("button", { id: "cancel-projection-button", "data-testid": "cancel-projection-button", type: "button", class: "secondary", hidden: true }, "Cancel map");
 
@@ -47,12 +50,13 @@ export class MapForm {
       h("h2", {}, "2. Map"),
       h("label", {}, "Embedding ", this.embeddingSelect),
       h("div", { class: "row" }, h("label", {}, "Method ", this.methodSelect), h("label", {}, "View ", this.dimSelect), h("label", {}, "Clusters ", this.kInput), h("label", {}, "Smallest ", this.minSizeInput)),
+      h("label", {}, "Measure against ", this.labelSelect),
       h("div", { class: "row" }, this.createButton, this.cancelButton),
       this.bar.el,
     );
     this.createButton.addEventListener("click", () =>
       act(this.createButton, async () =>
-        onCreate(this.embeddingSelect.value, { method: Number(this.methodSelect.value) as ProjectionMethod, dimensions: Number(this.dimSelect.value), clustering: clusteringOf(this.kInput.value, this.minSizeInput.value) }),
+        onCreate(this.embeddingSelect.value, { method: Number(this.methodSelect.value) as ProjectionMethod, dimensions: Number(this.dimSelect.value), clustering: clusteringOf(this.kInput.value, this.minSizeInput.value), labelColumn: this.labelSelect.value }),
       ),
     );
   }
@@ -63,6 +67,11 @@ export class MapForm {
     this.embeddingSelect.replaceChildren(...finished.map((e) => h("option", { value: e.name, selected: e.name === chosen }, embeddingChoiceLabel(e))));
     this.el.hidden = finished.length === 0;
     this.createButton.disabled = finished.length === 0 || !canWrite;
+  }
+
+  /** The dataset's columns, offered as the label column a map is measured against. */
+  setColumns(columns: Column[]): void {
+    this.labelSelect.replaceChildren(h("option", { value: "" }, "none"), ...columns.map((c) => h("option", { value: c.name }, c.name)));
   }
 
   choose(embedding: string): void {

@@ -1,4 +1,4 @@
-// The figures that say how far a map can be trusted, shown beside the map switcher: how
+// The figures that say how far a map can be trusted, shown over the map's corner: how
 // faithful the layout is to the vectors, and (when the map was made with a label column)
 // how often neighbours share a label and how far the clusters agree with the labels.
 // Pure; tested in Node.

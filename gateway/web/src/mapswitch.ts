@@ -9,6 +9,8 @@ import type { Column } from "./gen/embedviz/v1/ingest_pb";
 import type { Projection } from "./gen/embedviz/v1/projection_pb";
 import { forgetMapPositions, showMap } from "./map";
 import { qualityHelp, qualityText } from "./mapquality";
+import { SEARCH_NEEDS_A_MODEL } from "./search";
+import { shownColumns } from "./vectorcolumns";
 import { show3d } from "./view3d";
 import type { ViewStore } from "./viewstate";
 import type { WorkspaceFrame } from "./workspaceframe";
@@ -49,14 +51,16 @@ export class MapSwitcher {
       forgetMapPositions();
       frame.toolbar.replaceChildren(this.switcher());
       frame.linkedHost.replaceChildren();
-      this.teardown = await show3d({ projectionName: proj.name, datasetName, textColumns: emb.textColumns, stage: frame.stage, side: frame.side, onError });
+      this.teardown = await show3d({ projectionName: proj.name, datasetName, textColumns: shownColumns(emb, this.ctx.columns), stage: frame.stage, side: frame.side, onError });
+      this.showQuality(emb, proj);
       return;
     }
     this.teardown = await showMap({
       store,
       projectionName: proj.name,
       datasetName,
-      textColumns: emb.textColumns,
+      textColumns: shownColumns(emb, this.ctx.columns),
+      byMeaning: emb.vectorColumns.length === 0,
       columns: this.ctx.columns,
       stage: frame.stage,
       toolbar: frame.toolbar,
@@ -66,8 +70,17 @@ export class MapSwitcher {
       onClearError: this.ctx.onClearError,
     });
     frame.toolbar.prepend(this.switcher());
+    this.showQuality(emb, proj);
+  }
+
+  /** The map's quality figures over its lower right corner (the toolbar's buttons need its
+   * width), and for imported vectors that search by meaning is off. */
+  private showQuality(emb: Embedding, proj: Projection): void {
     const quality = qualityText(proj.quality);
-    if (quality) frame.toolbar.append(h("span", { id: "map-quality", "data-testid": "map-quality", class: "map-quality", title: qualityHelp(proj.quality) }, quality));
+    const corner = h("div", { class: "map-corner" });
+    if (emb.vectorColumns.length) corner.append(h("div", { id: "map-imported-note", "data-testid": "map-imported-note", class: "map-quality small", title: SEARCH_NEEDS_A_MODEL }, `Vectors from ${emb.vectorColumns.length === 1 ? `column ${emb.vectorColumns[0]}` : `${emb.vectorColumns.length} columns`}, no model: no search by meaning; neighbours and text search work`));
+    if (quality) corner.append(h("div", { id: "map-quality", "data-testid": "map-quality", class: "map-quality small", title: qualityHelp(proj.quality) }, quality));
+    if (corner.childElementCount) this.ctx.frame.stage.append(corner);
   }
 
   /** Tears the open map down: a new map is on its way. */

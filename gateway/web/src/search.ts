@@ -35,6 +35,9 @@ export function openRow(ctx: Pick<MapContext, "store" | "points" | "centreOn">):
   };
 }
 
+/** Why a map of imported vectors has no search by meaning. */
+export const SEARCH_NEEDS_A_MODEL = "This map's vectors came with the dataset: no model turns a query into a vector like them, so search by meaning is off. Search a column's text, or click a point for its neighbours.";
+
 export class SearchPanel {
   readonly input = h("input", { id: "map-search", "data-testid": "map-search", type: "search", placeholder: "Search by meaning…" });
   readonly mode: HTMLSelectElement;
@@ -47,8 +50,16 @@ export class SearchPanel {
   private seq = 0;
   private ctx: SearchNeeds | null = null;
 
-  constructor(columns: Column[]) {
-    this.mode = h("select", { id: "map-search-mode", "data-testid": "map-search-mode", "aria-label": "Search in" }, h("option", { value: "" }, "by meaning"), ...columns.map((c) => h("option", { value: c.name }, `text in ${c.name}`)));
+  /** `byMeaning` false: the map's vectors came with the data, no model turns a query into
+   * one; the form searches a column's text (the first, unless the view names another). */
+  constructor(columns: Column[], private readonly byMeaning = true) {
+    const meaning = h("option", { value: "", disabled: !byMeaning }, byMeaning ? "by meaning" : "by meaning (needs a model)");
+    this.mode = h("select", { id: "map-search-mode", "data-testid": "map-search-mode", "aria-label": "Search in" }, meaning, ...columns.map((c) => h("option", { value: c.name }, `text in ${c.name}`)));
+    if (!byMeaning) {
+      this.input.placeholder = "Search a column's text…";
+      this.mode.title = SEARCH_NEEDS_A_MODEL;
+      if (columns.length) this.mode.value = columns[0].name;
+    }
     this.form = h("form", { class: "map-search" }, this.input, this.mode, this.button);
   }
 
@@ -72,7 +83,7 @@ export class SearchPanel {
   /** Shows the view's search in the form (before connect's first run). */
   show(query: string, column: string): void {
     this.input.value = query;
-    this.mode.value = column;
+    if (column || this.byMeaning) this.mode.value = column;
   }
 
   async run(query: string, column: string): Promise<void> {

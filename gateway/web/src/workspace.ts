@@ -85,6 +85,8 @@ export async function renderWorkspace(ctx: WorkspaceContext, initial: ViewState)
   if (!dataset) return;
   datasetPanel.offerUpload();
   embedForm.picker.show(dataset);
+  mapForm.setColumns(dataset.columns);
+  embedForm.setColumns(dataset.columns);
   dataTable(frame.rowsHost, datasetName, signal, showError);
   embedForm.picker.loadPreview(datasetName, signal);
   await embedForm.loadModels(signal, showError);
