@@ -182,6 +182,7 @@ class Embeddings:
         if spec.vector_columns:
             if spec.model and spec.model not in (imported.IMPORTED, f"models/{imported.IMPORTED}"):
                 raise InvalidArgument("name a model or vector_columns, not both: imported vectors need no model")
+            imported.check_names(spec.vector_columns)
             columns = list(dict.fromkeys(spec.text_columns))
             dataset = await self.datasets.get(identity, parent)
             check_embeddable(dataset, [*spec.vector_columns, *columns])

@@ -31,14 +31,18 @@ def _is_list(type_: pa.DataType) -> bool:
     return bool(pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_))
 
 
-def check_columns(columns: Sequence[str], types: dict[str, pa.DataType]) -> int | None:
-    """The dimension the columns give, when their types alone tell it (N numeric columns, a
-    fixed-size list); None for one column of lists of any length (its rows tell it).
-    InvalidArgument naming the column when a type cannot hold a vector."""
+def check_names(columns: Sequence[str]) -> None:
     if not columns:
         raise InvalidArgument("name the column(s) that hold the vectors in vector_columns")
     if len(set(columns)) != len(columns):
         raise InvalidArgument("vector_columns names a column twice")
+
+
+def check_columns(columns: Sequence[str], types: dict[str, pa.DataType]) -> int | None:
+    """The dimension the columns give, when their types alone tell it (N numeric columns, a
+    fixed-size list); None for one column of lists of any length (its rows tell it).
+    InvalidArgument naming the column when a type cannot hold a vector."""
+    check_names(columns)
     if len(columns) == 1 and _is_list(types[columns[0]]):
         type_: Any = types[columns[0]]  # a list type (pyarrow's stubs do not narrow it)
         if not _numeric(type_.value_type):
