@@ -53,6 +53,15 @@ SLOWEST_FIRST = (
 # less). tests/projection/test_numba_once.py checks the warm-up itself.
 os.environ.setdefault("EMBEDVIZ_PROJECTION_WARM_UP", "0")
 
+# Two cores, and while the suite runs, two to four stacks' processes share them. A process
+# that spreads its math over both cores (torch's and OpenBLAS's OpenMP threads, which
+# spin while they wait) then fights the others for them: embedding 3,000 Debian summaries
+# took 40 s of CPU with two torch threads beside one busy core, 19.5 s with one (18 s
+# either way on a quiet machine). So every process the tests start does its math on one
+# thread; production keeps its default (EMBEDVIZ_TORCH_THREADS=0: up to two).
+for _name in ("EMBEDVIZ_TORCH_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 _stacks: dict[str, Stack] = {}
 
 
