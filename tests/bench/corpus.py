@@ -50,6 +50,20 @@ def texts(count: int) -> tuple[list[str], dict[str, int]]:
     return out[:count], sources
 
 
+def sections(count: int) -> list[str]:
+    """The Debian section of each of the first `count` texts (as `texts` orders them), ""
+    for the docstring lines that top them up: labels for the 10-NN label agreement."""
+    from tests.projection import debian
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for package in debian.packages():
+        if package.summary not in seen:
+            seen.add(package.summary)
+            out.append(package.section)
+    return (out + [""] * count)[:count]
+
+
 def vectors(count: int) -> np.ndarray:
     """`count` real 384-d vectors, embedded once and cached."""
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,14 @@ Then 1,000,000 rows through the sample-and-transform path (same job path): the r
 vectors ten times over, each copy perturbed with Gaussian noise and renormalised;
 wall time and the service process's peak RSS.
 
+Both sides also get the 10-NN label agreement on the map: of each Debian row's 10 nearest
+points, the share in the same Debian section (the docstring rows carry no label).
+
+The million-row job also clusters (the job's default: HDBSCAN on a 5-D UMAP of a 50,000-row
+sample, every other row by its 10 nearest sampled rows), so its time and memory are those
+of a map a person gets; the 100,000-row comparison maps only (plain umap-learn clusters
+nothing). The load average is printed beside each figure.
+
 Settings: BENCH_UMAP_ROWS (100000), BENCH_UMAP_MILLION (1000000; 0 skips it)."""
 
 from __future__ import annotations
@@ -65,6 +73,22 @@ def trust(vectors: np.ndarray, points: np.ndarray) -> float:
     )
 
 
+def agreement(points: np.ndarray, labels: list[str]) -> float:
+    """Share of each labelled row's 10 nearest map points (labelled ones) with its label."""
+    from sklearn.neighbors import NearestNeighbors
+
+    known = np.asarray(labels)
+    rows = np.flatnonzero(known != "")
+    if len(rows) < 11:
+        return float("nan")
+    near = NearestNeighbors(n_neighbors=11).fit(points[rows]).kneighbors(points[rows], return_distance=False)[:, 1:]
+    return float((known[rows][near] == known[rows][:, None]).mean())
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -82,7 +106,7 @@ def run_peer(vectors_path: Path, out: Path) -> dict[str, float]:
 
 
 async def run_ours(
-    vectors: np.ndarray, texts: list[str], work: Path, label: str
+    vectors: np.ndarray, texts: list[str], work: Path, label: str, cluster: bool = False
 ) -> tuple[float, np.ndarray, float, dict[str, float]]:
     """(seconds from CreateProjection to SUCCEEDED, points, peak RSS of the service in MB, quality)."""
     import grpc
@@ -138,7 +162,9 @@ async def run_ours(
             projection_pb2.CreateProjectionRequest(
                 parent=embedding,
                 projection=projection_pb2.Projection(
-                    clustering=projection_pb2.ClusterParams(algorithm=projection_pb2.CLUSTER_ALGORITHM_NONE)
+                    clustering=None
+                    if cluster
+                    else projection_pb2.ClusterParams(algorithm=projection_pb2.CLUSTER_ALGORITHM_NONE)
                 ),
             ),
             metadata=metadata,
@@ -163,6 +189,7 @@ async def run_ours(
             "trustworthiness": last.quality.trustworthiness,
             "fitted_rows": last.fitted_rows,
             "pre_reduction_dimensions": last.pre_reduction_dimensions,
+            "clusters": last.cluster_count,
         }
         await channel.close()
         return seconds, points, rss, quality
@@ -208,6 +235,7 @@ def main() -> None:
     big = int(os.environ.get("BENCH_UMAP_MILLION", "1000000"))
     vectors = np.ascontiguousarray(corpus.vectors(100_000)[:rows])
     texts = (corpus.CACHE / "texts-100000.txt").read_text().split("\n")[:rows]
+    labels = corpus.sections(rows)
     load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start",
@@ -216,14 +244,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-umap-") as tmp:
         work = Path(tmp)
         if os.environ.get("BENCH_UMAP_SKIP_100K") != "1":  # set: only the million (development)
-            compare(vectors, texts, work)
+            compare(vectors, texts, labels, work)
         if big:
             many = million(vectors, big)
             million_texts = [texts[i % len(texts)] for i in range(big)]
-            seconds, points, rss, quality = asyncio.run(run_ours(many, million_texts, work, "1m"))
+            seconds, points, rss, quality = asyncio.run(run_ours(many, million_texts, work, "1m", cluster=True))
             print(
-                f"umap million: rows={big} seconds={seconds:.1f} peak_rss_mb={rss:.0f} "
-                f"fitted_rows={quality['fitted_rows']} "
+                f"umap million: rows={big} seconds={seconds:.1f} ({load()}) peak_rss_mb={rss:.0f} "
+                f"fitted_rows={quality['fitted_rows']} clusters={quality['clusters']} "
                 f"all_placed={bool(np.isfinite(points).all())} trustworthiness={trust(many, points):.4f}"
             )
     load = os.getloadavg()
@@ -231,25 +259,32 @@ def main() -> None:
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", file=sys.stderr)
 
 
-def compare(vectors: np.ndarray, texts: list[str], work: Path) -> None:
+def compare(vectors: np.ndarray, texts: list[str], labels: list[str], work: Path) -> None:
     np.save(work / "vectors.npy", vectors)
     peer = run_peer(work / "vectors.npy", work / "peer.npy")
-    peer_trust = trust(vectors, np.load(work / "peer.npy"))
+    peer_points = np.load(work / "peer.npy")
+    peer_trust = trust(vectors, peer_points)
+    peer_agree = agreement(peer_points, labels)
     print(
-        f"  plain umap-learn: {peer['seconds']:.1f} s, trustworthiness {peer_trust:.4f}, "
-        f"peak RSS {peer['peak_rss_mb']:.0f} MB",
+        f"  plain umap-learn: {peer['seconds']:.1f} s ({load()}), trustworthiness {peer_trust:.4f}, "
+        f"10-NN section agreement {peer_agree:.4f}, peak RSS {peer['peak_rss_mb']:.0f} MB",
         file=sys.stderr,
     )
     seconds, points, rss, quality = asyncio.run(run_ours(vectors, texts, work, "100k"))
     ours_trust = trust(vectors, points)
+    ours_agree = agreement(points, labels)
     print(
-        f"  job path: {seconds:.1f} s, trustworthiness {ours_trust:.4f} "
+        f"  job path: {seconds:.1f} s ({load()}), trustworthiness {ours_trust:.4f}, "
+        f"10-NN section agreement {ours_agree:.4f} "
         f"(the job reported {quality['trustworthiness']:.4f} "
         f"on its own sample), PCA pre-reduction to {quality['pre_reduction_dimensions']} dims, "
         f"fitted on {quality['fitted_rows']} rows, service peak RSS {rss:.0f} MB",
         file=sys.stderr,
     )
-    print(f"bench umap ratio={peer['seconds'] / seconds:.2f} seconds={seconds:.1f} trustworthiness={ours_trust:.4f}")
+    print(
+        f"bench umap ratio={peer['seconds'] / seconds:.2f} seconds={seconds:.1f} trustworthiness={ours_trust:.4f} "
+        f"agreement={ours_agree:.4f} peer_trustworthiness={peer_trust:.4f} peer_agreement={peer_agree:.4f}"
+    )
     print(
         f"umap details: rows={len(vectors)} peer_seconds={peer['seconds']:.1f} peer_trustworthiness={peer_trust:.4f} "
         f"peer_peak_rss_mb={peer['peak_rss_mb']:.0f} service_peak_rss_mb={rss:.0f}"
