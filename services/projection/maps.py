@@ -45,7 +45,7 @@ STAGE_OPTIMISATION = "optimisation"
 STAGE_PLACING = "placing"  # rows outside the fitted sample, put in with `transform`
 
 # Defaults of the scale settings (services/projection/settings.py reads the variables).
-DEFAULT_FIT_ROWS = 200_000  # EMBEDVIZ_PROJECTION_FIT_ROWS: above this, fit on a sample
+DEFAULT_FIT_ROWS = 40_000  # EMBEDVIZ_PROJECTION_FIT_ROWS: above this, fit on a sample (docs/projection.md)
 DEFAULT_PCA_DIMS = 50  # EMBEDVIZ_PROJECTION_PCA_DIMS: pre-reduce wider vectors (0: never)
 DEFAULT_PCA_MIN_ROWS = 5_000  # EMBEDVIZ_PROJECTION_PCA_MIN_ROWS: below this, UMAP skips PCA
 TRANSFORM_BATCH_ROWS = 20_000
