@@ -22,15 +22,22 @@ sys.path.insert(0, str(ROOT))
 _DOCSTRING = re.compile(r'(?:def|class) [^\n]*:\n\s+(?:r|u)?"""([^\n"]{30,200})')
 
 
-def texts(count: int) -> tuple[list[str], dict[str, int]]:
+def _debian() -> list[tuple[str, str]]:
+    """(summary, section) of each Debian package whose summary is not a repeat, in apt's order."""
     from tests.projection import debian
 
-    out: list[str] = []
     seen: set[str] = set()
+    out: list[tuple[str, str]] = []
     for package in debian.packages():
         if package.summary not in seen:
             seen.add(package.summary)
-            out.append(package.summary)
+            out.append((package.summary, package.section))
+    return out
+
+
+def texts(count: int) -> tuple[list[str], dict[str, int]]:
+    out = [summary for summary, _ in _debian()]
+    seen = set(out)
     sources = {"debian": len(out)}
     for where in ("purelib", "stdlib"):
         base = Path(sysconfig.get_paths()[where])
@@ -53,15 +60,7 @@ def texts(count: int) -> tuple[list[str], dict[str, int]]:
 def sections(count: int) -> list[str]:
     """The Debian section of each of the first `count` texts (as `texts` orders them), ""
     for the docstring lines that top them up: labels for the 10-NN label agreement."""
-    from tests.projection import debian
-
-    out: list[str] = []
-    seen: set[str] = set()
-    for package in debian.packages():
-        if package.summary not in seen:
-            seen.add(package.summary)
-            out.append(package.section)
-    return (out + [""] * count)[:count]
+    return ([section for _, section in _debian()] + [""] * count)[:count]
 
 
 def vectors(count: int) -> np.ndarray:

@@ -146,6 +146,17 @@ async function embedAndProject(p, method = "PCA") {
   await until(p, () => window.__embedviz?.ready === true, null, "the map", 120_000);
 }
 
+/** Clicks row `row`'s point and waits for its neighbour list; the row the list is of. */
+async function clickRowForNeighbours(p, row) {
+  const point = await p.evaluate((r) => window.__embedviz.pointOfRow(r), row);
+  const pos = await p.evaluate((q) => window.__embedviz.screenPositionOf(q), point);
+  check(pos, `row ${row} is off screen`);
+  await p.mouse.move(pos.x, pos.y, { steps: 3 });
+  await p.mouse.click(pos.x, pos.y);
+  await until(p, () => document.getElementById("neighbors-list")?.dataset.state === "done", null, "neighbour list");
+  return Number(await p.locator("#neighbors-list").getAttribute("data-row"));
+}
+
 /** Rows of a simple CSV (no quoted new lines), as objects. */
 function parseCsv(text) {
   const lines = text.split(/\r?\n/).filter((l) => l);
@@ -667,13 +678,7 @@ const scenarios = {
     });
     await step("a point's neighbours share its group", async () => {
       await page.keyboard.press("Escape");
-      const p = await page.evaluate(() => window.__embedviz.pointOfRow(0));
-      const pos = await page.evaluate((p) => window.__embedviz.screenPositionOf(p), p);
-      check(pos, "row 0 is off screen");
-      await page.mouse.move(pos.x, pos.y, { steps: 3 });
-      await page.mouse.click(pos.x, pos.y);
-      await until(page, () => document.getElementById("neighbors-list")?.dataset.state === "done", null, "neighbour list");
-      const row = Number(await page.locator("#neighbors-list").getAttribute("data-row"));
+      const row = await clickRowForNeighbours(page, 0);
       const items = await page.$$eval("[data-testid=neighbor-item]", (els) => els.map((e) => Number(e.dataset.row)));
       summary.clickedGroup = rows[row].group;
       summary.neighborGroups = items.map((r) => rows[r].group);
@@ -1088,13 +1093,7 @@ const scenarios = {
     });
     await step("click a point: its nearest neighbours with their text", async () => {
       await page.locator("#map-canvas").scrollIntoViewIfNeeded();
-      const p = await page.evaluate(() => window.__embedviz.pointOfRow(0));
-      const pos = await page.evaluate((p) => window.__embedviz.screenPositionOf(p), p);
-      check(pos, "row 0 is off screen");
-      await page.mouse.move(pos.x, pos.y, { steps: 3 });
-      await page.mouse.click(pos.x, pos.y);
-      await until(page, () => document.getElementById("neighbors-list")?.dataset.state === "done", null, "neighbour list");
-      const row = Number(await page.locator("#neighbors-list").getAttribute("data-row"));
+      const row = await clickRowForNeighbours(page, 0);
       const items = await page.$$eval("[data-testid=neighbor-item]", (els) => els.map((e) => [Number(e.dataset.row), e.querySelector(".match-text").textContent]));
       check(items.length >= 5, `only ${items.length} neighbours`);
       check(items.every(([, t]) => t && t !== "(row not found)"), "a neighbour has no text");
