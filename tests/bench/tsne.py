@@ -3,11 +3,12 @@
 against plain scikit-learn `TSNE(init="pca").fit_transform` and plain openTSNE on the same
 vectors, each in its own process, in the same run.
 
-Vectors: the first BENCH_TSNE_ROWS (5,000) Debian package summaries of tests/bench/corpus.py
+Vectors: the first BENCH_TSNE_ROWS (5,000 and 20,000: a comma-separated list of sizes,
+each its own round) Debian package summaries of tests/bench/corpus.py
 (the packaged all-MiniLM-L6-v2, cached in build/bench-cache); their Debian section is the
 label for the 10-NN label agreement. Printed per side: seconds, ratio to scikit-learn,
 trustworthiness (2,000-row sample, k=10, cosine), label agreement, peak RSS of the process,
-and the load average beside each figure. The last line is `bench tsne ratio=R`
+and the load average beside each figure. Each round ends with `bench tsne rows=N ratio=R`
 (scikit-learn's seconds over ours)."""
 
 from __future__ import annotations
@@ -69,17 +70,22 @@ def quality(vectors: np.ndarray, points: np.ndarray, labels: np.ndarray) -> tupl
 def main() -> None:
     from tests.projection import debian
 
-    rows = int(os.environ.get("BENCH_TSNE_ROWS", "5000"))
+    sizes = [int(size) for size in os.environ.get("BENCH_TSNE_ROWS", "5000,20000").split(",") if size.strip()]
     seen: set[str] = set()
     sections: list[str] = []
     for package in debian.packages():
         if package.summary not in seen:
             seen.add(package.summary)
             sections.append(package.section)
-    if len(sections) < rows:
-        raise SystemExit(f"bench tsne: needs {rows} Debian package summaries, apt has {len(sections)}")
-    vectors = np.asarray(corpus.vectors(rows)[:rows], dtype=np.float32)
-    labels = np.asarray(sections[:rows])
+    if len(sections) < max(sizes):
+        raise SystemExit(f"bench tsne: needs {max(sizes)} Debian package summaries, apt has {len(sections)}")
+    for rows in sizes:
+        vectors = np.asarray(corpus.vectors(rows)[:rows], dtype=np.float32)
+        one_round(vectors, np.asarray(sections[:rows]))
+
+
+def one_round(vectors: np.ndarray, labels: np.ndarray) -> None:
+    rows = len(vectors)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as work:
         source = Path(work) / "vectors.npy"
@@ -104,7 +110,7 @@ def main() -> None:
             f"trustworthiness {r['trustworthiness']:.3f}  10-NN label agreement {r['label_agreement']:.3f}  "
             f"peak RSS {r['peak_rss_mb']:6.0f} MB  load {r['load']:.2f}"
         )
-    print(f"bench tsne ratio={reference / results['ours (job path)']['seconds']:.2f}")
+    print(f"bench tsne rows={rows} ratio={reference / results['ours (job path)']['seconds']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
