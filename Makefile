@@ -32,9 +32,9 @@ RUN_ENV := HF_HUB_OFFLINE=1 NUMBA_CACHE_DIR=$(CURDIR)/build/numba-cache
 TESTS ?= tests
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist); each test module runs whole in one of them. 0 runs in this process.
-# Three on two cores: much of the suite waits (outages, ack waits, token lifetimes) with the
+# Four on two cores: much of the suite waits (outages, ack waits, token lifetimes) with the
 # CPU idle, and every test process computes on one thread (tests/conftest.py).
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 BENCH ?=
 
 .PHONY: help venv web-deps proto lint-proto web chromium run test bench lint clean distclean

@@ -46,7 +46,7 @@ pytestmark = [
     pytest.mark.skipif(not debian.packages(), reason="needs apt's package lists (apt-get update) for real text"),
 ]
 
-ROWS = 2000
+ROWS = 1200
 ACK_WAIT_S = 15  # a killed worker's job is handed out again after this
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -71,9 +71,9 @@ def kill_stack() -> Iterator[Stack]:
             "EMBEDVIZ_WORKERS": "1",
             "EMBEDVIZ_JOB_ACK_WAIT": str(ACK_WAIT_S),
             "EMBEDVIZ_EMBED_ACK_WAIT": str(ACK_WAIT_S),
-            # two shards with checkpoints every 250 rows: a killed embedding resumes mid-way
-            "EMBEDVIZ_EMBED_SHARD_ROWS": "1000",
-            "EMBEDVIZ_EMBED_CHECKPOINT_ROWS": "250",
+            # two shards with checkpoints every 150 rows: a killed embedding resumes mid-way
+            "EMBEDVIZ_EMBED_SHARD_ROWS": "600",
+            "EMBEDVIZ_EMBED_CHECKPOINT_ROWS": "150",
             "EMBEDVIZ_EMBED_DEVICE": "cpu",
             "EMBEDVIZ_EMBED_PRECISION": "float32",  # the same numbers however the rows are batched
         }

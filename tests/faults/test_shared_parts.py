@@ -20,7 +20,7 @@ from tests.support.world import Stubs
 
 pytestmark = pytest.mark.slow
 
-ROWS = 5000
+ROWS = 3000
 OUTAGE_S = 30.0
 
 
