@@ -87,6 +87,9 @@ def isolated(data: np.ndarray, knn_dists: np.ndarray | None = None) -> np.ndarra
 STAGE = "clustering"
 
 
+SMALL_DATA_ROWS = 4096  # umap computes all pairwise distances itself below this
+
+
 def reduced(
     data: np.ndarray, params: maps.MapParams, report: maps.StageCallback | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -99,6 +102,8 @@ def reduced(
     if n <= REDUCED_DIMS + 2:
         return np.asarray(data, dtype=np.float32), None
     neighbours = max(2, min(REDUCED_NEIGHBOURS, n - 1))
+    # below umap's small-data size, the neighbours by matrix products (maps.exact_knn)
+    exact = maps.exact_knn(data, neighbours, "euclidean") if n < SMALL_DATA_ROWS else None
     reducer = umap.UMAP(
         n_neighbors=neighbours,
         n_components=REDUCED_DIMS,
@@ -107,9 +112,11 @@ def reduced(
         random_state=params.seed,
         n_jobs=1 if params.seed is not None else -1,
         init="spectral" if n > 3 * neighbours else "random",
+        precomputed_knn=(None, None, None) if exact is None else (exact[0], exact[1], None),
+        force_approximation_algorithm=exact is not None,
         tqdm_kwds=maps.epoch_bar(report, STAGE) if report is not None else {"disable": True},
     )
-    points = np.ascontiguousarray(reducer.fit_transform(data), dtype=np.float32)
+    points = np.ascontiguousarray(maps.fit_quietly(reducer, data, searchable=exact is None), dtype=np.float32)
     knn = getattr(reducer, "_knn_dists", None)
     return points, (np.asarray(knn) if isinstance(knn, np.ndarray) and knn.shape[0] == n else None)
 

@@ -208,6 +208,9 @@ async def create_map(w: World, pca: bool = False) -> str:
                 method=method,
                 dimensions=2,
                 seed=5,
+                # many neighbours: a fit of 1,200 rows that lasts seconds, long enough to be
+                # caught in its stage and killed there
+                umap=None if pca else projection_pb2.UmapParams(n_neighbors=400),
                 # k-means on the map's points: these tests are about faults, not clusters
                 clustering=projection_pb2.ClusterParams(
                     algorithm=projection_pb2.CLUSTER_ALGORITHM_KMEANS, k=8, space=projection_pb2.CLUSTER_SPACE_PROJECTED

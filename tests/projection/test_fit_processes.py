@@ -37,7 +37,11 @@ PROJECT = "projects/fits"
 DATASET = f"{PROJECT}/datasets/d"
 EMBEDDING = f"{DATASET}/embeddings/e"
 OWNER = standins.new_user()
-ROWS = 4000  # 384-d: UMAP (numba compiling on first use) and t-SNE both run well over 10 s on 2 cores
+ROWS = 4000  # 384-d
+# Fits that last: with 400 neighbours (UMAP) or perplexity 300 (t-SNE, 900 neighbours) a fit
+# of these rows takes 10-13 s on 2 quiet cores, so a cancel or kill lands inside it.
+LONG_UMAP = {"umap": projection_pb2.UmapParams(n_neighbors=400)}
+LONG_TSNE = {"tsne": projection_pb2.TsneParams(perplexity=300)}
 TICK = os.sysconf("SC_CLK_TCK")
 IDLE_CPU_SECONDS = 0.3  # at most this much CPU in the second that follows the first 2 s after a cancel
 
@@ -287,12 +291,12 @@ async def test_cancel_of_a_running_umap_and_tsne_stops_the_cpu_within_2_s(
     setup: Setup, services: list[Service]
 ) -> None:
     service = await start_service(setup, services)
-    umap = await create(service, projection_pb2.PROJECTION_METHOD_UMAP)
+    umap = await create(service, projection_pb2.PROJECTION_METHOD_UMAP, **LONG_UMAP)
     child = await fitting(service, umap.name, ("neighbours", "optimisation"))
     assert len(job_folders(setup)) == 1
     await cancel_and_measure(setup, service, umap.name, child, "UMAP")
 
-    tsne = await create(service, projection_pb2.PROJECTION_METHOD_TSNE)
+    tsne = await create(service, projection_pb2.PROJECTION_METHOD_TSNE, **LONG_TSNE)
     child = await fitting(service, tsne.name, ("optimisation",))
     await cancel_and_measure(setup, service, tsne.name, child, "t-SNE")
 
@@ -301,7 +305,7 @@ async def test_a_fitting_process_killed_from_outside_fails_the_job_and_the_next_
     setup: Setup, services: list[Service]
 ) -> None:
     service = await start_service(setup, services)
-    tsne = await create(service, projection_pb2.PROJECTION_METHOD_TSNE)
+    tsne = await create(service, projection_pb2.PROJECTION_METHOD_TSNE, **LONG_TSNE)
     child = await fitting(service, tsne.name, ("optimisation",), cpu_seconds=1.0)
     os.kill(child, signal.SIGKILL)
     began = time.monotonic()
@@ -323,7 +327,7 @@ async def test_a_fitting_process_killed_from_outside_fails_the_job_and_the_next_
 
 async def test_sigterm_mid_fit_leaves_no_child_and_hands_the_job_back(setup: Setup, services: list[Service]) -> None:
     first = await start_service(setup, services)
-    umap = await create(first, projection_pb2.PROJECTION_METHOD_UMAP)
+    umap = await create(first, projection_pb2.PROJECTION_METHOD_UMAP, **LONG_UMAP)
     child = await fitting(first, umap.name, ("neighbours", "optimisation"), cpu_seconds=1.0)
     family = descendants(first.process.pid)
     assert child in family
