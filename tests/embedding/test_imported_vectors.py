@@ -45,12 +45,7 @@ async def embed(stubs: Stubs, who: Person, dataset: str, **fields: object) -> em
         embedding_pb2.CreateEmbeddingRequest(parent=dataset, embedding=embedding_pb2.Embedding(**fields)),  # type: ignore[arg-type]
         metadata=who.md,
     )
-    last = made
-    async for update in stubs.embedding.WatchEmbedding(
-        embedding_pb2.WatchEmbeddingRequest(name=made.name), metadata=who.md, timeout=120
-    ):
-        last = update.embedding
-    return last
+    return await stubs.watch_embedding(who, made.name, timeout=120) or made
 
 
 async def stored_vectors(stubs: Stubs, who: Person, name: str) -> np.ndarray:
@@ -79,12 +74,7 @@ async def make_map(stubs: Stubs, who: Person, embedding: str) -> projection_pb2.
         ),
         metadata=who.md,
     )
-    last = made
-    async for update in stubs.projection.WatchProjection(
-        projection_pb2.WatchProjectionRequest(name=made.name), metadata=who.md, timeout=180
-    ):
-        last = update.projection
-    return last
+    return await stubs.watch_projection(who, made.name) or made
 
 
 async def test_a_parquet_vector_column_becomes_an_embedding_and_a_map(stubs: Stubs) -> None:

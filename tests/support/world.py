@@ -101,13 +101,36 @@ class Stubs:
         )
         dataset = await self.ingest.FinishUpload(ingest_pb2.FinishUploadRequest(name=upload.name), metadata=who.md)
         if wait:
-            last = None
-            async for update in self.ingest.WatchDataset(
-                ingest_pb2.WatchDatasetRequest(name=dataset.name), metadata=who.md, timeout=120
-            ):
-                last = update.dataset
+            last = await self.watch_dataset(who, dataset.name, timeout=120)
             assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
         return dataset.name
+
+    # Each Watch below follows a resource until its job ends and returns its last state
+    # (None when the stream sent nothing).
+
+    async def watch_dataset(self, who: Person, name: str, timeout: float = 120) -> ingest_pb2.Dataset | None:
+        last = None
+        async for update in self.ingest.WatchDataset(
+            ingest_pb2.WatchDatasetRequest(name=name), metadata=who.md, timeout=timeout
+        ):
+            last = update.dataset
+        return last
+
+    async def watch_embedding(self, who: Person, name: str, timeout: float = 180) -> embedding_pb2.Embedding | None:
+        last = None
+        async for update in self.embedding.WatchEmbedding(
+            embedding_pb2.WatchEmbeddingRequest(name=name), metadata=who.md, timeout=timeout
+        ):
+            last = update.embedding
+        return last
+
+    async def watch_projection(self, who: Person, name: str, timeout: float = 180) -> projection_pb2.Projection | None:
+        last = None
+        async for update in self.projection.WatchProjection(
+            projection_pb2.WatchProjectionRequest(name=name), metadata=who.md, timeout=timeout
+        ):
+            last = update.projection
+        return last
 
     async def make_embedding(self, who: Person, dataset: str, wait: bool = True) -> str:
         made = await self.embedding.CreateEmbedding(
@@ -117,11 +140,7 @@ class Stubs:
             metadata=who.md,
         )
         if wait:
-            last = None
-            async for update in self.embedding.WatchEmbedding(
-                embedding_pb2.WatchEmbeddingRequest(name=made.name), metadata=who.md, timeout=180
-            ):
-                last = update.embedding
+            last = await self.watch_embedding(who, made.name)
             assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
         return made.name
 
@@ -144,11 +163,7 @@ class Stubs:
             metadata=who.md,
         )
         if wait:
-            last = None
-            async for update in self.projection.WatchProjection(
-                projection_pb2.WatchProjectionRequest(name=made.name), metadata=who.md, timeout=180
-            ):
-                last = update.projection
+            last = await self.watch_projection(who, made.name)
             assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
         return made.name
 
