@@ -102,7 +102,9 @@ class Cluster:
                 return text
         return ""
 
-    async def wait_ready(self, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    async def wait_ready(self, process: subprocess.Popen[bytes], timeout: float = 240) -> None:
+        # A worker imports torch and connects before it takes work: seconds on a quiet machine,
+        # over 90 s once while the suite kept both cores busy.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert process.poll() is None, "the worker process exited"
