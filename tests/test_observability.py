@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import http.server
 import json
 import logging
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +25,10 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedviz.v1 import embedding_pb2, embedding_pb2_grpc, ingest_pb2, job_pb2
@@ -149,6 +157,60 @@ async def test_one_embedding_is_one_trace_from_the_edge_to_the_worker(stack: Sta
     assert runs >= 1
     depth = [labels for name, labels in metrics if name == "embedviz_queue_pending_messages"]
     assert ("consumer", "embedding-workers") in {pair for labels in depth for pair in labels}
+
+
+# A process as a service starts one: JSON logs, spans to the OTLP receiver named in the
+# environment; one line logged inside a span, then the process closes (and flushes).
+EXPORTING_PROCESS = """
+import logging
+from services.common import telemetry
+from services.common.config import Settings
+from services.common.server import configure_logging
+
+settings = Settings.from_env()
+configure_logging(settings.log_level, settings.log_format)
+opened = telemetry.start("otlp-check", settings.metrics_addr, settings.otlp_endpoint, settings.traces_dir)
+with telemetry.TRACER.start_as_current_span("checking the export"):
+    logging.getLogger("embedviz.check").info("inside the span")
+opened.close()
+"""
+
+
+def test_spans_go_over_otlp_when_an_endpoint_is_set_and_log_lines_name_their_trace() -> None:
+    bodies: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path == "/v1/traces"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+            self.wfile.write(ExportTraceServiceResponse().SerializeToString())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver) as receiver:
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDVIZ_", "OTEL_"))}
+        env.update(EMBEDVIZ_LOG_FORMAT="json",
+                   OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.server_address[1]}")
+        done = subprocess.run([sys.executable, "-c", EXPORTING_PROCESS], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[1])
+        receiver.shutdown()
+    assert done.returncode == 0, done.stderr
+    spans = []
+    for body in bodies:
+        sent = ExportTraceServiceRequest.FromString(body)
+        for resource in sent.resource_spans:
+            service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+            spans += [(service, span) for scope in resource.scope_spans for span in scope.spans]
+    assert [(service, span.name) for service, span in spans] == [("embedviz-otlp-check", "checking the export")]
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (inside,) = [line for line in lines if line["message"] == "inside the span"]
+    assert inside["trace_id"] == spans[0][1].trace_id.hex() and inside["span_id"] == spans[0][1].span_id.hex()
+    assert inside["service"] == "otlp-check" and inside["level"] == "INFO"
 
 
 def test_json_log_lines_carry_the_request_and_the_trace() -> None:
