@@ -84,9 +84,6 @@ QUEUE_ACK_PENDING = prometheus_client.Gauge(
     ["service", "stream", "consumer"],
 )
 
-# How a job run can end (embedviz_job_runs_total's `outcome`; docs/observability.md)
-JOB_OUTCOMES = ("succeeded", "failed", "cancelled", "retried", "interrupted", "given_up")
-
 _state: dict[str, str] = {"service": "unnamed"}
 
 
@@ -157,7 +154,8 @@ def job_run(kind: str, job_id: str, attempt: int) -> Iterator[JobRunRecord]:
 
 @dataclass
 class JobRunRecord:
-    # What the run came to; a run that raised out of the runner was stopped with its worker.
+    # How the run ended (docs/observability.md): succeeded, failed, cancelled, retried,
+    # given_up; a run that leaves the runner by an exception was stopped with its worker.
     outcome: str = "interrupted"
 
 
@@ -328,7 +326,6 @@ class SpanFile(SpanExporter):
 
 
 __all__ = [
-    "JOB_OUTCOMES",
     "ROW_RATES",
     "TRACER",
     "JsonFormatter",
