@@ -1,7 +1,9 @@
-"""Observability on the session's stack (docs/observability.md): each service's /metrics
+"""Observability (docs/observability.md). On the session's stack: each service's /metrics
 counts the calls a client made by method and status code, and one CreateEmbedding sent
 through the edge with a client's traceparent is one trace through the edge, the embedding
-service, the work queue, its worker and the ingest service the worker reads from."""
+service, the work queue, its worker and the ingest service the worker reads from. In a
+process of its own: spans go to the OTLP/HTTP receiver its settings name, and its JSON log
+lines name their trace."""
 
 from __future__ import annotations
 
