@@ -17,6 +17,7 @@ to test-artifacts/module-times.txt to keep that list honest.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -61,6 +62,15 @@ os.environ.setdefault("EMBEDVIZ_PROJECTION_WARM_UP", "0")
 # thread; production keeps its default (EMBEDVIZ_TORCH_THREADS=0: up to two).
 for _name in ("EMBEDVIZ_TORCH_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
+
+# Every process of this session's stacks writes the spans of traces a client marked sampled
+# to files in one folder per test process (tests/test_observability.py reads them); nothing
+# else is recorded (parent-based sampling, off at the root), so the rest of the suite pays
+# next to nothing for it. Set here, before any stack starts.
+if "EMBEDVIZ_TRACES_DIR" not in os.environ:
+    os.environ["EMBEDVIZ_TRACES_DIR"] = tempfile.mkdtemp(prefix="embedviz-traces-")
+    atexit.register(shutil.rmtree, os.environ["EMBEDVIZ_TRACES_DIR"], True)
+os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_off")
 
 _stacks: dict[str, Stack] = {}
 

@@ -686,7 +686,7 @@ def _hpa(target: str) -> Obj:
 
 
 MUTATIONS: dict[str, tuple[str, Callable[[list[Obj]], None], str]] = {
-    "wrong container port": ("base", lambda o: _port(o, "ingest", 50059), "container ports [50059]"),
+    "wrong container port": ("base", lambda o: _port(o, "ingest", 50059), "container ports [9464, 50059]"),
     "probe on another port": ("base", _probe, "readinessProbe"),
     "variable nobody reads": ("base", lambda o: _set_env(o, "projection", "EMBEDVIZ_PROJECTON_FIT_ROWS", "1"),
                               "EMBEDVIZ_PROJECTON_FIT_ROWS"),

@@ -59,6 +59,9 @@ READS = [
     ("services.projection", "EMBEDVIZ_OUTBOX_POLL_S", "0", "must be more than 0 seconds"),
     ("services.embedding", "EMBEDVIZ_RECONCILE_GRACE_S", "-1", "must be more than 0 seconds"),
     ("services.ingest", "EMBEDVIZ_IMPORT_PART_ROWS", "0", "use 1 or more"),
+    ("services.embedding", "EMBEDVIZ_METRICS_ADDR", "9464", "use host:port"),
+    ("services.projection", "EMBEDVIZ_LOG_FORMAT", "xml", "use plain or json"),
+    ("services.auth", "OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "use an http:// or https:// URL"),
 ]
 
 

@@ -15,7 +15,7 @@ import grpc
 import jwt
 from grpc_health.v1 import health
 
-from services.common import paging
+from services.common import paging, telemetry
 from services.common.auth import JwksKeys, TokenVerifier
 from services.common.authz import RoleLookup, check_complete
 from services.common.blobs import BlobStore
@@ -55,6 +55,7 @@ class Deps:
     access: ProjectAccess
     delegated: DelegatedTokens
     revocations: Revocations
+    telemetry: telemetry.Telemetry = field(default_factory=telemetry.Telemetry)
 
 
 @dataclass
@@ -85,6 +86,7 @@ def new_server(
         public_methods=public_methods,
         roles=roles or deps.access.role,
         page_key=paging.key_from_secret(deps.settings.internal_secret),
+        service=deps.name,
     )
     health_servicer = add_health_and_reflection(server, service_names, reflected_names)
     return server, health_servicer
@@ -97,6 +99,8 @@ async def open_deps(
     migrations_dir: Path,
     keys: KeyLookup | None = None,
 ) -> Deps:
+    # first, so that /metrics answers while the migrations run
+    observed = telemetry.start(name, settings.metrics_addr, settings.otlp_endpoint, settings.traces_dir)
     await migrate(settings.database_url, schema, migrations_dir)
     db = Database(settings.database_url)
     bus = await EventBus.connect(settings.nats_url, f"embedviz-{name}", settings.nats_user, settings.nats_password)
@@ -122,6 +126,7 @@ async def open_deps(
         access=ProjectAccess(channels.get(settings.ingest_addr)),
         delegated=DelegatedTokens(channels.get(settings.auth_addr), settings.internal_secret, verifier),
         revocations=revoked,
+        telemetry=observed,
     )
 
 
@@ -130,6 +135,7 @@ async def close_deps(deps: Deps) -> None:
     await deps.channels.close()
     await deps.bus.close()
     await deps.db.close()
+    deps.telemetry.close()
 
 
 async def serve(
@@ -140,7 +146,7 @@ async def serve(
     settings: Settings | None = None,
 ) -> None:
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     deps = await open_deps(name, settings, schema, migrations_dir)
     try:
         built = await build(deps)

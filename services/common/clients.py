@@ -8,12 +8,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import jwt
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from embedviz.v1 import auth_pb2, auth_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from services.common import telemetry
 from services.common.auth import Identity, TokenVerifier
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated, Unavailable
 
@@ -30,8 +33,71 @@ ROLE_NAMES: dict[int, str] = {
 }
 
 
+class TraceClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Every call to another service is a client span of the current trace, and carries
+    it on (W3C traceparent in the metadata), so the called service continues it."""
+
+    def __init__(self) -> None:
+        self._endings: set[asyncio.Task[None]] = set()
+
+    async def _traced(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        grpc_service, _, grpc_method = method.lstrip("/").rpartition("/")
+        span = telemetry.TRACER.start_span(
+            method.lstrip("/"),
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": grpc_service, "rpc.method": grpc_method},
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *carrier.items())
+        traced = grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+        try:
+            call = await continuation(traced, request)
+        except BaseException:
+            span.end()
+            raise
+
+        async def end() -> None:
+            code = await call.code()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code != grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
+
+        def done(_: Any) -> None:  # the call's status is read with an await: in a task of its own
+            ending = asyncio.get_running_loop().create_task(end())
+            self._endings.add(ending)
+            ending.add_done_callback(self._endings.discard)
+
+        call.add_done_callback(done)
+        return call
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await self._traced(continuation, client_call_details, request)
+
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await self._traced(continuation, client_call_details, request)
+
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await self._traced(continuation, client_call_details, request_iterator)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await self._traced(continuation, client_call_details, request_iterator)
+
+
 class Channels:
-    """One channel per target address, opened on first use, closed together."""
+    """One channel per target address, opened on first use, closed together; every call
+    on them carries the trace on (TraceClientInterceptor)."""
 
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -45,6 +111,7 @@ class Channels:
                     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ],
+                interceptors=[TraceClientInterceptor()],
             )
             self._channels[target] = channel
         return channel

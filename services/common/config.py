@@ -83,6 +83,41 @@ def _check_range(name: str, value: float, minimum: float | None, maximum: float 
         raise SettingsError(f"{name} is {value:g}; use {wanted} (unset: {default:g})")
 
 
+LOG_FORMATS = ("plain", "json")
+
+
+def metrics_addr(env: Environ) -> str:
+    """EMBEDVIZ_METRICS_ADDR: host:port of this process's /metrics; unset, empty or `off`: none."""
+    raw = env.get("EMBEDVIZ_METRICS_ADDR", "").strip()
+    if raw.lower() in ("", "off"):
+        return ""
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(
+            f"EMBEDVIZ_METRICS_ADDR is {raw[:60]!r}; use host:port (e.g. 127.0.0.1:9464 or 0.0.0.0:9464), "
+            "or leave it unset for no metrics"
+        )
+    return raw
+
+
+def log_format(env: Environ) -> str:
+    raw = env.get("EMBEDVIZ_LOG_FORMAT", "").strip().lower() or "plain"
+    if raw not in LOG_FORMATS:
+        raise SettingsError(f"EMBEDVIZ_LOG_FORMAT is {raw[:40]!r}; use plain or json (unset: plain)")
+    return raw
+
+
+def otlp_endpoint(env: Environ) -> str:
+    """OpenTelemetry's own variables: traces go over OTLP/HTTP only when one of them is set."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        raw = env.get(name, "").strip()
+        if raw:
+            if not raw.startswith(("http://", "https://")):
+                raise SettingsError(f"{name} is {raw[:60]!r}; use an http:// or https:// URL of an OTLP/HTTP receiver")
+            return raw
+    return ""
+
+
 def _env(name: str, default: str) -> str:
     return text(os.environ, name, default)
 
@@ -137,6 +172,12 @@ class Settings:
     # EMBEDVIZ_JWKS_MAX_AGE: seconds a fetched JWKS is trusted before it is fetched again
     # (an unknown kid refetches sooner); a retired key is refused at most this long after it left.
     jwks_max_age: float = 300.0
+    # Observability (docs/observability.md): this process's /metrics address ("" none), its
+    # log lines' format, where traces go (an OTLP/HTTP receiver, a folder of span files).
+    metrics_addr: str = ""
+    log_format: str = "plain"
+    otlp_endpoint: str = ""
+    traces_dir: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -171,6 +212,10 @@ class Settings:
             nats_user=_env("EMBEDVIZ_NATS_USER", ""),
             nats_password=_secret("EMBEDVIZ_NATS_PASSWORD"),
             jwks_max_age=number(os.environ, "EMBEDVIZ_JWKS_MAX_AGE", 300.0, minimum=0.1),
+            metrics_addr=metrics_addr(os.environ),
+            log_format=log_format(os.environ),
+            otlp_endpoint=otlp_endpoint(os.environ),
+            traces_dir=_env("EMBEDVIZ_TRACES_DIR", ""),
         )
 
     def listen_addr(self, own_addr: str) -> str:

@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.common import telemetry
 from services.common.errors import DomainError, Unavailable
 from services.common.events import EVENTS_STREAM, EventBus, describe
 
@@ -42,6 +43,7 @@ ACK_WAIT_S = 60.0
 MAX_DELIVER = 10
 FIRST_RETRY_S = 5.0
 LAST_ERROR_CHARS = 300
+QUEUE_DEPTH_EVERY_S = 15.0  # how often a consumer's pending messages are read for /metrics
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Consumer(Generic[P]):
     async def run(self, stop: asyncio.Event) -> None:
         """Take messages until `stop` is set (or the task is cancelled)."""
         psub = await self._subscribe()
+        depth = asyncio.create_task(self._report_depth(stop), name=f"{self.durable} depth")
         try:
             while not stop.is_set():
                 try:
@@ -151,8 +154,23 @@ class Consumer(Generic[P]):
                 for msg in msgs:
                     await self._deliver(msg)
         finally:
+            depth.cancel()
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
+
+    async def _report_depth(self, stop: asyncio.Event) -> None:
+        """Now and then, how many messages wait for this consumer (and how many its workers
+        hold) as JetStream counts them for all replicas: embedviz_queue_*_messages."""
+        labels = (telemetry.service(), self.stream, self.durable)
+        while not stop.is_set():
+            try:
+                info = await self._bus.js.consumer_info(self.stream, self.durable, timeout=5)
+                telemetry.QUEUE_PENDING.labels(*labels).set(info.num_pending or 0)
+                telemetry.QUEUE_ACK_PENDING.labels(*labels).set(info.num_ack_pending or 0)
+            except Exception as exc:  # NATS away: the next round tries again
+                log.debug("reading the depth of %s failed: %s", self.durable, describe(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=QUEUE_DEPTH_EVERY_S)
 
     async def _subscribe(self) -> Any:
         s = self.settings
@@ -186,7 +204,8 @@ class Consumer(Generic[P]):
             handler = self._on_last_delivery
         alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            await handler(payload, delivery)
+            with telemetry.consumer_span(msg.subject, msg.headers, self.stream, self.durable):
+                await handler(payload, delivery)
         except asyncio.CancelledError:
             # This worker is stopping: hand the message back at once, it resumes elsewhere.
             with contextlib.suppress(Exception):

@@ -21,6 +21,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from services.common import telemetry
 from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,15 @@ class EventBus:
                         "(only auth's NATS user may); auth changes it when it starts", config.name)
 
     async def publish_event(self, kind: str, job_id: str, data: bytes) -> None:
-        await self.js.publish(event_subject(kind, job_id), data, stream=EVENTS_STREAM)
+        await self.js.publish(event_subject(kind, job_id), data, stream=EVENTS_STREAM, headers=_traced())
 
     async def publish_job_state(self, kind: str, job_id: str, data: bytes) -> None:
         """A job's new state for Watch streams, best effort: the job's row in PostgreSQL
         is the truth, and a Watch reloads it whenever events stop coming, so a job never
         fails because NATS is down for a while (it goes on, and Watch catches up)."""
         try:
-            await self.js.publish(event_subject(kind, job_id), data, stream=EVENTS_STREAM, timeout=2)
+            await self.js.publish(event_subject(kind, job_id), data, stream=EVENTS_STREAM, timeout=2,
+                                  headers=_traced())
         except Exception as exc:
             now = time.monotonic()
             if now - self._last_publish_warning > 10:
@@ -162,7 +164,12 @@ class EventBus:
             await self.js.purge_stream(EVENTS_STREAM, subject=event_subject(kind, job_id))
 
     async def enqueue(self, kind: str, payload: dict[str, Any]) -> None:
-        await self.js.publish(work_subject(kind), json.dumps(payload).encode(), stream=WORK_STREAM)
+        await self.js.publish(work_subject(kind), json.dumps(payload).encode(), stream=WORK_STREAM, headers=_traced())
+
+
+def _traced() -> dict[str, str] | None:
+    """NATS headers that carry the current trace on to whoever handles the message."""
+    return telemetry.trace_headers() or None
 
 
 def describe(exc: BaseException) -> str:

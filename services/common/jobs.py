@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from embedviz.v1 import job_pb2
+from services.common import telemetry
 from services.common.db import through_outages
 from services.common.errors import Unavailable
 from services.common.events import EventBus
@@ -119,8 +120,10 @@ class JobReporter(Generic[Row]):
         row_id: Any,
         publish: Callable[[Row], Awaitable[None]],
         min_interval: float = 0.5,
+        kind: str = "",
     ) -> None:
         self._sessions = sessions
+        self._kind = kind  # for /metrics: the rows per second of running jobs of this kind
         self._model = model
         self._id = row_id
         self._publish = publish
@@ -183,6 +186,8 @@ class JobReporter(Generic[Row]):
         first_time, first_done = self._window[0]
         rate = (done - first_done) / (now - first_time) if now > first_time else 0.0
         fields["rate"] = max(rate, 0.0)
+        if self._kind:
+            telemetry.ROW_RATES.report(self._kind, id(self), done, fields["rate"])
         row_total = total if total is not None else None
         if row_total is None:
 
@@ -196,6 +201,11 @@ class JobReporter(Generic[Row]):
             fields["progress"] = min(done / row_total, 1.0)
             fields["eta_seconds"] = (row_total - done) / rate if rate > 0 else 0.0
         await self._update(**fields)
+
+    def close(self) -> None:
+        """This run of the job is over: its rate no longer counts on /metrics."""
+        if self._kind:
+            telemetry.ROW_RATES.end(self._kind, id(self))
 
     async def succeed(self, **fields: Any) -> Row:
         return await self._update(

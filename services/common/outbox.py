@@ -36,6 +36,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     delete,
     event,
     insert,
@@ -44,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from services.common import telemetry
 from services.common.config import SettingsError
 from services.common.events import EVENTS_STREAM, WORK_STREAM, EventBus, describe, event_subject, work_subject
 
@@ -68,11 +70,18 @@ def outbox_columns() -> list[Column[Any]]:
     ]
 
 
+def trace_column() -> Column[Any]:
+    """The trace a message belongs to, as NATS headers (JSON: traceparent, tracestate): the
+    relay sends them along, so the consumer's work joins the trace of the call that queued
+    it. Added after the table by each service's `0006_outbox_trace` (projection: 0007)."""
+    return Column("headers", Text, nullable=True)
+
+
 def outbox_table(schema: str) -> Table:
     """The outbox table of a service's schema (each service's migrations create it)."""
     table = _tables.get(schema)
     if table is None:
-        table = Table(TABLE, MetaData(schema=schema), *outbox_columns())
+        table = Table(TABLE, MetaData(schema=schema), *outbox_columns(), trace_column())
         _tables[schema] = table
     return table
 
@@ -126,9 +135,11 @@ class Outbox:
         """Queue `data` for `subject`; it is sent only if (and once) the caller commits.
         Returns the message id."""
         message_id = uuid.uuid4().hex
+        trace = telemetry.trace_headers()
         await session.execute(
             insert(self._table).values(
-                id=message_id, subject=subject, stream=stream, data=data, create_time=datetime.now(UTC)
+                id=message_id, subject=subject, stream=stream, data=data, create_time=datetime.now(UTC),
+                headers=json.dumps(trace) if trace else None,
             )
         )
         sync_session = session.sync_session
@@ -160,7 +171,8 @@ class Outbox:
             async with self._sessions() as session:
                 rows = (
                     await session.execute(
-                        select(table.c.seq, table.c.id, table.c.subject, table.c.stream, table.c.data)
+                        select(table.c.seq, table.c.id, table.c.subject, table.c.stream, table.c.data,
+                               table.c.headers)
                         .order_by(table.c.seq)
                         .limit(self._settings.batch)
                         .with_for_update(skip_locked=True)
@@ -173,7 +185,8 @@ class Outbox:
                 for row in rows:
                     try:
                         await self._bus.js.publish(
-                            row.subject, row.data, timeout=5, stream=row.stream, headers={MSG_ID_HEADER: row.id}
+                            row.subject, row.data, timeout=5, stream=row.stream,
+                            headers={**json.loads(row.headers or "{}"), MSG_ID_HEADER: row.id},
                         )
                     except Exception as exc:
                         failure = exc

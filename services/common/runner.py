@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common import telemetry
 from services.common.config import SettingsError
 from services.common.consumer import (
     Classify,
@@ -224,7 +225,7 @@ class JobRunner(Generic[Row]):
 
     def reporter(self, job_id: str) -> JobReporter[Row]:
         return JobReporter(self._sessions, self.kind.model, job_id, self.kind.publish,
-                           min_interval=self.kind.progress_interval)
+                           min_interval=self.kind.progress_interval, kind=self.kind.kind)
 
     # --- one delivery ------------------------------------------------------------------------
 
@@ -238,35 +239,48 @@ class JobRunner(Generic[Row]):
         job = Job(job_id, owner, payload, delivery, claim.attempt)
         if claim.give_up:
             log.error("%s: attempt %d is the last; giving it up", name, claim.attempt)
-            await self._give_up(job, crash_message(self.kind.what, claim.attempt - 1,
-                                                   delivery.last_error or claim.last_error or None))
+            with telemetry.job_run(self.kind.kind, job_id, claim.attempt) as record:
+                record.outcome = "given_up"
+                await self._give_up(job, crash_message(self.kind.what, claim.attempt - 1,
+                                                       delivery.last_error or claim.last_error or None))
             return
+        with telemetry.job_run(self.kind.kind, job_id, claim.attempt) as record:
+            await self._run(job, name, record)
+
+    async def _run(self, job: Job, name: str, record: telemetry.JobRunRecord) -> None:
         running = _Running()
-        task = asyncio.create_task(self.kind.run(job, self.reporter(job_id)))
-        beat = asyncio.create_task(self._heartbeat(job_id, task, running))
+        reporter = self.reporter(job.id)
+        task = asyncio.create_task(self.kind.run(job, reporter))
+        beat = asyncio.create_task(self._heartbeat(job.id, task, running))
         try:
             await task
+            record.outcome = "succeeded"
         except asyncio.CancelledError:
             if running.cancelled_by_runner and not _cancelling():
                 log.info("%s stopped: cancelled or deleted", name)
+                record.outcome = "cancelled"
                 await self._clean_up(job)
                 return
             task.cancel()
             raise  # this worker is stopping: the message goes back to the queue at once
         except (JobCancelled, JobGone):
             log.info("%s stopped: cancelled or deleted", name)
+            record.outcome = "cancelled"
             await self._clean_up(job)
         except Exception as exc:
-            if self.kind.classify(exc) and not delivery.is_last:
-                await self._note_error(job_id, describe_for_person(exc))
+            if self.kind.classify(exc) and not job.delivery.is_last:
+                record.outcome = "retried"
+                await self._note_error(job.id, describe_for_person(exc))
                 raise  # the consumer retries it later
+            record.outcome = "failed"
             await self._fail(job, exc)
         finally:
+            reporter.close()
             beat.cancel()
             with contextlib.suppress(BaseException):
                 await beat
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._release(job_id))
+                await asyncio.shield(self._release(job.id))
 
     async def _claim(self, job_id: str, payload: dict[str, Any], delivery: Delivery) -> _Claim | None:
         async with self._sessions() as session:

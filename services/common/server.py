@@ -4,6 +4,7 @@ standard health service, server reflection, graceful shutdown on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
@@ -19,8 +20,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.common import input_rules, paging, request_ids
+from services.common import input_rules, paging, request_ids, telemetry
 from services.common.auth import TokenVerifier, bearer_token, reset_identity, set_identity
 from services.common.authz import AuthzInterceptor, RoleLookup
 from services.common.authz import public_methods as authz_public_methods
@@ -146,6 +148,106 @@ def _outcome(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AbortError):
         return "ABORTED_BY_HANDLER"
     return "INTERNAL"
+
+
+def _grpc_type(handler: MethodHandler) -> str:
+    if handler.unary_unary:
+        return "unary"
+    if handler.unary_stream:
+        return "server_stream"
+    return "client_stream" if handler.stream_unary else "bidi_stream"
+
+
+def _final_code(exc: BaseException, context: Context) -> str:
+    """The status a call that raised ends with: an abort carries its code on the context."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED"
+    code = context.code()
+    if isinstance(exc, grpc.aio.AbortError) and isinstance(code, grpc.StatusCode):
+        return code.name
+    return "UNKNOWN"
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    """Outermost: every call is counted and timed by method and the status it ended with
+    (embedviz_rpc_server_*, on /metrics), and served inside a span that continues the
+    caller's trace (the W3C traceparent in its metadata), so that everything the call does
+    (its log lines, its calls to other services, the messages it queues) belongs to it."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> MethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        grpc_service, _, grpc_method = method.lstrip("/").rpartition("/")
+        labels = (self._service, _grpc_type(handler), grpc_service, grpc_method)
+        metadata = handler_call_details.invocation_metadata
+        traced = not method.startswith(ALWAYS_PUBLIC_PREFIXES)  # probes: counted, not traced
+
+        def span() -> Any:
+            if not traced:
+                return contextlib.nullcontext(None)
+            return telemetry.TRACER.start_as_current_span(
+                method.lstrip("/"),
+                context=telemetry.context_from(metadata),
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": grpc_service, "rpc.method": grpc_method},
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+
+        def finish(started: float, code: str, current: Any) -> None:
+            telemetry.RPC_HANDLED.labels(*labels, code).inc()
+            telemetry.RPC_SECONDS.labels(*labels, code).observe(time.monotonic() - started)
+            if current is not None:
+                current.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
+                if code in telemetry.SERVER_ERRORS:
+                    current.set_status(Status(StatusCode.ERROR, code))
+
+        def ended_well(context: Context) -> str:
+            code = context.code()
+            return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: Context) -> Any:
+                with span() as current:
+                    started, code = time.monotonic(), "OK"
+                    try:
+                        result = await behaviour(request, context)
+                        code = ended_well(context)
+                        return result
+                    except BaseException as exc:
+                        code = _final_code(exc, context)
+                        raise
+                    finally:
+                        finish(started, code, current)
+
+            return wrapped
+
+        def streaming(behaviour: Behaviour) -> Behaviour:
+            async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+                with span() as current:
+                    started, code = time.monotonic(), "OK"
+                    try:
+                        async for item in behaviour(request, context):
+                            yield item
+                        code = ended_well(context)
+                    except BaseException as exc:
+                        code = _final_code(exc, context)
+                        raise
+                    finally:
+                        finish(started, code, current)
+
+            return wrapped
+
+        return _wrap_handler(handler, unary, streaming)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -322,15 +424,23 @@ def create_server(
     public_methods: Iterable[str] = (),
     roles: RoleLookup | None = None,
     page_key: bytes | None = None,
+    service: str = "unnamed",
 ) -> grpc.aio.Server:
     """`page_key` signs page tokens (paging.key_from_secret); every replica of a service
     must get the same one, or a token from one replica is refused by another."""
-    # Order matters: errors outermost, then who is calling, then is the request well formed,
-    # then may they (services/common/authz.py) — which reads the names the request holds.
+    # Order matters: metrics and the trace outermost (they see the final status), then errors,
+    # then who is calling, then is the request well formed, then may they
+    # (services/common/authz.py) — which reads the names the request holds.
     public = [*public_methods, *authz_public_methods()]
     inputs = InputInterceptor(page_key if page_key is not None else paging.key_from_secret(""))
     return grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, public), inputs, AuthzInterceptor(roles)],
+        interceptors=[
+            TelemetryInterceptor(service),
+            ErrorInterceptor(),
+            AuthInterceptor(verifier, public),
+            inputs,
+            AuthzInterceptor(roles),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -427,9 +537,14 @@ async def serve_until_signalled(
         raise BackgroundTaskDied(f"background task {name} died: {type(error).__name__}: {error}") from error
 
 
-def configure_logging(level: str) -> None:
-    """Every line names the request it belongs to: the x-request-id Envoy logs too."""
+def configure_logging(level: str, log_format: str = "plain") -> None:
+    """Every line names the request it belongs to: the x-request-id Envoy logs too. JSON
+    lines (EMBEDVIZ_LOG_FORMAT=json) also carry the trace and span ids."""
     handler = logging.StreamHandler()
     handler.addFilter(request_ids.RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    handler.addFilter(telemetry.TraceFilter())
+    if log_format == "json":
+        handler.setFormatter(telemetry.JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])

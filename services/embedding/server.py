@@ -93,7 +93,7 @@ async def build(deps: Deps, own: EmbeddingSettings | None = None) -> Built:
 async def serve_workers(settings: Settings | None = None, own: EmbeddingSettings | None = None) -> None:
     """Job workers only, no gRPC server: a replica that adds embedding capacity."""
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     deps = await open_deps("embedding-worker", settings, "embedding", MIGRATIONS)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

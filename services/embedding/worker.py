@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 from sqlalchemy import func, select
 
+from services.common import telemetry
 from services.common.auth import Identity
 from services.common.clients import DelegatedTokens
 from services.common.db import through_outages
@@ -418,6 +419,7 @@ class EmbeddingWorker:
                     current.stage = "assembling"
                     current.update_time = now
             await session.commit()
+        telemetry.ROW_RATES.report("embedding", (self.name, row.id, index), seen)  # this worker's own rows
         await self.embeddings.publish(current)
         return current, complete
 

@@ -23,7 +23,7 @@ log = logging.getLogger("services.projection")
 
 async def work(settings: Settings, own: ProjectionSettings) -> None:
     settings = dataclasses.replace(settings, workers=max(1, settings.workers))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     deps = await open_deps("projection-worker", settings, "projection", MIGRATIONS)
     try:
         built = await build(deps, own)

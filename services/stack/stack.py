@@ -72,6 +72,11 @@ DEFAULT_ADDRS = {
     "web": "127.0.0.1:8090",
     "edge": "127.0.0.1:8080",
     "edge_admin": "127.0.0.1:9901",
+    # Each service's /metrics (EMBEDVIZ_METRICS_ADDR of its process; docs/observability.md)
+    "auth_metrics": "127.0.0.1:9101",
+    "ingest_metrics": "127.0.0.1:9102",
+    "embedding_metrics": "127.0.0.1:9103",
+    "projection_metrics": "127.0.0.1:9104",
 }
 ADDR_ENV = {
     "auth": "EMBEDVIZ_AUTH_ADDR",
@@ -259,11 +264,17 @@ class Stack:
         """The database URL for plain asyncpg / psql (no SQLAlchemy driver suffix)."""
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
+    def metrics_url(self, name: str) -> str:
+        """Where service `name` serves its Prometheus metrics."""
+        return f"http://{self.addrs[f'{name}_metrics']}/metrics"
+
     def service_env(self, name: str) -> dict[str, str]:
-        """The settings the process of service `name` gets: the shared ones, its own NATS user
-        (embedded NATS) and, for auth alone, the key-encryption key. A service (or its
+        """The settings the process of service `name` gets: the shared ones, its own /metrics
+        port, its own NATS user (embedded NATS) and, for auth alone, the key-encryption key. A service (or its
         command, `python -m services.auth rotate-key`) started from outside takes these."""
         env = dict(self.env)
+        if f"{name}_metrics" in self.addrs:
+            env["EMBEDVIZ_METRICS_ADDR"] = self.addrs[f"{name}_metrics"]
         if self.local_nats and name in nats_access.ACCESS:
             env.update({
                 "EMBEDVIZ_NATS_URL": self._nats_address,
@@ -373,7 +384,7 @@ class Stack:
                 lines.append(f"  nats        {self.nats_url} (external)")
         for name in SERVICES:
             if name in self.components:
-                lines.append(f"  {name:<11} {self.addrs[name]}")
+                lines.append(f"  {name:<11} {self.addrs[name]} (metrics: {self.metrics_url(name)})")
         if "web" in self.components:
             lines.append(f"  web files   http://{self.addrs['web']}")
         if "edge" in self.components:
