@@ -20,7 +20,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from services.common import input_rules, paging, request_ids, telemetry
 from services.common.auth import TokenVerifier, bearer_token, reset_identity, set_identity
@@ -232,18 +233,41 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             return wrapped
 
         def streaming(behaviour: Behaviour) -> Behaviour:
+            # The span is made current only while the handler computes its next item, never
+            # across a `yield`: a stream the client cancels is closed from another context,
+            # where a context token set before the yield cannot be reset.
             async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-                with span() as current:
-                    started, code = time.monotonic(), "OK"
-                    try:
-                        async for item in behaviour(request, context):
-                            yield item
-                        code = ended_well(context)
-                    except BaseException as exc:
-                        code = _final_code(exc, context)
-                        raise
-                    finally:
-                        finish(started, code, current)
+                current = None
+                if traced:
+                    current = telemetry.TRACER.start_span(
+                        method.lstrip("/"),
+                        context=telemetry.context_from(metadata),
+                        kind=SpanKind.SERVER,
+                        attributes={"rpc.system": "grpc", "rpc.service": grpc_service, "rpc.method": grpc_method},
+                    )
+                started, code = time.monotonic(), "OK"
+                items = behaviour(request, context).__aiter__()
+                try:
+                    while True:
+                        token = otel_context.attach(set_span_in_context(current)) if current is not None else None
+                        try:
+                            item = await items.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            if token is not None:
+                                otel_context.detach(token)
+                        yield item
+                    code = ended_well(context)
+                except BaseException as exc:
+                    code = _final_code(exc, context)
+                    raise
+                finally:
+                    finish(started, code, current)
+                    if current is not None:
+                        current.end()
+                    with contextlib.suppress(Exception):
+                        await items.aclose()
 
             return wrapped
 
