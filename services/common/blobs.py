@@ -164,7 +164,7 @@ def _open_s3(root: str, s3: S3Access) -> tuple[pafs.S3FileSystem, str, str]:
         access_key=s3.access_key or None,
         secret_key=s3.secret_key or None,
         region=region,
-        scheme=s3.scheme,
+        scheme="http" if s3.scheme == "http" else "https",
         endpoint_override=s3.endpoint or None,
         allow_bucket_creation=True,
     )

@@ -341,9 +341,9 @@ class Datasets:
         file goes (the import is done, or the upload removed), so a finish may run again."""
         chunks = []
         for name, _ in self._blobs.files(chunks_prefix(upload.id)):
-            start, _, end = name.partition("-")
-            if start.isdigit() and end.isdigit():
-                chunks.append((int(start), int(end), name))
+            first, _, after = name.partition("-")
+            if first.isdigit() and after.isdigit():
+                chunks.append((int(first), int(after), name))
         chunks.sort(key=lambda c: (c[0], -c[1]))
         written = 0
         with self._blobs.open_output(part_key(upload.id)) as sink:
