@@ -13,7 +13,7 @@ import pytest
 
 from services.auth.key_encryption import new_key_text
 from services.common.app import read_settings, start_settings
-from services.common.config import SettingsError, flag, number, whole
+from services.common.config import S3Access, SettingsError, blob_settings, flag, number, whole
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,13 @@ READS = [
     ("services.embedding", "EMBEDVIZ_METRICS_ADDR", "9464", "use host:port"),
     ("services.projection", "EMBEDVIZ_LOG_FORMAT", "xml", "use plain or json"),
     ("services.auth", "OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "use an http:// or https:// URL"),
+    ("services.ingest", "EMBEDVIZ_BLOB_ROOT", "gs://bucket/blobs", "use a local folder or s3://bucket/prefix"),
+    ("services.projection", "EMBEDVIZ_BLOB_ROOT", "s3://My_Bucket/blobs", "a bucket name is 3 to 63"),
+    ("services.embedding", "EMBEDVIZ_S3_SCHEME", "ftp", "use http or https"),
+    ("services.auth", "EMBEDVIZ_S3_ENDPOINT", "http://minio:99999", "use host:port"),
+    ("services.ingest", "EMBEDVIZ_S3_ENDPOINT", "minio:9000", "EMBEDVIZ_BLOB_ROOT is the local folder"),
+    ("services.projection", "EMBEDVIZ_S3_ACCESS_KEY", "key", "EMBEDVIZ_S3_SECRET_KEY is not"),
+    ("services.embedding", "EMBEDVIZ_S3_SECRET_KEY_FILE", "/nonexistent/secret", "cannot be read"),
 ]
 
 
@@ -130,3 +137,24 @@ def test_the_parsers_name_the_variable_and_keep_the_default_when_unset() -> None
         whole(env, "A", 3, minimum=1, maximum=10)
     with pytest.raises(SettingsError, match="^C is '1.5'; it must be a whole number"):
         whole(env, "C", 3)
+
+
+def test_the_s3_settings_take_an_endpoint_url_and_keys_from_mounted_files(tmp_path: Path) -> None:
+    (tmp_path / "access").write_text("AKIAEXAMPLE\n")
+    (tmp_path / "secret").write_text("very-secret\n")
+    env = {
+        "EMBEDVIZ_BLOB_ROOT": "s3://embedviz-blobs//prod/",
+        "EMBEDVIZ_S3_ENDPOINT": "http://minio.storage:9000/",
+        "EMBEDVIZ_S3_ACCESS_KEY_FILE": str(tmp_path / "access"),
+        "EMBEDVIZ_S3_SECRET_KEY_FILE": str(tmp_path / "secret"),
+        "EMBEDVIZ_S3_REGION": "eu-central-1",
+    }
+    root, s3 = blob_settings(env, tmp_path)
+    assert root == "s3://embedviz-blobs/prod"
+    assert s3 == S3Access(endpoint="minio.storage:9000", scheme="http", region="eu-central-1",
+                          access_key="AKIAEXAMPLE", secret_key="very-secret")
+    assert "very-secret" not in repr(s3)
+    assert blob_settings({}, tmp_path) == (str(tmp_path / "blobs"), S3Access())
+    assert blob_settings({"EMBEDVIZ_BLOB_ROOT": "s3://embedviz"}, tmp_path) == ("s3://embedviz", S3Access())
+    with pytest.raises(SettingsError, match="^EMBEDVIZ_S3_ENDPOINT says https but EMBEDVIZ_S3_SCHEME says http"):
+        blob_settings({**env, "EMBEDVIZ_S3_ENDPOINT": "https://minio:9000", "EMBEDVIZ_S3_SCHEME": "http"}, tmp_path)

@@ -101,10 +101,12 @@ async def open_deps(
 ) -> Deps:
     # first, so that /metrics answers while the migrations run
     observed = telemetry.start(name, settings.metrics_addr, settings.otlp_endpoint, settings.traces_dir)
+    # then the blob store: an S3 store that cannot be reached stops the start before the database or NATS
+    blobs = await asyncio.to_thread(BlobStore, settings.blob_root, settings.s3)
+    log.info("blobs in %s", blobs.where)
     await migrate(settings.database_url, schema, migrations_dir)
     db = Database(settings.database_url)
     bus = await EventBus.connect(settings.nats_url, f"embedviz-{name}", settings.nats_user, settings.nats_password)
-    blobs = BlobStore(settings.blob_root)
     channels = Channels()
     max_age = settings.jwks_max_age
     lookup = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,19 +119,134 @@ def otlp_endpoint(env: Environ) -> str:
     return ""
 
 
-def _env(name: str, default: str) -> str:
-    return text(os.environ, name, default)
-
-
-def _secret(name: str) -> str:
+def secret(env: Environ, name: str) -> str:
     """`name` from the environment, or read from the file `name`_FILE names (a mounted secret)."""
-    path = os.environ.get(f"{name}_FILE", "")
+    path = env.get(f"{name}_FILE", "")
     if path:
         try:
             return Path(path).read_text().strip()
         except OSError as exc:
             raise SettingsError(f"{name}_FILE names {path}, which cannot be read: {exc.strerror or exc}") from exc
-    return os.environ.get(name, "")
+    return env.get(name, "")
+
+
+def _env(name: str, default: str) -> str:
+    return text(os.environ, name, default)
+
+
+# S3's rule for bucket names (what every S3-compatible store accepts): 3 to 63 lower-case
+# letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]+))?")
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """How the blob store reaches an S3-compatible store when EMBEDVIZ_BLOB_ROOT is
+    s3://bucket/prefix. Empty fields leave the choice to pyarrow (AWS itself: the region
+    from the AWS settings, credentials from AWS_ACCESS_KEY_ID, ~/.aws or the instance)."""
+
+    endpoint: str = ""  # host:port of the store; empty: AWS
+    scheme: str = "https"
+    region: str = ""
+    access_key: str = ""
+    secret_key: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, env: Environ) -> S3Access:
+        endpoint = text(env, "EMBEDVIZ_S3_ENDPOINT").strip().rstrip("/")
+        scheme = text(env, "EMBEDVIZ_S3_SCHEME").strip().lower()
+        if scheme and scheme not in ("http", "https"):
+            raise SettingsError(f"EMBEDVIZ_S3_SCHEME is {_shown(scheme)}; use http or https (unset: https)")
+        if "://" in endpoint:
+            given, endpoint = endpoint.split("://", 1)
+            given = given.lower()
+            if given not in ("http", "https"):
+                raise SettingsError(
+                    f"EMBEDVIZ_S3_ENDPOINT starts with {_shown(given + '://')}; use host:port, "
+                    "http://host:port or https://host:port"
+                )
+            if scheme and scheme != given:
+                raise SettingsError(
+                    f"EMBEDVIZ_S3_ENDPOINT says {given} but EMBEDVIZ_S3_SCHEME says {scheme}; set one of them"
+                )
+            scheme = given
+        if endpoint:
+            found = _HOST_PORT.fullmatch(endpoint)
+            port = found.group("port") if found else None
+            if not found or (port is not None and not 1 <= int(port) <= 65535):
+                raise SettingsError(
+                    f"EMBEDVIZ_S3_ENDPOINT is {_shown(endpoint)}; use host:port, e.g. minio:9000 "
+                    "or http://127.0.0.1:8333 (no path)"
+                )
+        access_key = secret(env, "EMBEDVIZ_S3_ACCESS_KEY").strip()
+        secret_key = secret(env, "EMBEDVIZ_S3_SECRET_KEY").strip()
+        if bool(access_key) != bool(secret_key):
+            have, missing = (
+                ("EMBEDVIZ_S3_ACCESS_KEY", "EMBEDVIZ_S3_SECRET_KEY")
+                if access_key
+                else ("EMBEDVIZ_S3_SECRET_KEY", "EMBEDVIZ_S3_ACCESS_KEY")
+            )
+            raise SettingsError(
+                f"{have} is set but {missing} is not; give both (or their _FILE forms), "
+                "or neither to use the AWS credential chain"
+            )
+        return cls(
+            endpoint=endpoint,
+            scheme=scheme or "https",
+            region=text(env, "EMBEDVIZ_S3_REGION").strip(),
+            access_key=access_key,
+            secret_key=secret_key,
+        )
+
+    @property
+    def given(self) -> bool:
+        return bool(self.endpoint or self.region or self.access_key or self.scheme != "https")
+
+
+def blob_root(env: Environ, data_dir: Path) -> str:
+    """EMBEDVIZ_BLOB_ROOT: a local folder (default `data_dir`/blobs), or s3://bucket/prefix."""
+    raw = text(env, "EMBEDVIZ_BLOB_ROOT")
+    if not raw:
+        return str(data_dir / "blobs")
+    if "://" not in raw:
+        return raw
+    scheme, rest = raw.strip().split("://", 1)
+    if scheme.lower() == "file":
+        return rest
+    if scheme.lower() != "s3":
+        raise SettingsError(
+            f"EMBEDVIZ_BLOB_ROOT is {_shown(raw)}; use a local folder or s3://bucket/prefix"
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise SettingsError(
+            f"EMBEDVIZ_BLOB_ROOT names the bucket {_shown(bucket)}; a bucket name is 3 to 63 lower-case "
+            "letters, digits, dots and hyphens, e.g. s3://embedviz/blobs"
+        )
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise SettingsError(f"EMBEDVIZ_BLOB_ROOT is {_shown(raw)}; the prefix may not hold . or .. parts")
+    return "s3://" + "/".join([bucket, *parts])
+
+
+def blob_settings(env: Environ, data_dir: Path) -> tuple[str, S3Access]:
+    """The blob root and, for an s3:// root, how to reach the store. EMBEDVIZ_S3_* beside a
+    local folder is refused: the blobs would silently stay on this machine."""
+    root = blob_root(env, data_dir)
+    s3 = S3Access.from_env(env)
+    if not root.startswith("s3://") and s3.given:
+        named = next(
+            name
+            for name in ("EMBEDVIZ_S3_ENDPOINT", "EMBEDVIZ_S3_REGION", "EMBEDVIZ_S3_ACCESS_KEY",
+                         "EMBEDVIZ_S3_ACCESS_KEY_FILE", "EMBEDVIZ_S3_SCHEME")
+            if env.get(name)
+        )
+        raise SettingsError(
+            f"{named} is set but EMBEDVIZ_BLOB_ROOT is the local folder {_shown(root)}; "
+            "set EMBEDVIZ_BLOB_ROOT=s3://bucket/prefix, or unset the EMBEDVIZ_S3_* settings"
+        )
+    return root, s3
 
 
 def _default_model_path() -> str:
@@ -178,19 +294,22 @@ class Settings:
     log_format: str = "plain"
     otlp_endpoint: str = ""
     traces_dir: str = ""
+    # EMBEDVIZ_S3_*: how to reach the store when blob_root is s3://bucket/prefix.
+    s3: S3Access = field(default_factory=S3Access)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Settings:
         data_dir = Path(_env("EMBEDVIZ_DATA_DIR", str(REPO_ROOT / "var"))).resolve()
         auth_http = _env("EMBEDVIZ_AUTH_HTTP_ADDR", "127.0.0.1:8081")
+        blobs, s3 = blob_settings(os.environ, data_dir)
         return cls(
             data_dir=data_dir,
             database_url=_env(
                 "EMBEDVIZ_DATABASE_URL", "postgresql+asyncpg://embedviz@127.0.0.1:5433/embedviz"
             ),
             nats_url=_env("EMBEDVIZ_NATS_URL", "nats://127.0.0.1:4222"),
-            blob_root=_env("EMBEDVIZ_BLOB_ROOT", str(data_dir / "blobs")),
+            blob_root=blobs,
             listen_host=_env("EMBEDVIZ_LISTEN_HOST", "127.0.0.1"),
             auth_addr=_env("EMBEDVIZ_AUTH_ADDR", "127.0.0.1:50051"),
             ingest_addr=_env("EMBEDVIZ_INGEST_ADDR", "127.0.0.1:50052"),
@@ -210,12 +329,13 @@ class Settings:
             web_dist=_env("EMBEDVIZ_WEB_DIST", str(REPO_ROOT / "gateway" / "web" / "dist")),
             log_level=_env("EMBEDVIZ_LOG_LEVEL", "INFO"),
             nats_user=_env("EMBEDVIZ_NATS_USER", ""),
-            nats_password=_secret("EMBEDVIZ_NATS_PASSWORD"),
+            nats_password=secret(os.environ, "EMBEDVIZ_NATS_PASSWORD"),
             jwks_max_age=number(os.environ, "EMBEDVIZ_JWKS_MAX_AGE", 300.0, minimum=0.1),
             metrics_addr=metrics_addr(os.environ),
             log_format=log_format(os.environ),
             otlp_endpoint=otlp_endpoint(os.environ),
             traces_dir=_env("EMBEDVIZ_TRACES_DIR", ""),
+            s3=s3,
         )
 
     def listen_addr(self, own_addr: str) -> str:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import nats.errors
-import pyarrow.fs as pafs
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
@@ -81,7 +80,7 @@ def remove_unowned(blobs: BlobStore, stale: dict[str, str], live: Collection[str
     for entry_id, key in stale.items():
         if entry_id in live:
             continue
-        if blobs.fs.get_file_info(blobs.path(key)).type == pafs.FileType.Directory:
+        if blobs.is_folder(key):
             blobs.delete_dir(key)
         else:
             blobs.delete(key)

@@ -99,7 +99,7 @@ class VectorChunk:
 
 
 class VectorFile:
-    """A vector file opened for reading: memory-mapped when the store is local."""
+    """A vector file opened for reading, memory-mapped (from a temporary copy on S3)."""
 
     def __init__(self, source: pa.NativeFile) -> None:
         self._source = source
@@ -115,9 +115,7 @@ class VectorFile:
 
     @classmethod
     def open(cls, blobs: BlobStore, key: str) -> VectorFile:
-        path = blobs.local_path(key)
-        source = pa.memory_map(path, "r") if path is not None else blobs.open_input_file(key)
-        return cls(source)
+        return cls(blobs.open_mapped(key))
 
     def close(self) -> None:
         self._table = pa.table({})

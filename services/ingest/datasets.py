@@ -54,7 +54,18 @@ HASH_BLOCK = 1 << 20
 
 
 def part_key(upload_id: str) -> str:
+    """The uploaded file, whole: written in place chunk by chunk in a local folder, joined
+    from its chunks (chunks_prefix) when the upload finishes on S3."""
     return f"uploads/{upload_id}.part"
+
+
+def chunks_prefix(upload_id: str) -> str:
+    """An upload's chunks on S3, one object each, named by the byte range they hold."""
+    return f"uploads/{upload_id}.chunks"
+
+
+def chunk_key(upload_id: str, offset: int, end: int) -> str:
+    return f"{chunks_prefix(upload_id)}/{offset:016d}-{end:016d}"
 
 
 def rows_key(dataset_id: str) -> str:
@@ -263,8 +274,9 @@ class Datasets:
                 await asyncio.wait_for(stop.wait(), self._settings.sweep_interval)
 
     def _create_part(self, upload_id: str) -> None:
-        with self._blobs.open_output(part_key(upload_id)):
-            pass
+        if self._blobs.local:  # chunks are written into it; on S3 each chunk is an object
+            with self._blobs.open_output(part_key(upload_id)):
+                pass
 
     async def _load_upload(
         self, session: AsyncSession, identity: Identity, name: str, minimum: str, lock: bool = False
@@ -314,22 +326,46 @@ class Datasets:
             return upload.received_bytes
 
     def _write_chunk(self, upload: Upload, offset: int, data: bytes) -> None:
-        key = part_key(upload.id)
-        path = self._blobs.local_path(key)
+        path = self._blobs.local_path(part_key(upload.id))
         if path is not None:
             with open(path, "r+b") as f:  # random access: chunks may come in any order
                 f.seek(offset)
                 f.write(data)
             return
-        # Object stores append only: take chunks in order, and repeats of what arrived.
-        if offset + len(data) <= upload.received_bytes:
-            return
-        if offset != upload.received_bytes:
+        # S3 cannot append or write into an object: each chunk is one, joined at the finish.
+        self._blobs.put(chunk_key(upload.id, offset, offset + len(data)), data)
+
+    def _join_chunks(self, upload: Upload) -> None:
+        """On S3: the upload's chunks, in order of their offsets, become its file. A range
+        sent twice (a retry, maybe cut otherwise) is taken once. The chunks stay until the
+        file goes (the import is done, or the upload removed), so a finish may run again."""
+        chunks = []
+        for name, _ in self._blobs.files(chunks_prefix(upload.id)):
+            first, _, after = name.partition("-")
+            if first.isdigit() and after.isdigit():
+                chunks.append((int(first), int(after), name))
+        chunks.sort(key=lambda c: (c[0], -c[1]))
+        written = 0
+        with self._blobs.open_output(part_key(upload.id)) as sink:
+            for start, end, name in chunks:
+                if end <= written:
+                    continue
+                if start > written:
+                    break
+                with self._blobs.open_input_stream(f"{chunks_prefix(upload.id)}/{name}") as chunk:
+                    data = chunk.read()
+                sink.write(data[written - start:])
+                written = end
+        if written < upload.size_bytes:
             raise FailedPrecondition(
-                f"this blob store takes chunks in order; send the chunk at offset {upload.received_bytes}"
+                f"the upload's bytes from offset {written} are missing from the blob store; start a new upload"
             )
-        with self._blobs.open_append(key) as f:
-            f.write(data)
+
+    def _delete_upload_bytes(self, key: str) -> None:
+        """An upload's file (part_key) and, on S3, the chunks it was joined from."""
+        self._blobs.delete(key)
+        if not self._blobs.local:
+            self._blobs.delete_dir(key.removesuffix(".part") + ".chunks")
 
     def _sha256(self, key: str) -> str:
         digest = hashlib.sha256()
@@ -352,6 +388,8 @@ class Datasets:
                 f"upload has {upload.received_bytes} of {upload.size_bytes} bytes; "
                 f"send the rest from offset {upload.received_bytes}"
             )
+        if not self._blobs.local:
+            await asyncio.to_thread(self._join_chunks, upload)
         if upload.sha256:
             actual = await asyncio.to_thread(self._sha256, part_key(upload.id))
             if actual != upload.sha256:
@@ -518,7 +556,7 @@ class Datasets:
         def remove() -> None:
             for key in keys:
                 if key.startswith("uploads/"):
-                    self._blobs.delete(f"{key}.part")
+                    self._delete_upload_bytes(f"{key}.part")
                 else:
                     self._blobs.delete_dir(key)
 
@@ -679,7 +717,7 @@ class Datasets:
             result = await asyncio.to_thread(work)
         except ImportStopped:  # the dataset was deleted meanwhile
             await asyncio.to_thread(self._blobs.delete, target)
-            await asyncio.to_thread(self._blobs.delete, source)
+            await asyncio.to_thread(self._delete_upload_bytes, source)
             return
         except ImportFailed as exc:
             failure = str(exc)
@@ -694,7 +732,7 @@ class Datasets:
         if failure is not None:
             # Nothing of it stays behind, and that is so before anyone sees the failure.
             await asyncio.to_thread(self._blobs.delete, target)
-            await asyncio.to_thread(self._blobs.delete, source)
+            await asyncio.to_thread(self._delete_upload_bytes, source)
             if append_id:
                 await self._end_append(reporter, f"appending {filename} failed: {failure}")
             else:
@@ -724,7 +762,7 @@ class Datasets:
         def publish() -> None:
             if self._blobs.exists(target) or not self._blobs.exists(live):
                 self._blobs.move(target, live)
-            self._blobs.delete(source)
+            self._delete_upload_bytes(source)
             self._blobs.delete_dir(import_parts_prefix(dataset_id))
 
         await asyncio.to_thread(publish)

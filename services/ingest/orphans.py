@@ -1,5 +1,6 @@
 """Ingest's part of the reconciler (services/common/reconcile.py): the blob store's
-`datasets/{id}` folders and `uploads/{id}.part` files that no row owns."""
+`datasets/{id}` folders and `uploads/{id}.part` files that no row owns (on S3 also the
+`uploads/{id}.chunks` folders of chunks)."""
 
 from __future__ import annotations
 
@@ -17,4 +18,8 @@ def reconciler(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, set
     async def upload_files() -> int:
         return await remove_blobs_without_rows(sessions, blobs, "uploads", Upload.id, settings.grace, ".part")
 
-    return Reconciler("ingest", [dataset_files, upload_files], settings)
+    async def upload_chunks() -> int:
+        return await remove_blobs_without_rows(sessions, blobs, "uploads", Upload.id, settings.grace, ".chunks")
+
+    sweeps = [dataset_files, upload_files] if blobs.local else [dataset_files, upload_files, upload_chunks]
+    return Reconciler("ingest", sweeps, settings)

@@ -42,12 +42,8 @@ class MapReads:
         return await asyncio.to_thread(self.read_points, row.id)
 
     def read_points(self, projection_id: str) -> maps.Points:
-        import pyarrow as pa
-
-        key = points_key(projection_id)
-        local = self._blobs.local_path(key)
         try:
-            source = pa.memory_map(local) if local else self._blobs.open_input_file(key)
+            source = self._blobs.open_mapped(points_key(projection_id))
         except FileNotFoundError:
             raise FailedPrecondition(
                 f"the points of projection {projection_id} are missing; create the projection again"

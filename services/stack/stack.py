@@ -389,6 +389,8 @@ class Stack:
             lines.append(f"  web files   http://{self.addrs['web']}")
         if "edge" in self.components:
             lines.append(f"  edge        {self.edge_url} (Envoy; admin and stats: {self.edge_admin_url})")
+        if any(s in self.components for s in SERVICES):
+            lines.append(f"  blobs       {self.blob_root}")
         lines.append(f"  logs        {self.logs_dir}")
         return "\n".join(lines)
 
