@@ -35,16 +35,19 @@ ARTIFACTS = REPO_ROOT / "test-artifacts" / "logs"
 # test-artifacts/module-times.txt). They start first, so no process is left with one of
 # them at the end while the other idles. Every other module follows in its usual order.
 SLOWEST_FIRST = (
-    "tests/faults/test_kills.py",
-    "tests/test_web_client.py",
-    "tests/faults/test_shared_parts.py",
     "tests/projection/test_numba_once.py",
     "tests/embedding/test_workers.py",
+    "tests/test_web_client.py",
+    "tests/faults/test_kills.py",
+    "tests/faults/test_shared_parts.py",
+    "tests/projection/test_fit_processes.py",
     "tests/test_long_jobs.py",
-    "tests/projection/test_worker_crash.py",
-    "tests/test_whole_path.py",
-    "tests/projection/test_map_resume.py",
     "tests/test_fuzz.py",
+    "tests/projection/test_worker_crash.py",
+    "tests/projection/test_depth.py",
+    "tests/test_outbox.py",
+    "tests/projection/test_map_resume.py",
+    "tests/test_s3_whole_path.py",
 )
 
 # A projection service warms numba in each fitting process as it starts: it compiles the
