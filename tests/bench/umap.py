@@ -236,9 +236,9 @@ def main() -> None:
     vectors = np.ascontiguousarray(corpus.vectors(100_000)[:rows])
     texts = (corpus.CACHE / "texts-100000.txt").read_text().split("\n")[:rows]
     labels = corpus.sections(rows)
-    load = os.getloadavg()
+    at_start = os.getloadavg()
     print(
-        f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start",
+        f"machine: {os.cpu_count()} cores, load average {at_start[0]:.1f} {at_start[1]:.1f} {at_start[2]:.1f} at start",
         file=sys.stderr,
     )
     with tempfile.TemporaryDirectory(prefix="bench-umap-") as tmp:
@@ -254,8 +254,8 @@ def main() -> None:
                 f"fitted_rows={quality['fitted_rows']} clusters={quality['clusters']} "
                 f"all_placed={bool(np.isfinite(points).all())} trustworthiness={trust(many, points):.4f}"
             )
-    load = os.getloadavg()
-    print(f"machine: load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end; bench process peak RSS "
+    at_end = os.getloadavg()
+    print(f"machine: load average {at_end[0]:.1f} {at_end[1]:.1f} {at_end[2]:.1f} at the end; bench process peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", file=sys.stderr)
 
 
