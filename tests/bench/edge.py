@@ -339,6 +339,10 @@ async def measure(stack: Stack, texts: list[str]) -> dict[str, object]:
 
 
 def main() -> None:
+    from tests.bench.report import Result, env_settings
+
+    report = Result("edge", "What the edge (Envoy) adds: the same calls through Envoy against gRPC straight to the "
+                    "service", env_settings("BENCH_EDGE_ROWS", "BENCH_EDGE_CALLS", "BENCH_EDGE_REPEATS"))
     started = time.perf_counter()
     texts, sources = corpus.texts(ROWS)
     if len(texts) < ROWS:
@@ -418,13 +422,37 @@ def main() -> None:
     )
     e50, e99 = p["envoy grpc"]
     w50, w99 = p["envoy grpc-web"]
-    print(
+    summary = (
         f"edge: unary p50 {e50 - d50:+.2f} ms (x{e50 / d50:.2f}), p99 {e99 - d99:+.2f} ms via envoy gRPC, "
         f"grpc-web p50 {w50 - d50:+.2f} ms (x{w50 / d50:.2f}), p99 {w99 - d99:+.2f} ms; "
         f"StreamPoints grpc via envoy {base['s'] / streams['envoy grpc']['s']:.2f}x direct, "
         f"grpc-web+gzip {base['s'] / gzip['s']:.2f}x, {base['body_bytes'] / gzip['body_bytes']:.1f}x fewer bytes; "
         f"envoy peak RSS {envoy_peak:.0f} MB"
     )
+    print(summary)
+    calls = len(unary["direct"])
+    for name in ("envoy grpc-web", "envoy grpc", "envoy grpc-web identity"):
+        for q, (ours_ms, peer_ms) in (("p50", (p[name][0], d50)), ("p99", (p[name][1], d99))):
+            report.compare(
+                f"GetCurrentUser {q} latency ({calls} sequential calls)", ours=ours_ms, peer=peer_ms, unit="ms",
+                ours_is=labels[name], peer_is="gRPC straight to auth", lower_is_better=True,
+                added_ms=ours_ms - peer_ms,
+            )
+    stream_labels = {
+        "envoy grpc-web+gzip": "grpc-web through Envoy, gzip",
+        "envoy grpc": "gRPC (h2c) through Envoy",
+        "envoy grpc-web": "grpc-web through Envoy, identity",
+    }
+    for name, label in stream_labels.items():
+        s = streams[name]
+        report.compare(
+            f"StreamPoints of {points:,} points, median of {REPEATS}", ours=s["s"] * 1e3, peer=base["s"] * 1e3,
+            unit="ms", ours_is=label, peer_is="gRPC straight to projection", lower_is_better=True,
+            body_bytes=int(s["body_bytes"]), peer_body_bytes=int(base["body_bytes"]),
+        )
+    report.figure("aiohttp GET of Envoy's admin /ready, p50 (the floor of one HTTP round trip)", p["floor"][0], "ms")
+    report.figure("Envoy peak RSS (VmHWM)", envoy_peak, "MB", after_start_mb=idle_rss)
+    report.write(summary)
 
 
 if __name__ == "__main__":

@@ -300,7 +300,12 @@ async def naive(database_url: str, path: Path, sample: int) -> float:
 
 def main() -> None:
     from services.stack import Stack
+    from tests.bench.report import Result, env_settings
 
+    result = Result(
+        "ingest", "Importing a CSV: the ingest service's import job against pyarrow read_csv + write_table",
+        env_settings("BENCH_INGEST_MB", "BENCH_INGEST_SMALL_MB", "BENCH_INGEST_REPEATS", "BENCH_INGEST_NAIVE_ROWS"),
+    )
     work = Path(tempfile.mkdtemp(prefix="embedviz-bench-ingest-"))
     work.chmod(0o755)
     try:
@@ -377,6 +382,26 @@ def main() -> None:
         print(
             f"load: {os.getloadavg()}, "
             f"this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        )
+        for size in ("200", "50"):
+            ours_r, peer_r, alone = results[f"service {size}"], results[f"pyarrow {size}"], results[f"importer {size}"]
+            result.compare(
+                f"CSV of {ours_r['mb']:.0f} MB ({int(ours_r['rows']):,} rows) to Parquet",
+                ours=ours_r["mb"] / ours_r["s"], peer=peer_r["mb"] / peer_r["s"], unit="MB/s",
+                ours_is="service import job", peer_is="pyarrow read_csv + write_table", lower_is_better=False,
+                ours_peak_rss_mb=ours_r["rss"], peer_peak_rss_mb=peer_r["rss"],
+                importer_alone_mb_s=alone["mb"] / alone["s"],
+            )
+        result.compare(
+            f"the same {peer['mb']:.0f} MB, against the naive way", ours=ours_mb_s, peer=peer["mb"] / naive_s,
+            unit="MB/s", ours_is="service import job", peer_is="a JSON row per CSV row through the ORM, extrapolated",
+            lower_is_better=False, naive_rows_per_s=naive_rows_s,
+        )
+        result.figure("service upload (AppendUploadChunk), 200 MB", ours["mb"] / ours["upload_s"], "MB/s")
+        result.figure("service RSS idle / peak after import, 200 MB", f"{ours['idle_rss']:.0f} / {ours['rss']:.0f}",
+                      "MB")
+        result.write(
+            f"bench ingest ratio={ours_mb_s / peer_mb_s:.2f} mb_s={ours_mb_s:.1f} peak_rss_mb={ours['rss']:.0f}"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

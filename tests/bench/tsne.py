@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,11 @@ def quality(vectors: np.ndarray, points: np.ndarray, labels: np.ndarray) -> tupl
 
 
 def main() -> None:
+    from tests.bench.report import Result, env_settings
     from tests.projection import debian
+
+    result = Result("tsne", "t-SNE 2-D of real 384-d vectors: the job path's reducer against scikit-learn TSNE "
+                    "and plain openTSNE", env_settings("BENCH_TSNE_ROWS"))
 
     sizes = [int(size) for size in os.environ.get("BENCH_TSNE_ROWS", "5000,20000").split(",") if size.strip()]
     seen: set[str] = set()
@@ -79,12 +84,15 @@ def main() -> None:
             sections.append(package.section)
     if len(sections) < max(sizes):
         raise SystemExit(f"bench tsne: needs {max(sizes)} Debian package summaries, apt has {len(sections)}")
+    lines: list[str] = []
     for rows in sizes:
         vectors = np.asarray(corpus.vectors(rows)[:rows], dtype=np.float32)
-        one_round(vectors, np.asarray(sections[:rows]))
+        lines.append(one_round(vectors, np.asarray(sections[:rows]), result))
+    result.write("; ".join(lines))
 
 
-def one_round(vectors: np.ndarray, labels: np.ndarray) -> None:
+def one_round(vectors: np.ndarray, labels: np.ndarray, result: Any) -> str:
+    """One size, all sides; returns its `bench tsne` line."""
     rows = len(vectors)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as work:
@@ -110,7 +118,19 @@ def one_round(vectors: np.ndarray, labels: np.ndarray) -> None:
             f"trustworthiness {r['trustworthiness']:.3f}  10-NN label agreement {r['label_agreement']:.3f}  "
             f"peak RSS {r['peak_rss_mb']:6.0f} MB  load {r['load']:.2f}"
         )
-    print(f"bench tsne rows={rows} ratio={reference / results['ours (job path)']['seconds']:.2f}", flush=True)
+    line = f"bench tsne rows={rows} ratio={reference / results['ours (job path)']['seconds']:.2f}"
+    print(line, flush=True)
+    ours = results["ours (job path)"]
+    for name in ("scikit-learn TSNE", "plain openTSNE"):
+        peer = results[name]
+        result.compare(
+            f"{rows:,} × {vectors.shape[1]} to 2-D", ours=ours["seconds"], peer=peer["seconds"], unit="s",
+            ours_is="job path reducer", peer_is=name, lower_is_better=True,
+            trustworthiness=ours["trustworthiness"], peer_trustworthiness=peer["trustworthiness"],
+            section_agreement=ours["label_agreement"], peer_section_agreement=peer["label_agreement"],
+            ours_peak_rss_mb=ours["peak_rss_mb"], peer_peak_rss_mb=peer["peak_rss_mb"],
+        )
+    return line
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench import corpus  # noqa: E402
+from tests.bench.report import Result, env_settings  # noqa: E402
+
+RESULT = Result("umap", "UMAP 2-D of real 384-d vectors: the projection job path against plain umap-learn",
+                env_settings("BENCH_UMAP_ROWS", "BENCH_UMAP_MILLION"))
 
 PEER = r"""
 import json, resource, sys, time
@@ -254,9 +258,13 @@ def main() -> None:
                 f"fitted_rows={quality['fitted_rows']} clusters={quality['clusters']} "
                 f"all_placed={bool(np.isfinite(points).all())} trustworthiness={trust(many, points):.4f}"
             )
+            RESULT.figure(f"{big:,} rows, job path with clustering (sample and place)", seconds, "s",
+                          peak_rss_mb=rss, fitted_rows=quality["fitted_rows"], clusters=quality["clusters"],
+                          trustworthiness=trust(many, points))
     at_end = os.getloadavg()
     print(f"machine: load average {at_end[0]:.1f} {at_end[1]:.1f} {at_end[2]:.1f} at the end; bench process peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", file=sys.stderr)
+    RESULT.write()
 
 
 def compare(vectors: np.ndarray, texts: list[str], labels: list[str], work: Path) -> None:
@@ -288,6 +296,14 @@ def compare(vectors: np.ndarray, texts: list[str], labels: list[str], work: Path
     print(
         f"umap details: rows={len(vectors)} peer_seconds={peer['seconds']:.1f} peer_trustworthiness={peer_trust:.4f} "
         f"peer_peak_rss_mb={peer['peak_rss_mb']:.0f} service_peak_rss_mb={rss:.0f}"
+    )
+    RESULT.summary = f"bench umap ratio={peer['seconds'] / seconds:.2f} seconds={seconds:.1f}"
+    RESULT.compare(
+        f"{len(vectors):,} × {vectors.shape[1]} to 2-D", ours=seconds, peer=peer["seconds"], unit="s",
+        ours_is="job path, CreateProjection to SUCCEEDED", peer_is="umap.UMAP().fit_transform", lower_is_better=True,
+        trustworthiness=ours_trust, peer_trustworthiness=peer_trust, section_agreement=ours_agree,
+        peer_section_agreement=peer_agree, ours_peak_rss_mb=rss, peer_peak_rss_mb=peer["peak_rss_mb"],
+        fitted_rows=quality["fitted_rows"], pre_reduction_dims=quality["pre_reduction_dimensions"],
     )
 
 
