@@ -21,7 +21,11 @@ SwiftShader on the CPU). Per size (BENCH_MAP_SIZES, default 100000,1000000):
 - bytes per point: packed (12 B + a few bytes of protobuf/grpc-web framing a chunk) against
   the same points as JSON objects {"row","x","y","cluster"}, and the Arrow column per row.
 
-Prints a table, then ratios (1M / 100k, JSON / packed)."""
+The peer: the same points as a JSON API would send them (an array of {"row","x","y","cluster"}
+objects), `JSON.parse`d, put in arrays and drawn by plain regl-scatterplot with the same
+settings; first frame likewise, the network left out (it would favour the packed side more).
+
+Prints a table, then ratios (1M / 100k, JSON / packed, the peer's first frame / ours)."""
 
 from __future__ import annotations
 
@@ -38,6 +42,12 @@ OUT = ROOT / "build" / "bench-map-web"
 
 
 def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from tests.bench.report import Result, env_settings
+
+    result = Result("map", "The web map's first frame in headless Chromium (software GL): packed points through "
+                    "the client's decoding against JSON drawn by plain regl-scatterplot",
+                    env_settings("BENCH_MAP_SIZES", "BENCH_MAP_REPEATS"))
     if not (WEB / "node_modules").is_dir():
         print("bench map: gateway/web/node_modules is missing; run `make web-deps` first")
         return 1
@@ -95,13 +105,31 @@ def main() -> int:
             ("filterMs", "filter"),
         ):
             print(f"{name}: {b['n']:,} / {a['n']:,} = {b[key] / max(a[key], 1e-9):.1f}x (points x{k:.0f})")
+    for r in rows:
+        print(f"{r['n']:,} points: first frame from JSON (plain regl-scatterplot) {r['peerFirstFrameMs']:.0f} ms, "
+              f"ours {r['firstFrameMs']:.0f} ms: x{r['peerFirstFrameMs'] / r['firstFrameMs']:.2f}")
     big = rows[-1]
-    print(
+    summary = (
         f"map: {big['n']:,} points first frame {big['firstFrameMs'] / 1000:.2f} s, "
         f"interactive {big['interactiveMs'] / 1000:.2f} s, pan {big['panMs']:.0f} ms, "
         f"filter {big['filterMs']:.0f} ms; {big['wireBytesPerPoint']:.1f} B/point packed "
         f"vs {big['jsonBytesPerPoint']:.1f} JSON"
     )
+    print(summary)
+    for r in reversed(rows):  # the largest first: the report's headline
+        result.compare(
+            f"{r['n']:,} points, first points byte to first finished frame", ours=r["firstFrameMs"],
+            peer=r["peerFirstFrameMs"], unit="ms", ours_is="packed chunks, src/points.ts, regl-scatterplot",
+            peer_is="JSON.parse + plain regl-scatterplot", lower_is_better=True, decode_ms=r["decodeMs"],
+            interactive_ms=r["interactiveMs"], pan_ms=r["panMs"], filter_ms=r["filterMs"],
+        )
+    for r in rows:
+        result.compare(
+            f"{r['n']:,} points, bytes per point on the wire", ours=r["wireBytesPerPoint"],
+            peer=r["jsonBytesPerPoint"], unit="B", ours_is="packed", peer_is="JSON objects", lower_is_better=True,
+        )
+    result.note(f"renderer: {rows[0]['renderer']}; {out['userAgent']}")
+    result.write(summary)
     return 0
 
 

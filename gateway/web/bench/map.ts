@@ -19,11 +19,12 @@ function rng(seed: number) {
 }
 
 /** Packed StreamPoints chunks (x, y float32, uint16 cluster) for n points in gaussian blobs. */
-function syntheticChunks(n: number): { chunks: PointChunk[]; json: number } {
+function syntheticChunks(n: number): { chunks: PointChunk[]; json: number; jsonText: string } {
   const r = rng(42);
   const centres = Array.from({ length: CLUSTERS }, () => [r() * 20 - 10, r() * 20 - 10]);
   const chunks: PointChunk[] = [];
   let json = 2; // "[" "]"
+  const jsonParts: string[] = [];
   for (let start = 0; start < n; start += CHUNK) {
     const count = Math.min(CHUNK, n - start);
     const packed = new Uint8Array(count * 12);
@@ -36,12 +37,14 @@ function syntheticChunks(n: number): { chunks: PointChunk[]; json: number } {
       view.setFloat32(i * 12 + 4, y, true);
       view.setUint16(i * 12 + 8, c, true);
       // The same point as JSON, as a JSON API would send it (float32 printed shortest).
-      json += JSON.stringify({ row: start + i, x: Math.fround(x), y: Math.fround(y), cluster: c }).length + 1;
+      const part = JSON.stringify({ row: start + i, x: Math.fround(x), y: Math.fround(y), cluster: c });
+      jsonParts.push(part);
+      json += part.length + 1;
     }
     const empty = new Uint8Array(0);
     chunks.push({ count, dimensions: 2, rowIndexes: empty, coordinates: empty, clusterIds: empty, totalCount: n, packed, start });
   }
-  return { chunks, json: json - 1 };
+  return { chunks, json: json - 1, jsonText: `[${jsonParts.join(",")}]` };
 }
 
 /** A "topic" category column as ReadColumns sends it: Arrow IPC batches, dictionary<int32, string>. */
@@ -72,7 +75,7 @@ function median(xs: number[]): number {
 }
 
 async function run(n: number, repeats: number) {
-  const { chunks, json } = syntheticChunks(n);
+  const { chunks, json, jsonText } = syntheticChunks(n);
   const wire = chunks.reduce((a, c) => a + c.packed!.byteLength + 16, 0); // + field/frame headers a chunk
   const topicIpc = syntheticTopicIpc(n);
   const ipcBytes = topicIpc.reduce((a, b) => a + b.byteLength, 0);
@@ -139,7 +142,37 @@ async function run(n: number, repeats: number) {
     filters.push(performance.now() - t);
   }
   sp.destroy();
+
+  // ---- the peer: the same points as a JSON API would send them, parsed and drawn by plain
+  // regl-scatterplot (no packed decoding, no normalising module); run after ours, so any
+  // browser cache (shaders) favours the peer ----
+  const p0 = performance.now();
+  const parsed = JSON.parse(jsonText) as { row: number; x: number; y: number; cluster: number }[];
+  const px = new Float32Array(n), py = new Float32Array(n), pv = new Float32Array(n);
+  let lo = Infinity, hi = -Infinity;
+  for (const pt of parsed) {
+    lo = Math.min(lo, pt.x, pt.y);
+    hi = Math.max(hi, pt.x, pt.y);
+  }
+  const mid = (lo + hi) / 2, half = (hi - lo) / 2 || 1;
+  for (const pt of parsed) {
+    px[pt.row] = (pt.x - mid) / half;
+    py[pt.row] = (pt.y - mid) / half;
+    pv[pt.row] = pt.cluster;
+  }
+  const peer = createScatterplot({
+    canvas, width: "auto", height: "auto", backgroundColor: "#ffffff", pointSize, pointSizeSelected: pointSize + 3,
+    pointOutlineWidth: 2, pointColor: categoricalPalette(ids.length), colorBy: "valueA", opacity: n > 100_000 ? 0.6 : 0.9,
+    lassoOnLongPress: false, cameraDistance: 1.08,
+  });
+  if (n > 100_000) peer.set({ opacityBy: "density" } as unknown as Parameters<typeof peer.set>[0]);
+  const peerGl = (peer.get("regl" as never) as unknown as { _gl?: WebGLRenderingContext })?._gl ?? canvas.getContext("webgl");
+  await peer.draw({ x: px, y: py, valueA: pv }, { zDataType: "categorical" });
+  await frameDone(peerGl);
+  const peerFirstFrameMs = performance.now() - p0;
+  peer.destroy();
   return {
+    peerFirstFrameMs,
     n, chunks: chunks.length, pointOver,
     decodeMs: tDecoded - t0, firstFrameMs: tFirstFrame - t0, interactiveMs: tInteractive - t0,
     panMs: median(pans), panP90Ms: [...pans].sort((a, b) => a - b)[Math.floor(pans.length * 0.9)],
