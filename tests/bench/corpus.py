@@ -69,6 +69,11 @@ def vectors(count: int) -> np.ndarray:
     path = CACHE / f"minilm-{count}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
+    # texts(n) is a prefix of texts(m) for n < m: a larger cache holds these vectors already.
+    sizes = sorted(int(size) for f in CACHE.glob("minilm-*.npy") if (size := f.stem.split("-")[1]).isdigit())
+    for larger in sizes:
+        if larger > count:
+            return np.load(CACHE / f"minilm-{larger}.npy", mmap_mode="r")[:count]
     corpus, sources = texts(count)
     if len(corpus) < count:
         raise SystemExit(f"only {len(corpus)} texts found ({sources}); apt-get update may be needed")
