@@ -30,7 +30,8 @@ from tests.edge.envoy_doc import EnvoyDoc
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"
-BLOB_SERVICES = ("ingest", "embedding", "projection")  # auth keeps no blobs
+BLOB_PARTS = ("ingest", "embedding", "projection")  # auth keeps no blobs
+WORKERS = ("embedding", "projection")  # python -m services.<name> worker, two of each
 # ${NAME} and ${NAME:-fallback}: the only interpolation forms the compose file uses
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<fallback>[^}]*))?\}")
 
@@ -75,6 +76,12 @@ def _bind_sources(service: dict[str, Any]) -> list[str]:
     return sources
 
 
+def part(service: dict[str, Any]) -> str:
+    """The embedviz part a service runs: the X of the deploy/X/Dockerfile it is built from."""
+    build = service.get("build")
+    return build["dockerfile"].split("/")[1] if isinstance(build, dict) else ""
+
+
 def _listening_ports(service: dict[str, Any]) -> set[int]:
     """Ports a service listens on: its `expose` list (cross-checked with its *_ADDR below)."""
     return {int(str(p).split("/")[0]) for p in service.get("expose", [])}
@@ -94,7 +101,8 @@ def test_schema_check_catches_a_bad_key(compose: dict[str, Any]) -> None:
 
 def test_whole_system_is_in_the_compose_file(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
-        "postgres", "nats", "seaweedfs", "auth", "ingest", "embedding", "projection", "web", "envoy"}
+        "postgres", "nats", "seaweedfs", "auth", "ingest", "embedding", "projection", "embedding-worker",
+        "projection-worker", "web", "envoy"}
     assert "-js" in compose["services"]["nats"]["command"]
 
 
@@ -181,10 +189,12 @@ def test_each_service_connects_to_nats_as_its_own_user_with_the_password_nats_se
     assert any(str(v).startswith("./deploy/nats/nats.conf:") for v in nats["volumes"])
     nats_env = _env(nats)
     assert set(nats_env) == {nats_access.password_variable(u) for u in nats_access.USERS}
-    for name in nats_access.ACCESS:
+    connecting = {name: part(s) for name, s in services.items() if part(s) in nats_access.ACCESS}
+    assert set(connecting.values()) == set(nats_access.ACCESS)
+    for name, user in connecting.items():  # the workers as their service's user
         env = _env(services[name])
-        assert env["EMBEDVIZ_NATS_USER"] == name
-        assert env["EMBEDVIZ_NATS_PASSWORD"] == nats_env[nats_access.password_variable(name)]
+        assert env["EMBEDVIZ_NATS_USER"] == user, name
+        assert env["EMBEDVIZ_NATS_PASSWORD"] == nats_env[nats_access.password_variable(user)], name
         assert "@" not in env["EMBEDVIZ_NATS_URL"]
 
 
@@ -254,12 +264,13 @@ def _volume_targets(service: dict[str, Any]) -> dict[str, str]:
 
 
 def blob_problems(compose: dict[str, Any]) -> list[str]:
-    """The services that keep blobs read, with the settings code, a bucket on SeaweedFS's S3
+    """The services and workers that keep blobs read, with the settings code, a bucket on SeaweedFS's S3
     port and the keys SeaweedFS gets (the same variable of the env file); they start once
     SeaweedFS is healthy; no blob volume is left; auth gets no S3 keys; SeaweedFS is health
     checked, keeps its data on a named volume, and is not published."""
     problems = []
     services = compose["services"]
+    keepers = [name for name, s in services.items() if part(s) in BLOB_PARTS]  # the workers too
     store = services.get("seaweedfs")
     if store is None:
         return ["no seaweedfs service"]
@@ -274,15 +285,15 @@ def blob_problems(compose: dict[str, Any]) -> list[str]:
     if s3_port not in {str(p) for p in store.get("expose", [])}:
         problems.append(f"seaweedfs: does not expose its S3 port {s3_port}")
     check = " ".join(store.get("healthcheck", {}).get("test", []))
-    for part, port in (("volume server", volume_port), ("S3 gateway", s3_port)):
+    for component, port in (("volume server", volume_port), ("S3 gateway", s3_port)):
         if f"http://127.0.0.1:{port}/healthz" not in check:
-            problems.append(f"seaweedfs: the health check does not ask the {part} (127.0.0.1:{port}/healthz)")
+            problems.append(f"seaweedfs: the health check does not ask the {component} (127.0.0.1:{port}/healthz)")
     data = _volume_targets(store).get("/data", "")
     if data not in compose.get("volumes", {}):
         problems.append(f"seaweedfs: /data is {data or 'not mounted'}, not a named volume")
     for label, environ in environments(compose).items():
         keys = {k: interpolated(v, environ) for k, v in _env(store).items()}
-        for name in BLOB_SERVICES:
+        for name in keepers:
             raw = _env(services[name])
             env = Recorder({k: interpolated(v, environ) for k, v in raw.items()})
             try:
@@ -300,7 +311,7 @@ def blob_problems(compose: dict[str, Any]) -> list[str]:
                                 f"S3 gateway is http://seaweedfs:{s3_port}")
             if (s3.access_key, s3.secret_key) != (keys.get("AWS_ACCESS_KEY_ID"), keys.get("AWS_SECRET_ACCESS_KEY")):
                 problems.append(f"{name} ({label}): its S3 keys are not the ones SeaweedFS gets")
-    for name in BLOB_SERVICES:
+    for name in keepers:
         if services[name].get("depends_on", {}).get("seaweedfs") != {"condition": "service_healthy"}:
             problems.append(f"{name}: does not wait for seaweedfs to be healthy")
     for name, service in services.items():
@@ -405,3 +416,25 @@ def test_the_env_file_example_names_every_variable_the_compose_file_takes(compos
     assert listed == variables_named(compose)
     # the S3 keys are among them, once for SeaweedFS and the services alike
     assert {"EMBEDVIZ_S3_ACCESS_KEY", "EMBEDVIZ_S3_SECRET_KEY"} <= listed
+
+
+def test_two_embedding_and_two_projection_workers_share_their_services_queues(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for kind in WORKERS:
+        service, worker = services[kind], services[f"{kind}-worker"]
+        assert worker["deploy"]["replicas"] == 2
+        assert worker["command"] == ["python", "-m", f"services.{kind}", "worker"]
+        assert 'sys.argv[1:] == ["worker"]' in (REPO / "services" / kind / "__main__.py").read_text()
+        # the same image and settings (NATS user, database, blobs) as the service: the same queue
+        assert worker["build"] == service["build"] and _env(worker) == _env(service)
+        assert worker["depends_on"][kind] == {"condition": "service_healthy"}
+        # no gRPC server to ask: the image's gRPC health check is replaced by /metrics
+        metrics_port = _env(worker)["EMBEDVIZ_METRICS_ADDR"].rsplit(":", 1)[1]
+        assert f"127.0.0.1:{metrics_port}/metrics" in " ".join(worker["healthcheck"]["test"])
+        assert _listening_ports(worker) == {int(metrics_port)}
+
+
+def test_embedviz_processes_come_back_after_a_crash(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if part(service) in nats_access.ACCESS:
+            assert service["restart"] == "unless-stopped", name

@@ -492,7 +492,8 @@ def image_problems(objs: list[Obj], compose: Obj) -> list[str]:
     """The images are the ones compose builds (embedviz/<service> from deploy/<service>/Dockerfile)
     or runs (Envoy), and run what the image runs."""
     problems = []
-    built = {name for name, s in compose["services"].items() if "build" in s}
+    # what compose builds, by image (deploy/<part>/Dockerfile): the workers share their service's
+    built = {s["build"]["dockerfile"].split("/")[1] for s in compose["services"].values() if "build" in s}
     for name, d in of_kind(objs, "Deployment").items():
         c = container(d)
         image = c["image"]
@@ -847,6 +848,17 @@ def test_a_stale_nats_values_file_is_caught(renders: dict[str, list[Obj]], nats_
     values["container"]["image"]["tag"] = "2.10-alpine"
     problems = nats_problems(renders["base"], values, compose)
     assert any("stale" in p for p in problems) and any("compose runs" in p for p in problems), problems
+
+
+def test_compose_gives_the_services_the_time_to_stop_that_kubernetes_gives(
+    renders: dict[str, list[Obj]], compose: Obj
+) -> None:
+    deployments = of_kind(renders["base"], "Deployment")
+    for name, service in compose["services"].items():
+        part = service.get("build", {}).get("dockerfile", "").split("/")[1:2]
+        if part and part[0] in SERVICES:
+            grace = deployments[part[0]]["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+            assert service["stop_grace_period"] == f"{grace}s", name
 
 
 def test_the_services_read_the_variables_the_manifests_rely_on(read_by: dict[str, set[str]]) -> None:
