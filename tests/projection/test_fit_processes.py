@@ -249,10 +249,16 @@ async def finished(service: Service, name: str, timeout: float = 300) -> project
 
 async def cancel_and_measure(setup: Setup, service: Service, name: str, child: int, what: str) -> None:
     pid = service.process.pid
-    before = tree_cpu(pid)
-    await asyncio.sleep(1.0)
-    busy = cpu_between(before, tree_cpu(pid))
-    assert busy > 0.25, f"the {what} fit was not using the CPU before the cancel ({busy:.2f} s in 1 s)"
+    # the fit must be computing when it is cancelled: a second in which the tree used a
+    # quarter of a core (on a loaded machine a fit gets a small share; up to 10 tries)
+    windows: list[float] = []
+    while len(windows) < 10:
+        before = tree_cpu(pid)
+        await asyncio.sleep(1.0)
+        windows.append(busy := cpu_between(before, tree_cpu(pid)))
+        if busy > 0.25:
+            break
+    assert busy > 0.25, f"the {what} fit was not using the CPU before the cancel (CPU s per 1 s: {windows})"
 
     samples = [(0.0, tree_cpu(pid))]
     began = time.monotonic()
