@@ -64,8 +64,16 @@ def sections(count: int) -> list[str]:
 
 
 def vectors(count: int) -> np.ndarray:
-    """`count` real 384-d vectors, embedded once and cached."""
+    """`count` real 384-d vectors, embedded once and cached (one process at a time embeds)."""
+    import fcntl
+
     CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "vectors.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _vectors(count)
+
+
+def _vectors(count: int) -> np.ndarray:
     path = CACHE / f"minilm-{count}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
