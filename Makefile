@@ -36,6 +36,8 @@ PYTEST_ARGS ?=
 # CPU idle, and every test process computes on one thread (tests/conftest.py).
 PYTEST_WORKERS ?= 4
 BENCH ?=
+# 0: make bench leaves out the long parts (see the bench target).
+BENCH_LARGE ?= 1
 
 .PHONY: help venv web-deps proto lint-proto web chromium run test bench load lint clean distclean
 
@@ -48,7 +50,7 @@ help:
 	@echo "make lint-proto  buf lint protos/"
 	@echo "make web         build the web client into $(WEB)/dist"
 	@echo "make chromium    install Debian's chromium if /usr/bin/chromium is missing"
-	@echo "make bench       run tests/bench/*.py (BENCH=name runs one)"
+	@echo "make bench       run tests/bench/*.py (BENCH=name runs one, BENCH_LARGE=0 skips the long parts) into docs/benchmarks.md"
 	@echo "make load        simulated users through the edge (LOAD_USERS, LOAD_SECONDS, SOAK=1, LOAD_EDGE; docs/load.md)"
 	@echo "make lint        ruff and mypy (settings in pyproject.toml; make test runs it first)"
 	@echo "make clean       remove build outputs (keeps the venvs and node_modules)"
@@ -150,14 +152,34 @@ test: venv proto
 	cd $(WEB) && npm test
 	$(RUN_ENV) $(VPY) -m pytest $(TESTS) -v -rfEs --durations=25 -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
-bench: venv $(STAMPS)/proto-py
-	@set -e; shopt -s nullglob; \
+# Each bench writes build/bench/<name>.json (tests/bench/report.py); the last step puts them
+# all into docs/benchmarks.md and .json. A bench that fails does not stop the others (make
+# fails at the end); whole_path runs only when named. BENCH_LARGE=0 leaves out the long
+# parts: umap's million rows, the map at 1M points, t-SNE at 20,000 rows, the embedding
+# worker's 100,000-row memory run.
+bench: venv $(STAMPS)/proto-py web chromium
+	@set -e; shopt -s nullglob; mkdir -p build/bench build/numba-cache; \
 	if [ -n "$(BENCH)" ]; then scripts=(tests/bench/$(BENCH).py); else scripts=(tests/bench/*.py); fi; \
-	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no scripts in tests/bench/"; exit 0; fi; \
+	if [ "$(BENCH_LARGE)" = 0 ]; then \
+		export BENCH_UMAP_MILLION=$${BENCH_UMAP_MILLION:-0} BENCH_MAP_SIZES=$${BENCH_MAP_SIZES:-100000} \
+			BENCH_TSNE_ROWS=$${BENCH_TSNE_ROWS:-5000} BENCH_EMBEDDING_BIG_ROWS=$${BENCH_EMBEDDING_BIG_ROWS:-0}; fi; \
+	if [ -z "$(BENCH)" ]; then echo "== the benchmarks' vectors (tests/bench/corpus.py, cached)"; \
+		$(RUN_ENV) $(VPY) tests/bench/corpus.py 100000; fi; \
+	failed=(); skipped=(); started=$$(date +%s); \
 	for s in "$${scripts[@]}"; do \
-		case "$$(basename $$s)" in __init__.py|conftest.py) continue;; esac; \
-		echo "== $$s"; $(RUN_ENV) $(VPY) "$$s"; \
-	done
+		name=$$(basename $$s .py); \
+		case "$$name" in __init__|conftest|corpus|report) continue;; esac; \
+		if [ -z "$(BENCH)" ] && [ "$$name" = whole_path ]; then \
+			echo "== whole_path: only with BENCH=whole_path (a million rows through a running make run stack)"; \
+			continue; fi; \
+		rm -f build/bench/$$name.json; \
+		echo "== $$s ($$(date -u +%H:%M:%S) UTC, load $$(cut -d' ' -f1 /proc/loadavg))"; \
+		if $(RUN_ENV) $(VPY) "$$s" 2>&1 | tee build/bench/$$name.log; then \
+			[ -f build/bench/$$name.json ] || skipped+=($$name); else failed+=($$name); fi; \
+	done; \
+	echo "== all done in $$(( ($$(date +%s) - started) / 60 )) min"; \
+	$(VPY) tests/bench/report.py --failed "$$(IFS=,; echo "$${failed[*]}")" --skipped "$$(IFS=,; echo "$${skipped[*]}")"; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "bench: failed: $${failed[*]}" >&2; exit 1; fi
 
 # Not part of make test: its own stack on free ports (or LOAD_EDGE's), settings in tests/load/run.py.
 load: venv $(STAMPS)/proto-py
