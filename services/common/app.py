@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import TypeVar
 import grpc
 import jwt
 from grpc_health.v1 import health
+from nats.errors import AuthorizationError
+from sqlalchemy.engine import make_url
 
 from services.common import paging, telemetry
 from services.common.auth import JwksKeys, TokenVerifier
@@ -21,8 +24,9 @@ from services.common.authz import RoleLookup, check_complete
 from services.common.blobs import BlobStore
 from services.common.clients import Channels, DelegatedTokens, ProjectAccess
 from services.common.config import Settings, SettingsError
-from services.common.db import Database, migrate
-from services.common.events import EventBus
+from services.common.db import Database, is_outage, migrate
+from services.common.events import EventBus, describe
+from services.common.events import where as nats_where
 from services.common.outbox import OutboxSettings
 from services.common.reconcile import ReconcileSettings
 from services.common.revocations import Revocations
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 KeyLookup = Callable[[str], Awaitable[jwt.PyJWK | None]]
 Background = Callable[[asyncio.Event], Awaitable[None]]
 S = TypeVar("S")
+T = TypeVar("T")
+START_RETRY_MAX_S = 5.0  # while waiting for PostgreSQL or NATS at the start: at most this between tries
 
 
 @dataclass
@@ -104,9 +110,18 @@ async def open_deps(
     # then the blob store: an S3 store that cannot be reached stops the start before the database or NATS
     blobs = await asyncio.to_thread(BlobStore, settings.blob_root, settings.s3)
     log.info("blobs in %s", blobs.where)
-    await migrate(settings.database_url, schema, migrations_dir)
+    # PostgreSQL and NATS may come up after this process (a whole system started at once, a
+    # node restarted): wait for them, saying so, for up to EMBEDVIZ_START_WAIT seconds.
+    deadline = time.monotonic() + settings.start_wait
+    await when_reachable(
+        lambda: migrate(settings.database_url, schema, migrations_dir),
+        f"PostgreSQL at {database_where(settings.database_url)}", is_outage, deadline,
+    )
     db = Database(settings.database_url)
-    bus = await EventBus.connect(settings.nats_url, f"embedviz-{name}", settings.nats_user, settings.nats_password)
+    bus = await when_reachable(
+        lambda: EventBus.connect(settings.nats_url, f"embedviz-{name}", settings.nats_user, settings.nats_password),
+        f"NATS at {nats_where(settings.nats_url)}", nats_not_ready, deadline,
+    )
     channels = Channels()
     max_age = settings.jwks_max_age
     lookup = (
@@ -130,6 +145,53 @@ async def open_deps(
         revocations=revoked,
         telemetry=observed,
     )
+
+
+async def when_reachable(
+    connect: Callable[[], Awaitable[T]], part: str, transient: Callable[[BaseException], bool], deadline: float
+) -> T:
+    """`connect` again and again while `part` cannot be reached (`transient` says which
+    errors mean that), a log line each time, until `deadline` (time.monotonic()); then the
+    process ends with a message naming what it waited for, and its supervisor may start it
+    again."""
+    started = time.monotonic()
+    delay = 0.5
+    while True:
+        try:
+            result = await connect()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                message = (f"{part} could not be reached for {time.monotonic() - started:.0f} s "
+                           f"({describe(exc)}); giving up. Start it, check the address, or wait longer "
+                           "with EMBEDVIZ_START_WAIT")
+                log.error("%s", message)
+                raise SystemExit(message) from exc
+            log.warning("%s cannot be reached yet (%s); trying again in %.1f s (for %.0f s more)",
+                        part, describe(exc), min(delay, left), left)
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, START_RETRY_MAX_S)
+            continue
+        if time.monotonic() - started > 1:
+            log.info("%s reached after %.1f s", part, time.monotonic() - started)
+        return result
+
+
+def database_where(url: str) -> str:
+    """A database URL for a log line: host, port and database, never the password."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot read fails later with its own message
+        return "the configured address"
+    return f"{parsed.host}:{parsed.port or 5432}/{parsed.database}"
+
+
+def nats_not_ready(exc: BaseException) -> bool:
+    """NATS not there yet, or its JetStream not ready (or the streams not yet made by auth),
+    rather than refusing this service's credentials."""
+    return not isinstance(exc, (AuthorizationError, PermissionError))
 
 
 async def close_deps(deps: Deps) -> None:

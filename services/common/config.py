@@ -296,6 +296,9 @@ class Settings:
     traces_dir: str = ""
     # EMBEDVIZ_S3_*: how to reach the store when blob_root is s3://bucket/prefix.
     s3: S3Access = field(default_factory=S3Access)
+    # EMBEDVIZ_START_WAIT: seconds a starting process waits for PostgreSQL and NATS to answer
+    # before it gives up and exits (docs/deploy.md, "Scale-out").
+    start_wait: float = 300.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -336,6 +339,7 @@ class Settings:
             otlp_endpoint=otlp_endpoint(os.environ),
             traces_dir=_env("EMBEDVIZ_TRACES_DIR", ""),
             s3=s3,
+            start_wait=number(os.environ, "EMBEDVIZ_START_WAIT", 300.0, minimum=0),
         )
 
     def listen_addr(self, own_addr: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.errors import AuthorizationError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
     DeliverPolicy,
@@ -52,13 +53,23 @@ class EventBus:
 
     @classmethod
     async def connect(cls, url: str, name: str, user: str | None = None, password: str | None = None) -> EventBus:
-        """Connect as the NATS `user` (EMBEDVIZ_NATS_USER; none: whatever the URL says)."""
+        """Connect as the NATS `user` (EMBEDVIZ_NATS_USER; none: whatever the URL says).
+
+        The first connection fails within a second when NATS cannot be reached (ConnectionError),
+        refuses the user (PermissionError) or its JetStream is not ready, so the caller decides
+        how long to wait for it (services/common/app.py); once connected, the client
+        reconnects by itself for as long as NATS is away."""
+        await _probe(url, name, user, password)
         nc = await nats.connect(
             url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
             user=user or None, password=password if user else None, inbox_prefix=inbox_prefix(user),
         )
         bus = cls(nc)
-        await bus.ensure_streams()
+        try:
+            await bus.ensure_streams()
+        except BaseException:
+            await bus.close()
+            raise
         return bus
 
     async def close(self) -> None:
@@ -165,6 +176,33 @@ class EventBus:
 
     async def enqueue(self, kind: str, payload: dict[str, Any]) -> None:
         await self.js.publish(work_subject(kind), json.dumps(payload).encode(), stream=WORK_STREAM, headers=_traced())
+
+
+async def _probe(url: str, name: str, user: str | None, password: str | None) -> None:
+    """One short connection: a client told to reconnect for ever would also wait for ever,
+    without a word, for a server that is not there yet."""
+    seen: list[Exception] = []
+
+    async def note(exc: Exception) -> None:
+        seen.append(exc)
+
+    try:
+        probe = await nats.connect(
+            url, name=f"{name}-probe", allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+            connect_timeout=2, error_cb=note, user=user or None, password=password if user else None,
+        )
+    except Exception as exc:
+        cause = describe(seen[-1]) if seen else describe(exc)
+        if any(isinstance(e, AuthorizationError) or "authorization violation" in str(e).lower() for e in (exc, *seen)):
+            # it answered: waiting will not help
+            raise PermissionError(f"NATS at {where(url)} refused the user {user or '(none)'}: {cause}") from exc
+        raise ConnectionError(f"NATS at {where(url)} cannot be reached: {cause}") from exc
+    await probe.close()
+
+
+def where(url: str) -> str:
+    """A NATS URL for a log line: host and port, never the credentials it may carry."""
+    return ", ".join(part.rsplit("@", 1)[-1].removeprefix("nats://").removeprefix("tls://") for part in url.split(","))
 
 
 def _traced() -> dict[str, str] | None:
