@@ -142,6 +142,25 @@ class EmbeddingWorker:
         except (JobCancelled, JobGone, Superseded) as exc:
             log.info("embedding %s stopped: %s", job.id, type(exc).__name__)
             await asyncio.to_thread(self._remove_partial, row, isinstance(exc, Superseded))
+        except asyncio.CancelledError:
+            if "shard" in job.payload:
+                await self._let_go(row, int(job.payload["shard"]))
+            raise
+
+    async def _let_go(self, row: EmbeddingRow, index: int) -> None:
+        """This worker stops (SIGTERM, scale-down): its shard's message goes back to the queue,
+        so its lease goes too, or the worker that gets the message next finds the shard still
+        held, drops the message as a duplicate, and the shard waits for the sweeper."""
+        try:
+            async with self.embeddings.db.sessions() as session:
+                shard = await session.get(ShardRow, (row.id, index), with_for_update=True)
+                if shard is not None and shard.worker == self.name and shard.state != DONE:
+                    shard.lease_until = None
+                    await session.commit()
+                    log.info("embedding %s shard %d: handed back at row %d", row.id, index, shard.done_row)
+        except Exception as exc:  # PostgreSQL away: the lease runs out by itself
+            log.warning("embedding %s shard %d: the lease could not be given back (%s)", row.id, index,
+                        type(exc).__name__)
 
     async def _clean_up(self, job_id: str, payload: dict[str, Any]) -> None:
         async with self.embeddings.db.sessions() as session:
