@@ -161,6 +161,7 @@ async def load(edge_url: str, memory: Memory, settings: Settings, texts: Texts |
         started = time.monotonic()
         memory.sample("start", started)
         load_start = os.getloadavg()
+        cpu_start = time.process_time()
         tasks = [asyncio.create_task(tab.run()) for tab in tabs]
         tasks += [
             asyncio.create_task(uploader(browser(), accounts, calls, texts, s.upload_rows, JOB_TIMEOUT_S, made))
@@ -184,6 +185,7 @@ async def load(edge_url: str, memory: Memory, settings: Settings, texts: Texts |
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         elapsed = time.monotonic() - started
+        driver_cpu = time.process_time() - cpu_start
         memory.sample("end", started)
         load_end = os.getloadavg()
 
@@ -199,6 +201,7 @@ async def load(edge_url: str, memory: Memory, settings: Settings, texts: Texts |
             "setup_calls": setup_calls.summary(max(setup_s, 1e-9)),
             "new_maps": len(made),
             "load_average": {"start": load_start, "end": load_end},
+            "driver_cpu_s": driver_cpu,  # this process's own CPU during the load: it shares the cores
         }
     finally:
         for b in browsers:
@@ -276,7 +279,8 @@ def main() -> int:
     m = result["machine"]
     print(f"\nmachine: {m['cores']} cores ({m['cpu']}), load average {load_average['start'][0]:.1f} at the start, "  # type: ignore[index]
           f"{load_average['end'][0]:.1f} at the end; {result['new_maps']} maps made during the run; "
-          f"setup {result['setup_s']:.0f} s, whole run {result['whole_run_s']:.0f} s; written to {s.out}")
+          f"the driver used {result['driver_cpu_s']:.0f} s of CPU during the load; setup {result['setup_s']:.0f} s, "
+          f"whole run {result['whole_run_s']:.0f} s; written to {s.out}")
     print(f"load: {summary['per_s']:.1f} requests/s, p50 {summary['p50_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms, "
           f"p99 {summary['p99_ms']:.1f} ms, {summary['errors']} errors, {summary['expected_errors']} expected refusals")
     return 1 if summary["errors"] else 0

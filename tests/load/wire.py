@@ -117,6 +117,10 @@ class GrpcWebBrowser:
         await self.session.close()
 
 
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
 class GrpcBrowser:
     """Plain gRPC (HTTP/2 without TLS) to the edge's one port, one channel per user."""
 
@@ -131,7 +135,7 @@ class GrpcBrowser:
 
     async def unary(self, path: str, request: Message, reply: type[M], token: str | None = None) -> M:
         call = self.channel.unary_unary(
-            path, request_serializer=Message.SerializeToString, response_deserializer=reply.FromString
+            path, request_serializer=_serialize, response_deserializer=reply.FromString
         )
         try:
             result: M = await call(request, metadata=self._metadata(token), timeout=self.timeout_s)
@@ -143,7 +147,7 @@ class GrpcBrowser:
         self, path: str, request: Message, reply: type[M], token: str | None = None
     ) -> AsyncGenerator[M, None]:
         call = self.channel.unary_stream(
-            path, request_serializer=Message.SerializeToString, response_deserializer=reply.FromString
+            path, request_serializer=_serialize, response_deserializer=reply.FromString
         )(request, metadata=self._metadata(token), timeout=self.timeout_s)
         try:
             async for message in call:
