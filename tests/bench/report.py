@@ -286,7 +286,7 @@ def markdown(results: list[dict[str, Any]], missing: dict[str, str]) -> str:
                 cells = ["(no comparison)", "–", "–", "–"]
             lines.append(f"| [{r['bench']}](#{r['bench']}) | " + " | ".join(cells)
                          + f" | {r['load']['start'][0]:.2f} | {r['started'][:16].replace('T', ' ')} UTC"
-                         + f" | {_num(r['seconds'] / 60)} min |")
+                         + f" | {r['seconds'] / 60:.1f} min |")
         total = sum(r["seconds"] for r in results)
         lines += ["", f"Wall time of the benchmarks above, added up: {total / 60:.1f} min."]
         for name, why in missing.items():
