@@ -189,17 +189,20 @@ async def load(edge_url: str, memory: Memory, settings: Settings, texts: Texts |
         memory.sample("end", started)
         load_end = os.getloadavg()
 
+        deleted = 0
         if s.edge and not s.keep:  # leave a running stack as it was: the projects go, with all in them
             cleaner = Caller(setup_browser, accounts[0], setup_calls)
             for account in accounts:
                 cleaner.account = account
-                await cleaner.unary(INGEST + "DeleteProject", ingest_pb2.DeleteProjectRequest(name=account.project),
-                                    empty_pb2.Empty)
+                gone = await cleaner.unary(INGEST + "DeleteProject",
+                                           ingest_pb2.DeleteProjectRequest(name=account.project), empty_pb2.Empty)
+                deleted += gone is not None
         return {
             "setup_s": setup_s,
             "load": calls.summary(elapsed),
             "setup_calls": setup_calls.summary(max(setup_s, 1e-9)),
             "new_maps": len(made),
+            "projects_deleted": deleted,
             "load_average": {"start": load_start, "end": load_end},
             "driver_cpu_s": driver_cpu,  # this process's own CPU during the load: it shares the cores
         }

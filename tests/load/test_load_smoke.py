@@ -35,3 +35,4 @@ def test_load_driver_runs_every_step_through_the_edge_without_errors(stack: Stac
     probes = {name: s for name, s in rpcs.items() if "[" in name}
     assert probes and all(s["expected_errors"] == s["calls"] for s in probes.values()), probes
     assert summary["expected_by_code"] == {"NOT_FOUND": summary["expected_errors"]}  # type: ignore[index]
+    assert result["projects_deleted"] == 2  # the shared stack is left as it was
