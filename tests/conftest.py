@@ -39,6 +39,7 @@ SLOWEST_FIRST = (
     "tests/embedding/test_workers.py",
     "tests/test_web_client.py",
     "tests/faults/test_kills.py",
+    "tests/faults/test_scale_out.py",
     "tests/faults/test_shared_parts.py",
     "tests/projection/test_fit_processes.py",
     "tests/test_long_jobs.py",
