@@ -91,7 +91,7 @@ def main() -> None:
     result.write("; ".join(lines))
 
 
-def one_round(vectors: np.ndarray, labels: np.ndarray, result: Any) -> str:
+def one_round(vectors: np.ndarray, labels: np.ndarray, report: Any) -> str:
     """One size, all sides; returns its `bench tsne` line."""
     rows = len(vectors)
     results: dict[str, dict[str, float]] = {}
@@ -123,7 +123,7 @@ def one_round(vectors: np.ndarray, labels: np.ndarray, result: Any) -> str:
     ours = results["ours (job path)"]
     for name in ("scikit-learn TSNE", "plain openTSNE"):
         peer = results[name]
-        result.compare(
+        report.compare(
             f"{rows:,} × {vectors.shape[1]} to 2-D", ours=ours["seconds"], peer=peer["seconds"], unit="s",
             ours_is="job path reducer", peer_is=name, lower_is_better=True,
             trustworthiness=ours["trustworthiness"], peer_trustworthiness=peer["trustworthiness"],
