@@ -1,7 +1,9 @@
 """Observability (docs/observability.md). On the session's stack: each service's /metrics
 counts the calls a client made by method and status code, and one CreateEmbedding sent
-through the edge with a client's traceparent is one trace through the edge, the embedding
-service, the work queue, its worker and the ingest service the worker reads from. In a
+through the edge with a client's traceparent is one trace through the edge (Envoy's own
+span, received by a real OTLP/gRPC receiver), the embedding service, the work queue, its
+worker and the ingest service the worker reads from; an edge with no collector still
+serves and still hands its span's context on. In a
 process of its own: spans go to the OTLP/HTTP receiver its settings name, and its JSON log
 lines name their trace."""
 
@@ -16,9 +18,12 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +33,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedviz.v1 import embedding_pb2, embedding_pb2_grpc, ingest_pb2, job_pb2
 from services.common import request_ids, telemetry
-from services.stack import Stack
+from services.stack import Stack, envoy
+from services.stack.stack import free_ports
 from tests.support.world import Stubs, eventually
 
 # tests/conftest.py points every stack of the session at a traces folder (EMBEDVIZ_TRACES_DIR).
@@ -94,21 +104,80 @@ def spans_of(trace_id: str) -> list[dict[str, Any]]:
     return found
 
 
-async def test_one_embedding_is_one_trace_from_the_edge_to_the_worker(stack: Stack, stubs: Stubs) -> None:
-    owner = await stubs.sign_up("trace")
+class OtlpReceiver(TraceServiceServicer):
+    """A real OTLP/gRPC trace receiver: keeps every span sent to it, with its service name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def Export(self, request: ExportTraceServiceRequest, context: grpc.ServicerContext) -> ExportTraceServiceResponse:  # noqa: N802
+        with self._lock:
+            for resource in request.resource_spans:
+                service = {a.key: a.value.string_value for a in resource.resource.attributes}.get("service.name", "")
+                self.spans += [(service, span) for scope in resource.scope_spans for span in scope.spans]
+        return ExportTraceServiceResponse()
+
+    def of(self, trace_id: str) -> list[tuple[str, Any]]:
+        with self._lock:
+            return [(service, span) for service, span in self.spans if span.trace_id.hex() == trace_id]
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[tuple[str, OtlpReceiver]]:
+    receiver = OtlpReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", receiver
+    server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def traced_edge(stack: Stack, collector: tuple[str, OtlpReceiver],
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second Envoy in front of the session's services, as the stack starts its own (the
+    local form of envoy.yaml), but with the collector's address: its spans go there."""
+    listen, admin = (f"127.0.0.1:{port}" for port in free_ports(2))
+    clusters = {name: stack.addrs[name] for name in ("auth", "ingest", "embedding", "projection", "auth_http", "web")}
+    config = envoy.write_local_config(tmp_path_factory.mktemp("traced-edge") / "envoy.yaml", listen=listen,
+                                      admin=admin, clusters=clusters, collector=collector[0])
+    log = config.with_suffix(".log")
+    proc = subprocess.Popen([envoy.envoy_binary(), "-c", str(config), "--disable-hot-restart",
+                             "--log-level", "warning"], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{admin}/ready", timeout=1.0) as reply:
+                    if reply.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield listen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def create_embedding(edge: str, stubs: Stubs, name: str, traceparent: str) -> None:
+    """CreateEmbedding through `edge` with the client's traceparent, watched to its end."""
+    owner = await stubs.sign_up(name)
     project = await stubs.make_project(owner)
     # The rows bring their own vectors: the worker reads them from ingest as it would text,
     # but no model is loaded (whichever test module of this process comes first pays that).
     table = "x,y,z\n" + "".join(f"{i},{i % 3},{-i}\n" for i in range(12))
     dataset = await stubs.upload(owner, project, table.encode(), "vectors.csv")
-    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
-
-    async with grpc.aio.insecure_channel(stack.addrs["edge"]) as edge:
-        made = await embedding_pb2_grpc.EmbeddingServiceStub(edge).CreateEmbedding(
+    async with grpc.aio.insecure_channel(edge) as channel:
+        made = await embedding_pb2_grpc.EmbeddingServiceStub(channel).CreateEmbedding(
             embedding_pb2.CreateEmbeddingRequest(
                 parent=dataset, embedding=embedding_pb2.Embedding(vector_columns=["x", "y", "z"])
             ),
-            metadata=(*owner.md, ("traceparent", f"00-{trace_id}-{caller_span}-01")),
+            metadata=(*owner.md, ("traceparent", traceparent)),
+            timeout=30,
         )
     last = None
     async for update in stubs.embedding.WatchEmbedding(
@@ -116,6 +185,24 @@ async def test_one_embedding_is_one_trace_from_the_edge_to_the_worker(stack: Sta
     ):
         last = update.embedding
     assert last is not None and last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last
+
+
+async def test_one_embedding_is_one_trace_from_the_edge_to_the_worker(
+    stack: Stack, stubs: Stubs, traced_edge: str, collector: tuple[str, OtlpReceiver]
+) -> None:
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    await create_embedding(traced_edge, stubs, "trace", f"00-{trace_id}-{caller_span}-01")
+
+    async def edge_span() -> Any:
+        # Envoy sends its spans in batches (every 5 s at the latest).
+        mine = [span for service, span in collector[1].of(trace_id) if service == "embedviz-edge"]
+        assert mine, collector[1].spans
+        return mine
+
+    (edge,) = await eventually(edge_span, timeout=30)
+    # Envoy's span continues the caller's trace: the caller's span is its parent.
+    assert edge.parent_span_id.hex() == caller_span
+    assert edge.kind == edge.SPAN_KIND_SERVER
 
     async def whole_trace() -> list[dict[str, Any]]:
         spans = spans_of(trace_id)
@@ -127,9 +214,9 @@ async def test_one_embedding_is_one_trace_from_the_edge_to_the_worker(stack: Sta
         return spans
 
     spans = await eventually(whole_trace, timeout=20)
-    # The edge handed the caller's traceparent on as it came: the service's span is its child.
+    # Envoy handed its own span's context on: the service's span is the child of Envoy's.
     (created,) = [s for s in spans if s["name"] == "embedviz.v1.EmbeddingService/CreateEmbedding"]
-    assert created["parent_span_id"] == caller_span
+    assert created["parent_span_id"] == edge.span_id.hex()
     assert created["attributes"]["rpc.grpc.status_code"] == 0
     # The worker's run hangs off the message the call queued, which hangs off the call.
     by_id = {s["span_id"]: s for s in spans}
@@ -146,6 +233,7 @@ async def test_one_embedding_is_one_trace_from_the_edge_to_the_worker(stack: Sta
         span = by_id[span["parent_span_id"]]
         ancestors.append(span["name"])
     assert "work.embedding process" in ancestors and ancestors[-1] == created["name"], ancestors
+    assert span["parent_span_id"] == edge.span_id.hex()
 
     metrics = scrape(stack.metrics_url("embedding"))
     runs = metrics[("embedviz_job_runs_total",
@@ -153,6 +241,22 @@ async def test_one_embedding_is_one_trace_from_the_edge_to_the_worker(stack: Sta
     assert runs >= 1
     depth = [labels for name, labels in metrics if name == "embedviz_queue_pending_messages"]
     assert ("consumer", "embedding-workers") in {pair for labels in depth for pair in labels}
+
+
+async def test_an_edge_without_a_collector_serves_and_still_continues_the_trace(stack: Stack, stubs: Stubs) -> None:
+    # The session's edge: envoy.yaml's collector cluster has no endpoint there.
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    started = time.monotonic()
+    await create_embedding(stack.addrs["edge"], stubs, "untraced-edge", f"00-{trace_id}-{caller_span}-01")
+    assert time.monotonic() - started < 120
+
+    async def created() -> dict[str, Any]:
+        (span,) = [s for s in spans_of(trace_id) if s["name"] == "embedviz.v1.EmbeddingService/CreateEmbedding"]
+        return span
+
+    span = await eventually(created, timeout=20)
+    # Its parent is Envoy's span (which went nowhere), not the caller's.
+    assert span["parent_span_id"] not in ("", caller_span, None), span
 
 
 # A process as a service starts one: JSON logs, spans to the OTLP receiver named in the
