@@ -36,8 +36,9 @@ PYTEST_ARGS ?=
 # CPU idle, and every test process computes on one thread (tests/conftest.py).
 PYTEST_WORKERS ?= 4
 BENCH ?=
-# 0: make bench leaves out the long parts (see the bench target).
-BENCH_LARGE ?= 1
+# 1: make bench adds the long parts (see the bench target); without them all benches took
+# 34 min on two shared cores (docs/benchmarks.md).
+BENCH_LARGE ?= 0
 
 .PHONY: help venv web-deps proto lint-proto web chromium run test bench load lint clean distclean
 
@@ -50,7 +51,7 @@ help:
 	@echo "make lint-proto  buf lint protos/"
 	@echo "make web         build the web client into $(WEB)/dist"
 	@echo "make chromium    install Debian's chromium if /usr/bin/chromium is missing"
-	@echo "make bench       run tests/bench/*.py (BENCH=name runs one, BENCH_LARGE=0 skips the long parts) into docs/benchmarks.md"
+	@echo "make bench       run tests/bench/*.py (BENCH=name runs one, BENCH_LARGE=1 adds the long parts) into docs/benchmarks.md"
 	@echo "make load        simulated users through the edge (LOAD_USERS, LOAD_SECONDS, SOAK=1, LOAD_EDGE; docs/load.md)"
 	@echo "make lint        ruff and mypy (settings in pyproject.toml; make test runs it first)"
 	@echo "make clean       remove build outputs (keeps the venvs and node_modules)"
@@ -154,13 +155,13 @@ test: venv proto
 
 # Each bench writes build/bench/<name>.json (tests/bench/report.py); the last step puts them
 # all into docs/benchmarks.md and .json. A bench that fails does not stop the others (make
-# fails at the end); whole_path runs only when named. BENCH_LARGE=0 leaves out the long
-# parts: umap's million rows, the map at 1M points, t-SNE at 20,000 rows, the embedding
-# worker's 100,000-row memory run.
+# fails at the end); whole_path runs only when named. Unless BENCH_LARGE=1 the long parts
+# are left out: umap's million rows, the map at 1M points, t-SNE at 20,000 rows, the
+# embedding worker's 100,000-row memory run (each bench's own knob, when set, wins).
 bench: venv $(STAMPS)/proto-py web chromium
 	@set -e; shopt -s nullglob; mkdir -p build/bench build/numba-cache; \
 	if [ -n "$(BENCH)" ]; then scripts=(tests/bench/$(BENCH).py); else scripts=(tests/bench/*.py); fi; \
-	if [ "$(BENCH_LARGE)" = 0 ]; then \
+	if [ "$(BENCH_LARGE)" != 1 ]; then \
 		export BENCH_UMAP_MILLION=$${BENCH_UMAP_MILLION:-0} BENCH_MAP_SIZES=$${BENCH_MAP_SIZES:-100000} \
 			BENCH_TSNE_ROWS=$${BENCH_TSNE_ROWS:-5000} BENCH_EMBEDDING_BIG_ROWS=$${BENCH_EMBEDDING_BIG_ROWS:-0}; fi; \
 	if [ -z "$(BENCH)" ]; then echo "== the benchmarks' vectors (tests/bench/corpus.py, cached)"; \

@@ -258,7 +258,7 @@ def markdown(results: list[dict[str, Any]], missing: dict[str, str]) -> str:
         "Written by `make bench` (tests/bench/report.py) from the results each benchmark wrote to",
         "build/bench/<name>.json; the same data is in docs/benchmarks.json. Do not edit by hand: run",
         "`make bench` (all of them) or `make bench BENCH=name` (one; the others keep their last result,",
-        "each with its own date) and commit what it writes. `BENCH_LARGE=0` leaves out the long parts",
+        "each with its own date) and commit what it writes. `BENCH_LARGE=1` adds the long parts",
         "(umap's million rows, the map at 1M points, t-SNE at 20,000 rows, the embedding worker's",
         "100,000-row memory run); `whole_path` runs only as `make bench BENCH=whole_path` against a",
         "running `make run` stack. Each bench's own settings are listed with it.",
