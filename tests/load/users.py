@@ -276,6 +276,17 @@ def map_params(umap: bool) -> projection_pb2.Projection:
     )
 
 
+async def succeeded(caller: Caller, kind: str, name: str, label: str, timeout_s: float) -> bool:
+    """Follow a job to its end; one that did not succeed (or end in time) counts as an error
+    "job: <label>"."""
+    job = await follow(caller, kind, name, timeout_s)
+    if job is not None and job.state == job_pb2.JOB_STATE_SUCCEEDED:
+        return True
+    caller.calls.failed(f"job: {label}", 0.0, "JOB_" + (job_pb2.JobState.Name(job.state) if job else "TIMEOUT"),
+                        job.error if job else f"not done in {timeout_s:.0f} s")
+    return False
+
+
 async def make_map(caller: Caller, data: bytes, filename: str, umap: bool, timeout_s: float) -> View | None:
     """Upload, import, embed and map one table, following each job to its end; the new jobs go
     on the account's list as they start, for the tabs to watch."""
@@ -284,10 +295,7 @@ async def make_map(caller: Caller, data: bytes, filename: str, umap: bool, timeo
     if dataset is None:
         return None
     account.jobs.append(("dataset", dataset))
-    job = await follow(caller, "dataset", dataset, timeout_s)
-    if job is None or job.state != job_pb2.JOB_STATE_SUCCEEDED:
-        caller.calls.failed("job: import", 0.0, "JOB_" + (job_pb2.JobState.Name(job.state) if job else "TIMEOUT"),
-                            job.error if job else f"not done in {timeout_s:.0f} s")
+    if not await succeeded(caller, "dataset", dataset, "import", timeout_s):
         return None
     embedding = await caller.unary(
         EMBEDDING + "CreateEmbedding",
@@ -297,10 +305,7 @@ async def make_map(caller: Caller, data: bytes, filename: str, umap: bool, timeo
     if embedding is None:
         return None
     account.jobs.append(("embedding", embedding.name))
-    job = await follow(caller, "embedding", embedding.name, timeout_s)
-    if job is None or job.state != job_pb2.JOB_STATE_SUCCEEDED:
-        caller.calls.failed("job: embedding", 0.0, "JOB_" + (job_pb2.JobState.Name(job.state) if job else "TIMEOUT"),
-                            job.error if job else f"not done in {timeout_s:.0f} s")
+    if not await succeeded(caller, "embedding", embedding.name, "embedding", timeout_s):
         return None
     projection = await caller.unary(
         PROJECTION + "CreateProjection",
@@ -310,10 +315,7 @@ async def make_map(caller: Caller, data: bytes, filename: str, umap: bool, timeo
     if projection is None:
         return None
     account.jobs.append(("projection", projection.name))
-    job = await follow(caller, "projection", projection.name, timeout_s)
-    if job is None or job.state != job_pb2.JOB_STATE_SUCCEEDED:
-        caller.calls.failed("job: map", 0.0, "JOB_" + (job_pb2.JobState.Name(job.state) if job else "TIMEOUT"),
-                            job.error if job else f"not done in {timeout_s:.0f} s")
+    if not await succeeded(caller, "projection", projection.name, "map", timeout_s):
         return None
     got = await caller.unary(INGEST + "GetDataset", ingest_pb2.GetDatasetRequest(name=dataset), ingest_pb2.Dataset)
     return View(dataset, projection.name, got.row_count) if got else None

@@ -38,3 +38,13 @@ export async function launchBrowser() {
   const newContext = () => browser.newContext({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
   return { browser, newContext, close: () => browser.close().catch(() => {}) };
 }
+
+/** Logs in through the login form and waits for the projects screen. */
+export async function logIn(page, baseUrl, email, password, timeout = 60_000) {
+  await page.goto(`${baseUrl}/#/login`, { timeout });
+  await page.locator("#auth-form").waitFor({ timeout });
+  await page.fill("#auth-email", email);
+  await page.fill("#auth-password", password);
+  await page.click("#login-button");
+  await page.waitForFunction(() => document.getElementById("app")?.dataset.screen === "projects", null, { timeout });
+}

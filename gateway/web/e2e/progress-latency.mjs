@@ -11,7 +11,7 @@
 // Prints {"ready":true} once it is watching; ends when stdin closes, with a last line
 // {"ok":true,...} (or {"ok":false,"error":...}, exit 1).
 import { parseArgs } from "node:util";
-import { launch } from "./browser.mjs";
+import { launch, logIn } from "./browser.mjs";
 
 const { values: args } = parseArgs({
   options: {
@@ -49,12 +49,7 @@ try {
   await page.exposeFunction("__progressSeen", (n, dom, frame) => say({ seen: n, dom, frame }));
 
   log("log in");
-  await page.goto(`${baseUrl}/#/login`, { timeout: 60_000 });
-  await page.locator("#auth-form").waitFor({ timeout: 60_000 });
-  await page.fill("#auth-email", args.email);
-  await page.fill("#auth-password", args.password);
-  await page.click("#login-button");
-  await page.locator("#create-project-form").waitFor({ timeout: 60_000 });
+  await logIn(page, baseUrl, args.email, args.password);
 
   log("open the dataset");
   await page.goto(`${baseUrl}/#/${args.dataset}`);

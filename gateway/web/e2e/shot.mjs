@@ -8,7 +8,7 @@
 // (label and size), and how long the map took to appear.
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { launch } from "./browser.mjs";
+import { launch, logIn } from "./browser.mjs";
 
 const { values: args } = parseArgs({
   options: {
@@ -32,12 +32,7 @@ const summary = { ok: false, screenshot: out };
 try {
   const page = context.pages()[0] ?? (await context.newPage());
   await page.setViewportSize({ width: 1440, height: 900 });
-  await page.goto(`${baseUrl}/#/login`);
-  await page.locator("#auth-form").waitFor();
-  await page.fill("#auth-email", args.email);
-  await page.fill("#auth-password", args.password);
-  await page.click("#login-button");
-  await page.waitForFunction(() => document.getElementById("app")?.dataset.screen === "projects", null, { timeout: 30_000 });
+  await logIn(page, baseUrl, args.email, args.password);
   const began = Date.now();
   await page.goto(`${baseUrl}/#/${args.map}`);
   await page.waitForFunction(() => window.__embedviz?.ready === true, null, { timeout, polling: 500 });
