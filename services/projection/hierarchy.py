@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse
 
 from services.projection.maps import NOISE, normalise
 
@@ -68,8 +69,13 @@ def unit_centroids(vectors: np.ndarray, labels: np.ndarray, ids: list[int], batc
         chunk = normalise(np.asarray(vectors[start : start + batch], dtype=np.float32))
         rows = labels[start : start + batch]
         slot = np.where(rows >= 0, lookup[np.maximum(rows, 0)], -1)
-        kept = slot >= 0
-        np.add.at(sums, slot[kept], chunk[kept])
+        kept = np.flatnonzero(slot >= 0)
+        # a sparse "row r belongs to cluster c" matrix times the chunk sums each cluster's rows
+        # (np.add.at did the same one element at a time: 3.2 s for 100,000 x 384, not 0.1 s)
+        members = scipy.sparse.csr_matrix(
+            (np.ones(kept.shape[0], dtype=np.float32), (slot[kept], kept)), shape=(len(ids), rows.shape[0])
+        )
+        sums += members @ chunk
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.asarray(sums / np.maximum(norms, 1e-12), dtype=np.float32)
 
