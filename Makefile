@@ -175,8 +175,8 @@ bench: venv $(STAMPS)/proto-py web chromium
 	for s in "$${scripts[@]}"; do \
 		name=$$(basename $$s .py); \
 		case "$$name" in __init__|conftest|corpus|report) continue;; esac; \
-		if [ -z "$(BENCH)" ] && [ "$$name" = whole_path ]; then \
-			echo "== whole_path: only with BENCH=whole_path (a million rows through a running make run stack)"; \
+		if [ -z "$(BENCH)" ] && { [ "$$name" = whole_path ] || [ "$$name" = imported_million ]; }; then \
+			echo "== $$name: only with BENCH=$$name (a million rows through a running make run stack)"; \
 			continue; fi; \
 		rm -f build/bench/$$name.json; \
 		echo "== $$s ($$(date -u +%H:%M:%S) UTC, load $$(cut -d' ' -f1 /proc/loadavg))"; \
