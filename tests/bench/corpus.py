@@ -73,6 +73,16 @@ def vectors(count: int) -> np.ndarray:
         return _vectors(count)
 
 
+def cached_texts(count: int) -> list[str]:
+    """The first `count` texts of the largest cache `vectors` made (written beside its vectors,
+    one per line), without searching the machine for them again."""
+    sizes = sorted(int(size) for f in CACHE.glob("texts-*.txt") if (size := f.stem.split("-")[1]).isdigit())
+    larger = [size for size in sizes if size >= count]
+    if not larger:
+        raise SystemExit(f"no cached texts for {count} rows under {CACHE}: run tests/bench/corpus.py {count} first")
+    return (CACHE / f"texts-{larger[0]}.txt").read_text().split("\n")[:count]
+
+
 def _vectors(count: int) -> np.ndarray:
     path = CACHE / f"minilm-{count}.npy"
     if path.exists():

@@ -51,7 +51,7 @@ def table_file(rows: int) -> Path:
     if path.exists():
         return path
     base = np.ascontiguousarray(corpus.vectors(100_000))
-    texts = (corpus.CACHE / "texts-100000.txt").read_text().split("\n")[:100_000]
+    texts = corpus.cached_texts(100_000)
     sources = [section or "python docstring" for section in corpus.sections(100_000)]
     vectors = million(base, rows)
     order = np.arange(rows) % len(texts)

@@ -238,7 +238,7 @@ def main() -> None:
     rows = int(os.environ.get("BENCH_UMAP_ROWS", "100000"))
     big = int(os.environ.get("BENCH_UMAP_MILLION", "1000000"))
     vectors = np.ascontiguousarray(corpus.vectors(100_000)[:rows])
-    texts = (corpus.CACHE / "texts-100000.txt").read_text().split("\n")[:rows]
+    texts = corpus.cached_texts(rows)
     labels = corpus.sections(rows)
     at_start = os.getloadavg()
     print(
